@@ -1,0 +1,95 @@
+"""Lazy name → class registries backed by Python entry points.
+
+Datasets and models register in ``pyproject.toml`` (groups ``bench.datasets`` and
+``bench.models``), so adding one never means editing a list here, and nothing is
+imported until a name is asked for: ``bench --help`` stays free of torch.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from importlib.metadata import EntryPoint, entry_points
+from typing import Generic, TypeVar
+
+__all__ = ["Registry", "UnknownNameError", "DATASETS_GROUP", "MODELS_GROUP"]
+
+DATASETS_GROUP = "bench.datasets"
+MODELS_GROUP = "bench.models"
+
+T = TypeVar("T")
+
+
+class UnknownNameError(KeyError):
+    """An unknown dataset or model name; the message suggests close matches."""
+
+    def __str__(self) -> str:  # KeyError quotes its argument; we want a plain sentence
+        return str(self.args[0])
+
+
+@dataclass
+class Registry(Generic[T]):
+    """Entry points of one group, loaded on first use and checked against ``base``."""
+
+    group: str
+    kind: str
+    _loaded: dict[str, T] = field(default_factory=dict)
+
+    def _entry_points(self) -> dict[str, EntryPoint]:
+        found: dict[str, EntryPoint] = {}
+        for ep in entry_points(group=self.group):
+            if ep.name in found and found[ep.name].value != ep.value:
+                raise RuntimeError(
+                    f"{self.kind} name {ep.name!r} is registered twice: "
+                    f"{found[ep.name].value} and {ep.value}"
+                )
+            found[ep.name] = ep
+        return found
+
+    def names(self) -> list[str]:
+        return sorted(self._entry_points())
+
+    def aliases(self) -> dict[str, str]:
+        """alias → canonical name, from each loaded class's ``aliases`` attribute."""
+        table: dict[str, str] = {}
+        for name in self.names():
+            for alias in getattr(self.get(name), "aliases", ()):
+                table[alias.lower()] = name
+        return table
+
+    def canonical(self, name: str) -> str:
+        key = name.lower()
+        eps = self._entry_points()
+        if key in eps:
+            return key
+        table = self.aliases()
+        if key in table:
+            return table[key]
+        close = difflib.get_close_matches(key, [*eps, *table], n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise UnknownNameError(
+            f"unknown {self.kind} {name!r}{hint} (known: {', '.join(sorted(eps))})"
+        )
+
+    def get(self, name: str) -> T:
+        key = name.lower()
+        eps = self._entry_points()
+        if key not in eps:
+            key = self.canonical(name)
+        if key not in self._loaded:
+            obj = eps[key].load()
+            if getattr(obj, "name", key) != key:
+                raise RuntimeError(
+                    f"{self.kind} entry point {key!r} loads {eps[key].value}, "
+                    f"whose name is {getattr(obj, 'name', None)!r}"
+                )
+            self._loaded[key] = obj
+        return self._loaded[key]
+
+
+def dataset_registry() -> Registry:
+    return Registry(DATASETS_GROUP, "dataset")
+
+
+def model_registry() -> Registry:
+    return Registry(MODELS_GROUP, "model")
