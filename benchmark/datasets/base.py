@@ -88,6 +88,13 @@ class Dataset:
         """
         raise NotImplementedError
 
+    #: True for datasets made by the harness itself (demo): ``generate`` replaces a download
+    generated: ClassVar[bool] = False
+
+    def generate(self, root: Path) -> None:
+        """Write the dataset's files under ``root`` (generated datasets only)."""
+        raise NotImplementedError(f"{self.name} is downloaded, not generated")
+
     def to_unit(self, scores: pd.Series) -> pd.Series:
         lo, hi = self.score_range
         lo, hi = min(lo, float(scores.min())), max(hi, float(scores.max()))
