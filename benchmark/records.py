@@ -1,0 +1,113 @@
+"""The run record: the unit every sweep, table and plot is made of.
+
+One directory per (model, dataset, split, config hash) under ``<results>/runs/``::
+
+    runs/<model>/<dataset>/split<k>-<hash10>/
+        record.json       resolved config + hash, seeds, git commit, versions, device,
+                          timings, per-epoch history, metrics per selection rule
+        predictions.csv   per image: part (val/test), label, unit label, prediction per rule
+        checkpoint.pt     last-epoch weights (+ optimiser state while training)
+        best_val.pt       weights of the epoch chosen on the validation slice
+
+The directory is built under a temporary name and renamed when complete, so a record
+that exists is a finished run. The same hash means the same run: it is skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterator
+
+from benchmark.io import canonical_json, sha256_bytes
+
+__all__ = [
+    "RECORD_SCHEMA",
+    "SELECTION_RULES",
+    "RunKey",
+    "config_hash",
+    "run_dir",
+    "find_record",
+    "iter_records",
+    "load_record",
+    "package_versions",
+    "git_state",
+]
+
+RECORD_SCHEMA = "bench-run/1"
+
+#: how the reported epoch is chosen; "test_oracle" is what published IQA code does (best
+#: epoch on the test split) and is kept only to measure its optimism, never as the default
+SELECTION_RULES = ("val", "last", "test_oracle")
+
+
+@dataclass(frozen=True)
+class RunKey:
+    model: str
+    dataset: str
+    split: int
+
+
+def config_hash(identity: dict[str, Any]) -> str:
+    """SHA-256 of the canonical JSON of everything that changes a run's result."""
+    return sha256_bytes(canonical_json(identity).encode())
+
+
+def run_dir(results: Path, key: RunKey, digest: str) -> Path:
+    return Path(results) / "runs" / key.model / key.dataset / f"split{key.split}-{digest[:10]}"
+
+
+def find_record(results: Path, key: RunKey, digest: str) -> Path | None:
+    path = run_dir(results, key, digest) / "record.json"
+    return path if path.is_file() else None
+
+
+def load_record(path: Path) -> dict[str, Any]:
+    path = Path(path)
+    record = json.loads(path.read_text())
+    if record.get("schema") != RECORD_SCHEMA:
+        raise ValueError(f"{path} is not a {RECORD_SCHEMA} record")
+    record["_dir"] = str(path.parent)
+    return record
+
+
+def iter_records(results: Path) -> Iterator[dict[str, Any]]:
+    """Every finished record under ``results/runs`` in a stable order."""
+    for path in sorted((Path(results) / "runs").glob("*/*/split*-*/record.json")):
+        yield load_record(path)
+
+
+def latest_record(results: Path, key: RunKey) -> Path | None:
+    """The newest finished record of a key whatever its hash (for prerequisites)."""
+    pattern = f"runs/{key.model}/{key.dataset}/split{key.split}-*/record.json"
+    found = sorted(Path(results).glob(pattern), key=lambda p: p.stat().st_mtime)
+    return found[-1] if found else None
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for package in ("iqa-bench", "torch", "torchvision", "timm", "numpy", "scipy", "pandas",
+                    "scikit-learn"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    return versions
+
+
+def git_state(cwd: Path | None = None) -> dict[str, Any]:
+    """The commit and dirty flag of the code that ran, or None outside a checkout."""
+    here = Path(cwd or Path(__file__).resolve().parent)
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
+                                text=True, check=True).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                                    cwd=here, capture_output=True, text=True,
+                                    check=True).stdout.strip())
+    except (OSError, subprocess.CalledProcessError):
+        return {"commit": None, "dirty": None}
+    return {"commit": commit, "dirty": dirty}
