@@ -1,0 +1,250 @@
+"""Demo: a tiny synthetic IQA set generated offline from scikit-image's bundled photographs.
+
+Twelve sample images that ship inside the scikit-image wheel (``skimage.data``) are
+centre-cropped to a square and resized to 96x96 RGB (grey ones are replicated to three
+channels). Each is distorted by five types at five levels: Gaussian blur, additive
+Gaussian noise, JPEG compression, contrast reduction and pixelation, 300 rated images in
+all. The references themselves are written but not rated, as in the full-reference sets.
+
+The scores are NOT human opinions. Each distorted image is scored by a full-reference
+metric, SSIM (Wang et al. 2004: Gaussian window sigma 1.5, population covariance,
+K1=0.01, K2=0.03) between the luma (ITU-R 601) of the reference and of the distorted image,
+mapped to a pseudo-MOS by ``100 * clip(SSIM, 0, 1)`` (higher = better). The levels were set
+so that every type spans roughly the same SSIM interval, and every (reference, type) row
+falls strictly with level.
+
+Determinism: noise comes from ``numpy.random.default_rng([SEED, reference index])``; every
+other step is Pillow integer image processing; JPEG is encoded with fixed settings and the
+decoded result stored as PNG with a fixed compression level and no metadata. The files are
+byte-identical across runs on one installation; PNG bytes and JPEG pixels can differ between
+Pillow/zlib/libjpeg builds, and the label file's 3 decimals absorb SSIM rounding noise.
+
+Image licences (from the ``skimage.data`` docstrings): astronaut (NASA), rocket (SpaceX)
+and hubble_deep_field (NASA) are public domain; coffee, chelsea, camera, grass, brick, cell
+and retina are CC0; immunohistochemistry (CMMI) and coins (Brooklyn Museum) carry no known
+copyright restrictions.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+from PIL import Image, ImageEnhance, ImageFilter
+
+from benchmark.datasets.base import Dataset, DatasetError, find_file, standard_table
+from benchmark.io import atomic_write_text
+
+__all__ = ["Demo", "REFERENCES", "DISTORTIONS", "LABEL_FILE", "SIZE", "pseudo_mos"]
+
+SIZE = 96
+SEED = 20240
+LABEL_FILE = "demo_labels.csv"
+LABEL_COLUMNS = ["image", "ref", "distortion", "level", "pseudo_mos"]
+#: PNG settings are fixed so the bytes do not drift with Pillow's defaults
+PNG_OPTIONS = {"compress_level": 6, "optimize": False}
+
+#: ``skimage.data`` loader names, in generation order (the order seeds the noise)
+REFERENCES = (
+    "astronaut",
+    "coffee",
+    "chelsea",
+    "camera",
+    "immunohistochemistry",
+    "coins",
+    "rocket",
+    "hubble_deep_field",
+    "grass",
+    "brick",
+    "cell",
+    "retina",
+)
+
+
+def _blur(image: Image.Image, radius: float, noise: np.ndarray) -> Image.Image:
+    return image.filter(ImageFilter.GaussianBlur(radius))
+
+
+def _noise(image: Image.Image, sigma: float, noise: np.ndarray) -> Image.Image:
+    # one noise field per reference, scaled by level, so levels differ only in strength
+    noisy = np.rint(np.asarray(image, dtype=np.float64) + sigma * noise)
+    return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))
+
+
+def _jpeg(image: Image.Image, quality: float, noise: np.ndarray) -> Image.Image:
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=int(quality), subsampling=2, optimize=False)
+    buffer.seek(0)
+    with Image.open(buffer) as decoded:
+        return decoded.convert("RGB")
+
+
+def _contrast(image: Image.Image, factor: float, noise: np.ndarray) -> Image.Image:
+    return ImageEnhance.Contrast(image).enhance(factor)
+
+
+def _pixelate(image: Image.Image, block: float, noise: np.ndarray) -> Image.Image:
+    # integer blocks only: fractional ones jitter the grid and break monotonicity in SSIM
+    small = image.resize((SIZE // int(block),) * 2, Image.Resampling.BOX)
+    return small.resize((SIZE, SIZE), Image.Resampling.NEAREST)
+
+
+@dataclass(frozen=True)
+class Distortion:
+    name: str
+    apply: Callable[[Image.Image, float, np.ndarray], Image.Image]
+    levels: tuple[float, ...]  # level 1 (mildest) .. level 5 (strongest)
+
+
+#: levels chosen so mean SSIM runs from about 0.95 to 0.4 for every type (pixelation starts
+#: lower: a 2-pixel block is its mildest integer setting)
+DISTORTIONS = (
+    Distortion("blur", _blur, (0.6, 1.0, 1.6, 2.5, 4.0)),  # Pillow GaussianBlur radius
+    Distortion("noise", _noise, (6.0, 12.0, 20.0, 32.0, 50.0)),  # sigma, 8-bit units
+    Distortion("jpeg", _jpeg, (70, 35, 18, 9, 4)),  # Pillow quality
+    Distortion("contrast", _contrast, (0.75, 0.55, 0.4, 0.28, 0.18)),  # ImageEnhance factor
+    Distortion("pixelate", _pixelate, (2, 3, 4, 6, 8)),  # block size in pixels
+)
+
+
+def _load_reference(name: str) -> Image.Image:
+    import skimage.data  # only generation needs scikit-image
+
+    try:
+        array = getattr(skimage.data, name)()
+    except (OSError, ValueError, AttributeError) as error:
+        raise DatasetError(f"demo: cannot load skimage.data.{name} ({error})") from None
+    image = Image.fromarray(np.asarray(array, dtype=np.uint8)).convert("RGB")
+    side = min(image.size)
+    left, top = (image.width - side) // 2, (image.height - side) // 2
+    square = image.crop((left, top, left + side, top + side))
+    return square.resize((SIZE, SIZE), Image.Resampling.LANCZOS)
+
+
+def _luma(image: Image.Image) -> np.ndarray:
+    return np.asarray(image.convert("L"), dtype=np.float64)
+
+
+def pseudo_mos(reference: Image.Image, distorted: Image.Image) -> float:
+    """The label: ``100 * clip(SSIM, 0, 1)`` on luma, with the original paper's settings."""
+    from skimage.metrics import structural_similarity
+
+    ssim = structural_similarity(
+        _luma(reference),
+        _luma(distorted),
+        data_range=255,
+        gaussian_weights=True,
+        sigma=1.5,
+        use_sample_covariance=False,
+    )
+    return 100.0 * float(np.clip(ssim, 0.0, 1.0))
+
+
+def _png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG", **PNG_OPTIONS)
+    return buffer.getvalue()
+
+
+README = f"""\
+demo: a tiny synthetic image-quality dataset generated by the benchmark harness.
+
+{len(REFERENCES)} scikit-image sample photographs, {SIZE}x{SIZE} RGB, each distorted by
+{len(DISTORTIONS)} types ({", ".join(d.name for d in DISTORTIONS)}) at 5 levels
+(1 = mildest, 5 = strongest): {len(REFERENCES) * len(DISTORTIONS) * 5} rated images.
+
+THE SCORES ARE PSEUDO-LABELS, NOT HUMAN OPINION. pseudo_mos = 100 * clip(SSIM, 0, 1),
+SSIM computed between the luma of the reference and of the distorted image (Gaussian
+window sigma 1.5). Higher is better. Use this set to test pipelines, never to report
+image-quality results.
+
+Files
+  {LABEL_FILE}           image, ref, distortion, level, pseudo_mos
+  reference/<ref>.png          the undistorted images (not rated)
+  distorted/<ref>_<type>_<level>.png
+
+Images: scikit-image sample data (skimage.data); public domain, CC0, or no known
+copyright restrictions, as stated in each loader's docstring.
+"""
+
+
+class Demo(Dataset):
+    """Offline synthetic set of pseudo-MOS labels from SSIM; see the module docstring."""
+
+    name = "demo"
+    title = "Demo (scikit-image photographs, SSIM pseudo-MOS)"
+    kind = "synthetic"
+    score_type = "MOS"
+    higher_is_better = True
+    score_range = (0.0, 100.0)
+    expected_images = len(REFERENCES) * len(DISTORTIONS) * 5
+    expected_groups = len(REFERENCES)
+    sources = ()
+    generated = True
+    layout = (
+        f"{LABEL_FILE}\n"
+        "README.txt\n"
+        "reference/<ref>.png\n"
+        "distorted/<ref>_<type>_<level>.png"
+    )
+    citation = (
+        "S. van der Walt et al., scikit-image: image processing in Python, PeerJ 2:e453, 2014 "
+        "(sample images: skimage.data). Labels: Z. Wang, A. C. Bovik, H. R. Sheikh, "
+        "E. P. Simoncelli, Image quality assessment: from error visibility to structural "
+        "similarity, IEEE TIP 13(4), 2004."
+    )
+    license = "images: public domain / CC0 / no known copyright restrictions (skimage.data)"
+
+    def generate(self, root: Path) -> None:
+        """Write references, distorted images, README and (last) the label file."""
+        root = Path(root)
+        # the label file marks a complete set: drop it first so a crash leaves none behind
+        (root / LABEL_FILE).unlink(missing_ok=True)
+        (root / "reference").mkdir(parents=True, exist_ok=True)
+        (root / "distorted").mkdir(parents=True, exist_ok=True)
+        lines = [",".join(LABEL_COLUMNS)]
+        for index, ref in enumerate(REFERENCES):
+            reference = _load_reference(ref)
+            (root / "reference" / f"{ref}.png").write_bytes(_png_bytes(reference))
+            noise = np.random.default_rng([SEED, index]).standard_normal((SIZE, SIZE, 3))
+            for distortion in DISTORTIONS:
+                for level, strength in enumerate(distortion.levels, start=1):
+                    image = distortion.apply(reference, strength, noise)
+                    relative = f"distorted/{ref}_{distortion.name}_{level}.png"
+                    (root / relative).write_bytes(_png_bytes(image))
+                    score = pseudo_mos(reference, image)
+                    lines.append(f"{relative},{ref},{distortion.name},{level},{score:.3f}")
+        (root / "README.txt").write_text(README)
+        atomic_write_text(root / LABEL_FILE, "\n".join(lines) + "\n")
+
+    def parse(self, root: Path) -> pd.DataFrame:
+        root = Path(root)
+        path = find_file(root, LABEL_FILE, self.name)
+        try:
+            labels = pd.read_csv(path, dtype={"image": str, "ref": str, "distortion": str})
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+            raise DatasetError(f"{self.name}: cannot read {path} ({error})") from None
+        missing = [column for column in LABEL_COLUMNS if column not in labels.columns]
+        if missing:
+            raise DatasetError(f"{self.name}: {path} lacks column(s) {missing}")
+        numeric = {c: pd.to_numeric(labels[c], errors="coerce") for c in ("level", "pseudo_mos")}
+        for column, values in numeric.items():
+            if values.isna().any():
+                row = labels.loc[values.isna(), "image"].iloc[0]
+                raise DatasetError(f"{self.name}: {path} has a non-numeric {column} for {row}")
+        # image paths in the label file are relative to the file; the table's, to root
+        prefix = path.parent.relative_to(root)
+        rows = pd.DataFrame(
+            {
+                "image": [(prefix / image).as_posix() for image in labels["image"]],
+                "score": numeric["pseudo_mos"],
+                "group": labels["ref"],
+                "distortion": labels["distortion"],
+                "level": numeric["level"].astype(float),
+            }
+        )
+        return standard_table(self, rows)
