@@ -1,0 +1,158 @@
+"""The generated demo set: byte-identical regeneration, exact counts, a learnable signal."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from scipy.stats import spearmanr
+
+from benchmark.datasets.base import DatasetError
+from benchmark.datasets.demo import (
+    DISTORTIONS,
+    LABEL_FILE,
+    REFERENCES,
+    SIZE,
+    Demo,
+    pseudo_mos,
+)
+from benchmark.datasets.prepare import prepare
+from benchmark.registry import dataset_registry
+from benchmark.splits import SplitProtocol
+
+N_REFS, N_TYPES, N_LEVELS = 12, 5, 5
+N_IMAGES = N_REFS * N_TYPES * N_LEVELS  # 300
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("demo")
+    Demo().generate(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def table(root):
+    return Demo().parse(root)
+
+
+def _hashes(folder: Path) -> dict[str, str]:
+    return {
+        path.relative_to(folder).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
+
+
+def test_registered_under_its_name():
+    cls = dataset_registry().get("demo")
+    assert cls is Demo
+    assert (cls.kind, cls.generated, cls.sources) == ("synthetic", True, ())
+    assert (cls.expected_images, cls.expected_groups) == (N_IMAGES, N_REFS)
+    assert cls.score_range == (0.0, 100.0) and cls.higher_is_better
+
+
+def test_generation_is_byte_identical(tmp_path):
+    first, second = tmp_path / "a", tmp_path / "b"
+    Demo().generate(first)
+    Demo().generate(second)
+    hashes = _hashes(first)
+    assert len(hashes) == N_IMAGES + N_REFS + 2  # + label file + README
+    assert hashes == _hashes(second)
+    Demo().generate(first)  # regenerating over an existing set changes nothing either
+    assert _hashes(first) == hashes
+
+
+def test_files_and_counts(root, table):
+    assert len(table) == N_IMAGES
+    assert table["group"].nunique() == N_REFS
+    assert sorted(table["group"].unique()) == sorted(REFERENCES)
+    assert table.groupby("distortion").size().to_dict() == {
+        d.name: N_REFS * N_LEVELS for d in DISTORTIONS
+    }
+    levels = table.groupby(["group", "distortion"])["level"].apply(sorted)
+    assert len(levels) == N_REFS * N_TYPES
+    assert all(found == [1.0, 2.0, 3.0, 4.0, 5.0] for found in levels)
+    assert not table["image"].str.startswith("reference/").any()  # references are not rated
+    for image in table["image"]:
+        with Image.open(root / image) as opened:
+            assert (opened.mode, opened.size) == ("RGB", (SIZE, SIZE))
+    assert len(list((root / "reference").glob("*.png"))) == N_REFS
+    assert "not human opinion" in (root / "README.txt").read_text().lower()
+
+
+def test_scores_in_range_and_monotone_in_level(table):
+    assert table["score"].between(0, 100).all()
+    assert table["score_unit"].between(0, 1).all()
+    for (ref, kind), rows in table.groupby(["group", "distortion"]):
+        scores = rows.sort_values("level")["score"].to_numpy()
+        assert (np.diff(scores) < 0).all(), f"{ref}/{kind} not falling with level: {scores}"
+
+
+def test_signal_spread_within_each_type(table):
+    for kind, rows in table.groupby("distortion"):
+        rho = spearmanr(rows["level"], rows["score"])[0]
+        means = rows.groupby("level")["score"].mean()
+        assert rho < -0.6, f"{kind}: SRCC(level, pseudo-MOS) only {rho:.3f}"
+        assert means[1.0] - means[5.0] > 25, f"{kind}: level means {means.round(1).tolist()}"
+
+
+def test_labels_match_the_stored_images(root, table):
+    references = {ref: Image.open(root / "reference" / f"{ref}.png") for ref in REFERENCES}
+    for image, ref, score in table[["image", "group", "score"]].itertuples(index=False):
+        with Image.open(root / image) as distorted:
+            assert pseudo_mos(references[ref], distorted) == pytest.approx(score, abs=1e-3)
+
+
+def test_prepare_gives_group_disjoint_splits_of_exact_size(root, table, tmp_path):
+    prepared = prepare(Demo(), root, SplitProtocol())
+    assert prepared.meta["n_images"] == N_IMAGES
+    split_file = json.loads(prepared.split_path.read_text())
+    assert len(split_file["splits"]) == 10
+    group_of = dict(zip(table["image"], table["group"]))
+    for split in split_file["splits"]:
+        # 12 refs: round(0.8*12)=10 train+val, round(0.1*10)=1 of them val, 2 test
+        sizes = {part: len(split[part]) for part in ("train", "val", "test")}
+        assert sizes == {"train": 225, "val": 25, "test": 50}
+        groups = {part: {group_of[i] for i in split[part]} for part in ("train", "val", "test")}
+        assert not groups["train"] & groups["val"]
+        assert not groups["train"] & groups["test"]
+        assert not groups["val"] & groups["test"]
+        assert set(split["train"] + split["val"] + split["test"]) == set(table["image"])
+
+
+def _laplacian_variance(path: Path) -> float:
+    luma = np.asarray(Image.open(path).convert("L"), dtype=np.float64)
+    lap = luma[1:-1, :-2] + luma[1:-1, 2:] + luma[:-2, 1:-1] + luma[2:, 1:-1] - 4 * luma[1:-1, 1:-1]
+    return float(lap.var())
+
+
+def test_a_no_reference_sharpness_statistic_tracks_blur_labels(root, table):
+    blurred = table[table["distortion"] == "blur"]
+    sharpness = [_laplacian_variance(root / image) for image in blurred["image"]]
+    assert spearmanr(sharpness, blurred["score"])[0] > 0.5
+
+
+def test_parse_rejects_bad_label_files(tmp_path, root):
+    with pytest.raises(DatasetError, match=LABEL_FILE):
+        Demo().parse(tmp_path)
+    lines = (root / LABEL_FILE).read_text().splitlines()
+    (tmp_path / LABEL_FILE).write_text("\n".join(line.rsplit(",", 1)[0] for line in lines))
+    with pytest.raises(DatasetError, match="pseudo_mos"):
+        Demo().parse(tmp_path)
+    lines[3] = lines[3].rsplit(",", 1)[0] + ",high"
+    (tmp_path / LABEL_FILE).write_text("\n".join(lines))
+    with pytest.raises(DatasetError, match="non-numeric pseudo_mos"):
+        Demo().parse(tmp_path)
+
+
+def test_parse_finds_a_set_in_a_wrapping_folder(tmp_path, root, table):
+    inner = tmp_path / "demo-v1"
+    inner.mkdir()
+    (inner / LABEL_FILE).write_text((root / LABEL_FILE).read_text())
+    nested = Demo().parse(tmp_path)
+    assert nested["image"].iloc[0] == "demo-v1/" + table["image"].iloc[0]
