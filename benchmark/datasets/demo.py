@@ -14,7 +14,7 @@ so that every type spans roughly the same SSIM interval, and every (reference, t
 falls strictly with level.
 
 Determinism: noise comes from ``numpy.random.default_rng([SEED, reference index])``; every
-other step is Pillow integer image processing; JPEG is encoded with fixed settings and the
+other image operation is Pillow's, on 8-bit data; JPEG is encoded with fixed settings and the
 decoded result stored as PNG with a fixed compression level and no metadata. The files are
 byte-identical across runs on one installation; PNG bytes and JPEG pixels can differ between
 Pillow/zlib/libjpeg builds, and the label file's 3 decimals absorb SSIM rounding noise.
