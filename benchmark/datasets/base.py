@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, Sequence
 
 import numpy as np
 import pandas as pd
@@ -22,6 +22,8 @@ __all__ = [
     "Source",
     "Dataset",
     "standard_table",
+    "find_file",
+    "resolve_names",
 ]
 
 #: Columns of the standard table, in order. ``image`` is relative to the dataset root.
@@ -115,11 +117,14 @@ class Dataset:
         }
 
 
-def standard_table(dataset: Dataset, rows: pd.DataFrame) -> pd.DataFrame:
+def standard_table(
+    dataset: Dataset, rows: pd.DataFrame, extra: Sequence[str] = ()
+) -> pd.DataFrame:
     """Complete ``rows`` (at least ``image``, ``score``, ``group``) into the standard table.
 
     Fills optional columns, computes ``score_unit``, checks that image names are unique and
-    that scores are finite, and sorts nothing: the original file order is kept.
+    that scores are finite, and sorts nothing: the original file order is kept. ``extra``
+    names original columns worth keeping verbatim (KADID's ``var``) after the standard ones.
     """
     missing = {"image", "score", "group"} - set(rows.columns)
     if missing:
@@ -142,7 +147,7 @@ def standard_table(dataset: Dataset, rows: pd.DataFrame) -> pd.DataFrame:
     table["group"] = table["group"].astype(str)
     table["distortion"] = table["distortion"].fillna("").astype(str)
     table["official_split"] = table["official_split"].fillna("").astype(str)
-    return table[STANDARD_COLUMNS].reset_index(drop=True)
+    return table[STANDARD_COLUMNS + list(extra)].reset_index(drop=True)
 
 
 def find_file(root: Path, name: str, dataset: str) -> Path:
@@ -154,3 +159,25 @@ def find_file(root: Path, name: str, dataset: str) -> Path:
     if not hits:
         raise DatasetError(f"{dataset}: label file {name} not found under {root}")
     return hits[0]
+
+
+def resolve_names(listed: Sequence[str], folder: Path, root: Path, dataset: str) -> list[str]:
+    """Match listed image names to the files under ``folder`` (any depth), ignoring case.
+
+    Label files and archives disagree on case (TID2013's ``I01_13_1.BMP`` is ``I01_13_1.bmp``
+    on disk), so each name becomes its real on-disk path relative to ``root``. A name with no
+    file keeps its listed spelling under ``folder``, so it counts as missing downstream.
+    """
+    index: dict[str, Path] = {}
+    if folder.is_dir():
+        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            key = path.name.lower()
+            if key in index:
+                raise DatasetError(
+                    f"{dataset}: {index[key]} and {path} both match one listed name; remove one"
+                )
+            index[key] = path
+    return [
+        index.get(Path(name).name.lower(), folder / name).relative_to(root).as_posix()
+        for name in listed
+    ]
