@@ -64,8 +64,13 @@ def _count(n: float, rounding: str) -> int:
 def make_split(groups: pd.Series, seed: int, protocol: SplitProtocol) -> pd.Series:
     """Assign each row to train/val/test so that no content group spans two parts."""
     unique = np.array(sorted(pd.unique(groups.astype(str))))
-    if len(unique) < 3:
-        raise ValueError(f"need at least 3 content groups to split, got {len(unique)}")
+    # a validation part needs a third group; without one, two groups still give train/test
+    minimum = 3 if protocol.val_fraction > 0 else 2
+    if len(unique) < minimum:
+        raise ValueError(
+            f"need at least {minimum} content groups to split, got {len(unique)}"
+            + (" (2 suffice with val_fraction 0)" if minimum == 3 else "")
+        )
     order = unique[np.random.default_rng(seed).permutation(len(unique))]
     n_trainval = min(max(_count(protocol.train_fraction * len(unique), protocol.rounding), 2),
                      len(unique) - 1)
