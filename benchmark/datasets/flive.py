@@ -33,7 +33,7 @@ from pathlib import Path
 import pandas as pd
 
 from benchmark.datasets.base import Dataset, DatasetError, Source, find_file, standard_table
-from benchmark.datasets.generic import numeric_column, read_label_csv
+from benchmark.datasets.generic import FLAG_WORDS, numeric_column, read_label_csv
 
 __all__ = ["Flive", "IMAGE_LABELS", "TEST_LABELS", "PADDED_LABELS"]
 
@@ -41,8 +41,6 @@ IMAGE_LABELS = "labels_image.csv"
 TEST_LABELS = "labels640.csv"
 #: the repository's spelling first, then the one in the PaQ-2-PiQ code
 PADDED_LABELS = ("labels=640_padded.csv", "labels<=640_padded.csv")
-_TRUE = {"true", "1", "yes"}
-_FALSE = {"false", "0", "no"}
 
 
 def _optional(root: Path, names: tuple[str, ...], dataset: str) -> Path | None:
@@ -55,14 +53,14 @@ def _optional(root: Path, names: tuple[str, ...], dataset: str) -> Path | None:
 
 
 def _flags(frame: pd.DataFrame, column: str, key: str, path: Path) -> pd.Series:
-    text = frame[column].astype(str).str.strip().str.lower()
-    bad = ~text.isin(_TRUE | _FALSE)
+    flags = frame[column].astype(str).str.strip().str.lower().map(FLAG_WORDS)
+    bad = flags.isna()
     if bad.any():
         raise DatasetError(
             f"flive: {path} has {column} {frame[column][bad].iloc[0]!r} for "
             f"{frame[key][bad].iloc[0]} (expected True or False)"
         )
-    return text.isin(_TRUE)
+    return flags.astype(bool)
 
 
 class Flive(Dataset):

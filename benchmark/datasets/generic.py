@@ -3,19 +3,22 @@
 The CSV has one row per image with at least an image column (a path relative to the
 dataset root) and a score column; optional columns give the content group, the per-image
 standard deviation and an official split (``train``/``val``/``test`` or empty). Column
-names, score direction and nominal range are options:
+names, score direction and nominal range are options, taken from (later wins):
 
-- from Python: ``Generic(labels="scores.csv", image="file", score="mos", group="ref",
-  higher_is_better=False, score_range=(0, 100))`` or ``Generic(GenericConfig(...))``;
-- from the command line: ``bench data prepare generic --root DIR`` constructs ``Generic()``
-  without options, so ``parse`` reads ``DIR/generic.yaml`` when it exists (a mapping with
-  the same keys, loaded with ``yaml.safe_load``; unknown keys are an error) and otherwise
-  uses the defaults: ``DIR/labels.csv`` with columns ``image`` and ``score``, higher =
-  better, range = the observed minimum and maximum.
+1. the defaults: ``<root>/labels.csv`` with columns ``image`` and ``score``, higher =
+   better, range = the observed minimum and maximum, each image its own group;
+2. ``<root>/generic.yaml`` when it exists: a mapping with the keys of
+   :class:`GenericConfig`, read with ``yaml.safe_load``; an unknown key is an error;
+3. the constructor's keywords: ``Generic(labels="scores.csv", image="file", score="mos",
+   group="ref", higher_is_better=False, score_range=(0, 100))``. On the command line these
+   are ``-O KEY=VALUE`` options, e.g. ``bench data prepare generic --root DIR -O score=mos
+   -O higher_is_better=false -O score_range=0,100``; plain ``bench data prepare generic
+   --root DIR`` uses the yaml or the defaults.
 
 Options take effect when ``parse`` runs: the instance's ``higher_is_better``,
 ``score_range``, ``kind``, ``score_type`` and ``has_official_split`` then describe the
-parsed file, which is what ``prepare`` records in ``meta.json``.
+parsed file, and ``describe()`` reports the resolved options, which is what ``prepare``
+records in ``meta.json``.
 
 This module also holds the CSV-reading helpers the other CSV-based parsers share.
 """
@@ -23,7 +26,7 @@ This module also holds the CSV-reading helpers the other CSV-based parsers share
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path, PurePosixPath
 from typing import Any, Sequence
 
@@ -31,10 +34,20 @@ import pandas as pd
 
 from benchmark.datasets.base import Dataset, DatasetError, standard_table
 
-__all__ = ["Generic", "GenericConfig", "CONFIG_FILE", "read_label_csv", "numeric_column"]
+__all__ = [
+    "Generic",
+    "GenericConfig",
+    "CONFIG_FILE",
+    "FLAG_WORDS",
+    "parse_flag",
+    "load_options",
+    "read_label_csv",
+    "numeric_column",
+]
 
 CONFIG_FILE = "generic.yaml"
 SPLIT_VALUES = ("train", "val", "test", "")
+FLAG_WORDS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
 
 
 def _one_line(error: BaseException) -> str:
@@ -112,14 +125,15 @@ class GenericConfig:
             else:
                 ok = isinstance(value, str) and (value != "" or item.name == "title")
             if not ok:
-                raise ValueError(f"generic option {item.name} has an invalid value {value!r}")
+                raise ValueError(f"option {item.name} has an invalid value {value!r}")
         if self.kind not in ("authentic", "synthetic"):
-            raise ValueError(f"generic option kind must be authentic or synthetic: {self.kind!r}")
+            raise ValueError(f"option kind must be authentic or synthetic, not {self.kind!r}")
         if self.score_range is not None:
             object.__setattr__(self, "score_range", tuple(float(v) for v in self.score_range))
 
     @classmethod
     def from_mapping(cls, options: dict[str, Any], source: str = "options") -> "GenericConfig":
+        """Build from plain data (YAML or ``-O KEY=VALUE`` strings); errors name ``source``."""
         known = {item.name for item in fields(cls)}
         unknown = sorted(set(options) - known)
         if unknown:
@@ -127,24 +141,45 @@ class GenericConfig:
                 f"generic: unknown option {unknown[0]!r} in {source} "
                 f"(known: {', '.join(sorted(known))})"
             )
+        values = dict(options)
         try:
-            return cls(**options)
+            if isinstance(values.get("higher_is_better"), str):
+                values["higher_is_better"] = parse_flag(values["higher_is_better"],
+                                                        "higher_is_better")
+            if isinstance(values.get("score_range"), str):
+                # "-O score_range=0,100" (or 0:100) from the command line
+                values["score_range"] = tuple(
+                    float(v) for v in values["score_range"].replace(":", ",").split(",")
+                )
+            return cls(**values)
         except ValueError as error:
-            raise DatasetError(f"generic: {error} in {source}") from None
+            raise DatasetError(f"generic: {_one_line(error)} in {source}") from None
 
-    @classmethod
-    def load(cls, path: Path) -> "GenericConfig":
-        import yaml
 
-        try:
-            options = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
-            raise DatasetError(f"generic: cannot read {path} ({_one_line(error)})") from None
-        if options is None:
-            return cls()
-        if not isinstance(options, dict):
-            raise DatasetError(f"generic: {path} must hold a mapping of options")
-        return cls.from_mapping(options, str(path))
+def parse_flag(value: bool | str, what: str) -> bool:
+    """A boolean option given as a bool or as text (true/false, yes/no, 1/0)."""
+    if isinstance(value, bool):
+        return value
+    flag = FLAG_WORDS.get(str(value).strip().lower())
+    if flag is None:
+        raise ValueError(f"{what} must be true or false, not {value!r}")
+    return flag
+
+
+def load_options(path: Path) -> dict[str, Any]:
+    """The option mapping of a ``generic.yaml`` (checked, not yet merged)."""
+    import yaml
+
+    try:
+        options = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        raise DatasetError(f"generic: cannot read {path} ({_one_line(error)})") from None
+    if options is None:
+        return {}
+    if not isinstance(options, dict):
+        raise DatasetError(f"generic: {path} must hold a mapping of options")
+    GenericConfig.from_mapping(options, str(path))
+    return options
 
 
 def _relative_image(value: str, path: Path) -> str:
@@ -174,17 +209,38 @@ class Generic(Dataset):
     citation = "cite the dataset's own authors"
     license = "the dataset's own terms"
 
-    def __init__(self, config: GenericConfig | None = None, **options: Any) -> None:
-        if config is not None and options:
-            raise ValueError("give Generic either a GenericConfig or keyword options, not both")
-        self.config = GenericConfig.from_mapping(options) if options else config
+    def __init__(
+        self,
+        labels: str | None = None,
+        image: str | None = None,
+        score: str | None = None,
+        group: str | None = None,
+        std: str | None = None,
+        split: str | None = None,
+        higher_is_better: bool | str | None = None,
+        score_range: tuple[float, float] | str | None = None,
+        score_type: str | None = None,
+        kind: str | None = None,
+        title: str | None = None,
+    ) -> None:
+        # None = not given: generic.yaml or the default decides; given ones override the yaml
+        given = dict(labels=labels, image=image, score=score, group=group, std=std, split=split,
+                     higher_is_better=higher_is_better, score_range=score_range,
+                     score_type=score_type, kind=kind, title=title)
+        self.options = {key: value for key, value in given.items() if value is not None}
+        GenericConfig.from_mapping(self.options)  # fail at construction, not at parse
+        self.config: GenericConfig | None = None
 
     def resolve_config(self, root: Path) -> GenericConfig:
-        """The constructor's config, else ``root/generic.yaml``, else the defaults."""
-        if self.config is not None:
-            return self.config
+        """``root/generic.yaml`` (when present) overridden by the constructor's options."""
         path = Path(root) / CONFIG_FILE
-        return GenericConfig.load(path) if path.is_file() else GenericConfig()
+        from_file = load_options(path) if path.is_file() else {}
+        source = f"{path} and options" if from_file else "options"
+        return GenericConfig.from_mapping({**from_file, **self.options}, source)
+
+    def describe(self) -> dict:
+        resolved = asdict(self.config) if self.config else dict(self.options)
+        return {**super().describe(), "options": resolved}
 
     def parse(self, root: Path) -> pd.DataFrame:
         root = Path(root)
@@ -219,6 +275,7 @@ class Generic(Dataset):
         return standard_table(self, rows)
 
     def _apply(self, config: GenericConfig, scores: pd.Series, path: Path) -> None:
+        self.config = config
         if config.score_range is None:
             low, high = float(scores.min()), float(scores.max())
             if not low < high:

@@ -136,13 +136,18 @@ class Koniq(Dataset):
 
     def __init__(self, images: str = "1024x768", score: str = "zscore") -> None:
         if score not in ("zscore", "raw"):
-            raise ValueError(f"koniq score must be 'zscore' or 'raw', not {score!r}")
+            raise DatasetError(f"koniq: score must be 'zscore' or 'raw', not {score!r}")
         if not images or Path(images).is_absolute() or ".." in Path(images).parts:
-            raise ValueError(f"koniq images must be a folder name under the root, not {images!r}")
+            raise DatasetError(f"koniq: images must be a folder under the root, not {images!r}")
         self.images = images
         self.score = score
         if score == "raw":
             self.score_range = RAW_RANGE
+        self.label_file = ""  # the file and column parse read the score from
+
+    def describe(self) -> dict:
+        return {**super().describe(), "label": self.score, "images": self.images,
+                "label_file": self.label_file}
 
     def parse(self, root: Path) -> pd.DataFrame:
         root = Path(root)
@@ -167,8 +172,11 @@ class Koniq(Dataset):
         if self.score == "raw":
             rows["score"] = scores["raw"].to_numpy()
             rows["score_std"] = scores["sd"].to_numpy()
+            self.label_file = f"{scores_path.name}:MOS"
         else:
             rows["score"] = base["zscore"].to_numpy()
+            self.label_file = (f"{SETS_FILE}:MOS" if sets is not None
+                               else f"{scores_path.name}:MOS_zscore")
         if sets is not None:
             rows["official_split"] = sets["set"].to_numpy()
         label_dir = (sets_path or scores_path).parent

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from benchmark.datasets.base import Dataset, DatasetError, Source, find_file, standard_table
+from benchmark.datasets.generic import parse_flag
 
 __all__ = ["Livec", "TRAINING_IMAGES"]
 
@@ -123,10 +124,17 @@ class Livec(Dataset):
         "and LIVE is acknowledged in publications"
     )
 
-    def __init__(self, include_training: bool = False) -> None:
-        self.include_training = include_training
-        if include_training:
+    def __init__(self, include_training: bool | str = False) -> None:
+        try:
+            self.include_training = parse_flag(include_training, "include_training")
+        except ValueError as error:
+            raise DatasetError(f"livec: {error}") from None
+        if self.include_training:
             self.expected_images = self.expected_groups = 1162 + len(TRAINING_IMAGES)
+
+    def describe(self) -> dict:
+        return {**super().describe(), "include_training": self.include_training,
+                "label_file": "AllMOS_release.mat:AllMOS_release"}
 
     def parse(self, root: Path) -> pd.DataFrame:
         root = Path(root)

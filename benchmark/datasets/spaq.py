@@ -100,11 +100,15 @@ class Spaq(Dataset):
 
     def __init__(self, images: str = "TestImage", extension: str | None = None) -> None:
         if not images or Path(images).is_absolute() or ".." in Path(images).parts:
-            raise ValueError(f"spaq images must be a folder name under the root, not {images!r}")
+            raise DatasetError(f"spaq: images must be a folder under the root, not {images!r}")
         if extension is not None and not (extension.startswith(".") and len(extension) > 1):
-            raise ValueError(f"spaq extension must look like '.png', not {extension!r}")
+            raise DatasetError(f"spaq: extension must look like '.png', not {extension!r}")
         self.images = images
         self.extension = extension
+
+    def describe(self) -> dict:
+        return {**super().describe(), "images": self.images, "extension": self.extension or ".jpg",
+                "label_file": f"{LABEL_FILE}:{MOS}"}
 
     def parse(self, root: Path) -> pd.DataFrame:
         root = Path(root)
