@@ -1,0 +1,175 @@
+"""``bench models``, ``bench run``, ``bench score``, ``bench profile``, ``bench pretrain``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from benchmark.cli.options import BenchError, user_errors
+
+__all__ = ["models", "run", "score", "profile", "pretrain", "parse_sets"]
+
+
+def parse_sets(pairs: tuple[str, ...]) -> dict:
+    """``key=value`` pairs; values are YAML scalars/lists (``3``, ``true``, ``[512, 384]``)."""
+    import yaml
+
+    values = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key:
+            raise BenchError(f"--set expects key=value, got {pair!r}")
+        try:
+            values[key.strip()] = yaml.safe_load(text)
+        except yaml.YAMLError:
+            raise BenchError(f"--set {key}: cannot parse value {text!r}") from None
+    return values
+
+
+def _run_errors():
+    from benchmark.engine import NonFiniteLossError
+    from benchmark.models import ConfigError
+    from benchmark.runner import MissingPrerequisiteError
+
+    return (ConfigError, MissingPrerequisiteError, NonFiniteLossError, FileNotFoundError)
+
+
+def _guard(function, *args, **kwargs):
+    try:
+        return function(*args, **kwargs)
+    except _run_errors() as error:
+        raise BenchError(str(error).splitlines()[0]) from None
+
+
+@click.command()
+@user_errors
+def models() -> None:
+    """List the registered models."""
+    from benchmark.models import get_model_class, list_models
+
+    for name in list_models():
+        cls = get_model_class(name)
+        click.echo(f"{name:10s} {cls.training:8s} {cls.paper}")
+
+
+run_options = [
+    click.option("--model", required=True, help="Registered model name (bench models)."),
+    click.option("--dataset", required=True, help="Registered dataset name (bench data list)."),
+    click.option("--root", type=click.Path(file_okay=False, path_type=Path), default=None,
+                 help="Prepared dataset folder [default: data/<dataset>]."),
+    click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+                 help="Override a model config key (repeatable)."),
+    click.option("--results", type=click.Path(file_okay=False, path_type=Path),
+                 default=Path("results"), show_default=True),
+    click.option("--seed", type=int, default=0, show_default=True),
+    click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto."),
+    click.option("--amp", type=click.Choice(["auto", "bf16", "fp16", "off"]), default="auto",
+                 show_default=True),
+    click.option("--workers", type=int, default=0, show_default=True, help="Loader workers."),
+    click.option("--cache", type=click.Choice(["memory", "disk"]), default="memory",
+                 show_default=True, help="Decoded-image cache."),
+    click.option("--compile", "use_compile", is_flag=True, help="torch.compile the model."),
+    click.option("--quiet", is_flag=True, help="No progress bars."),
+]
+
+
+def _apply(options):
+    def decorate(function):
+        for option in reversed(options):
+            function = option(function)
+        return function
+    return decorate
+
+
+def make_run_config(seed, device, amp, workers, cache, use_compile, quiet, max_steps=0):
+    from benchmark.engine import RunConfig
+
+    return RunConfig(seed=seed, device=device, amp=amp, workers=workers, cache=cache,
+                     compile=use_compile, progress=not quiet, max_steps_per_epoch=max_steps)
+
+
+@click.command()
+@_apply(run_options)
+@click.option("--split", type=int, required=True, help="Split index (0..9 by default).")
+@click.option("--force", is_flag=True, help="Rerun even if a record with this config exists.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run from its last checkpoint.")
+@user_errors
+def run(model, dataset, root, sets, results, seed, device, amp, workers, cache, use_compile,
+        quiet, split, force, resume) -> None:
+    """Train and evaluate one (model, dataset, split) and write its run record."""
+    from benchmark.runner import run_one
+
+    run_config = make_run_config(seed, device, amp, workers, cache, use_compile, quiet)
+    record = _guard(run_one, model, dataset, split, root or Path("data") / dataset,
+                    parse_sets(sets), run_config, results, force=force, resume=resume)
+    for rule, chosen in record["metrics"].items():
+        test = chosen["test"]
+        click.echo(f"{rule:12s} epoch {chosen['epoch']:3d}  test SRCC {test['srcc']:.4f}  "
+                   f"PLCC {test['plcc']:.4f}")
+
+
+@click.command()
+@click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--checkpoint", required=True, type=click.Path(path_type=Path),
+              help="A run directory or its checkpoint.pt / best_val.pt.")
+@click.option("--device", default="cpu", show_default=True)
+@user_errors
+def score(images, checkpoint, device) -> None:
+    """Print a quality score per image with a trained model (model's label scale)."""
+    from benchmark.data import DecodeSpec, ImageCache
+    from benchmark.datasets.prepare import decode_check
+    from benchmark.engine import predict, resolve_device
+    from benchmark.runner import load_trained
+
+    for path in images:
+        reason = decode_check(path) if path.is_file() else f"{path}: no such image"
+        if reason:
+            raise BenchError(reason)
+    model, _ = _guard(load_trained, checkpoint)
+    config = model.config
+    target = resolve_device(device)
+    model.to(target)
+    cache = ImageCache(list(images), DecodeSpec(config.resize_hw, config.img_size))
+    scores = predict(model, cache, config.img_size, config.test_crops, 0, target)
+    for path, value in zip(images, scores):
+        click.echo(f"{path}\t{value:.4f}")
+
+
+@click.command()
+@click.option("--model", required=True)
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--amp", type=click.Choice(["auto", "bf16", "fp16", "off"]), default="auto")
+@click.option("--batch-size", type=int, default=None, help="Override the model's batch size.")
+@click.option("--steps", type=int, default=5, show_default=True, help="Timed training steps.")
+@click.option("--workers", type=int, default=0, show_default=True)
+@click.option("--compile", "use_compile", is_flag=True)
+@user_errors
+def profile(model, sets, device, amp, batch_size, steps, workers, use_compile) -> None:
+    """Training/inference/loader images per second, peak memory and (GPU) MFU."""
+    from benchmark.profiling import profile_model
+
+    overrides = parse_sets(sets)
+    if batch_size:
+        overrides["batch_size"] = batch_size
+    report = _guard(profile_model, model, overrides, device, amp, steps, workers, use_compile)
+    for key, value in report.items():
+        click.echo(f"{key:28s} {value}")
+
+
+@click.command()
+@click.option("--model", required=True, help="Model whose pre-training step to run (dbcnn).")
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE")
+@user_errors
+def pretrain(model, out, sets) -> None:
+    """Run a model's own pre-training step (DBCNN's SCNN distortion classifier)."""
+    from benchmark.models import get_model_class
+
+    cls = _guard(get_model_class, model)
+    step = getattr(cls, "pretrain", None)
+    if step is None:
+        raise BenchError(f"model {model!r} has no pre-training step")
+    facts = _guard(step, out, **parse_sets(sets))
+    click.echo(f"wrote {out}" + (f"  {facts}" if facts else ""))

@@ -1,0 +1,156 @@
+"""Decoded-image cache and crop datasets.
+
+Each image is decoded once (uint8, in memory or memory-mapped on disk); later epochs only
+crop. Every random choice derives from (seed, epoch, sample index) through its own
+``numpy.random.Generator``, so a run is reproducible whatever the number of loader
+workers, and a resumed run sees exactly the crops an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from benchmark.io import atomic_dir, canonical_json, sha256_bytes
+
+__all__ = ["DecodeSpec", "ImageCache", "decode_image", "TrainCrops", "TestCrops", "collate"]
+
+#: salt separating test-crop randomness from training randomness
+_TEST_STREAM = 7919
+
+
+@dataclass(frozen=True)
+class DecodeSpec:
+    """How a file becomes the cached array: optional resize, then padding up to the crop."""
+
+    resize_hw: tuple[int, int] | None = None  # (height, width), the torchvision convention
+    min_side: int = 0  # pad (reflect) smaller images so a crop of this side fits
+
+
+def decode_image(path: Path, spec: DecodeSpec) -> np.ndarray:
+    with Image.open(path) as image:
+        image = image.convert("RGB")
+        if spec.resize_hw is not None:
+            height, width = spec.resize_hw
+            image = image.resize((width, height), Image.BILINEAR)
+        array = np.asarray(image, dtype=np.uint8)
+    pad_h, pad_w = max(0, spec.min_side - array.shape[0]), max(0, spec.min_side - array.shape[1])
+    if pad_h or pad_w:
+        mode = "reflect" if pad_h < array.shape[0] and pad_w < array.shape[1] else "edge"
+        array = np.pad(array, ((0, pad_h), (0, pad_w), (0, 0)), mode=mode)
+    return np.ascontiguousarray(array)
+
+
+class ImageCache:
+    """Decoded images by position. ``mode="disk"`` stores one memory-mapped file per image set,
+    keyed by the files' names, sizes and mtimes and the decode spec, so a second run (or
+    another loader worker) maps it instead of decoding."""
+
+    def __init__(self, paths: list[Path], spec: DecodeSpec, mode: str = "memory",
+                 cache_dir: Path | None = None, threads: int = 2):
+        self.paths = [Path(p) for p in paths]
+        self.spec = spec
+        if mode == "memory":
+            with ThreadPoolExecutor(max(1, threads)) as pool:  # PIL decodes without the GIL
+                self._arrays = list(pool.map(lambda p: decode_image(p, spec), self.paths))
+        elif mode == "disk":
+            if cache_dir is None:
+                raise ValueError("cache mode 'disk' needs a cache_dir")
+            self._arrays = self._mapped(Path(cache_dir), threads)
+        else:
+            raise ValueError(f"unknown cache mode {mode!r} (memory, disk)")
+
+    def _key(self) -> str:
+        stats = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in self.paths]
+        return sha256_bytes(canonical_json({"files": stats, "spec": repr(self.spec)}).encode())
+
+    def _mapped(self, cache_dir: Path, threads: int) -> list[np.ndarray]:
+        folder = cache_dir / self._key()[:20]
+        if not (folder / "index.json").is_file():
+            with atomic_dir(folder) as tmp:
+                shapes, offset = [], 0
+                with open(tmp / "pixels.u8", "wb") as out, ThreadPoolExecutor(threads) as pool:
+                    for array in pool.map(lambda p: decode_image(p, self.spec), self.paths):
+                        out.write(array.tobytes())
+                        shapes.append([offset, *array.shape])
+                        offset += array.size
+                (tmp / "index.json").write_text(json.dumps(shapes))
+        shapes = json.loads((folder / "index.json").read_text())
+        if not shapes:
+            return []
+        pixels = np.memmap(folder / "pixels.u8", dtype=np.uint8, mode="r")
+        return [pixels[o : o + h * w * c].reshape(h, w, c) for o, h, w, c in shapes]
+
+    def __len__(self) -> int:
+        return len(self._arrays)
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        return self._arrays[index]
+
+
+def _crop(array: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    height, width = array.shape[:2]
+    if size <= 0:
+        return array
+    top = int(rng.integers(0, height - size + 1))
+    left = int(rng.integers(0, width - size + 1))
+    return array[top : top + size, left : left + size]
+
+
+class TrainCrops(torch.utils.data.Dataset):
+    """DEIQT's repetition protocol: every image appears ``n_crops`` times per epoch, each
+    with its own random crop (and flip); call :meth:`set_epoch` before each epoch."""
+
+    def __init__(self, cache: ImageCache, labels: np.ndarray, units: np.ndarray, crop: int,
+                 n_crops: int, seed: int, hflip: bool = True):
+        self.cache, self.crop, self.n_crops, self.seed, self.hflip = cache, crop, n_crops, seed, hflip
+        self.labels = np.asarray(labels, dtype=np.float32)
+        self.units = np.asarray(units, dtype=np.float32)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.cache) * self.n_crops
+
+    def __getitem__(self, sample: int) -> dict:
+        index = sample % len(self.cache)
+        rng = np.random.default_rng([self.seed, self.epoch, sample])
+        patch = _crop(self.cache[index], self.crop, rng)
+        if self.hflip and rng.random() < 0.5:
+            patch = patch[:, ::-1]
+        return {"image": torch.from_numpy(np.ascontiguousarray(patch.transpose(2, 0, 1))),
+                "label": self.labels[index], "unit": self.units[index], "index": index}
+
+
+class TestCrops(torch.utils.data.Dataset):
+    """``n_crops`` seeded random crops per image, contiguous, identical at every evaluation."""
+
+    def __init__(self, cache: ImageCache, crop: int, n_crops: int, seed: int):
+        self.cache, self.crop, self.n_crops, self.seed = cache, crop, n_crops, seed
+
+    def __len__(self) -> int:
+        return len(self.cache) * self.n_crops
+
+    def __getitem__(self, sample: int) -> dict:
+        index, k = divmod(sample, self.n_crops)
+        rng = np.random.default_rng([self.seed, _TEST_STREAM, index, k])
+        patch = _crop(self.cache[index], self.crop, rng)
+        return {"image": torch.from_numpy(np.ascontiguousarray(patch.transpose(2, 0, 1))),
+                "index": index}
+
+
+def collate(samples: list[dict]) -> dict:
+    batch = {"image": torch.stack([s["image"] for s in samples]),
+             "index": torch.tensor([s["index"] for s in samples], dtype=torch.long)}
+    for key in ("label", "unit"):
+        if key in samples[0]:
+            batch[key] = torch.tensor(np.array([s[key] for s in samples]), dtype=torch.float32)
+    return batch

@@ -1,0 +1,309 @@
+"""Training and evaluation of one model on one split: the engine behind ``bench run``.
+
+The engine owns the optimiser, schedule, precision, checkpoints and the three selection
+rules; models own only their forward pass and (optionally) their training objective.
+A checkpoint is written at every epoch end; ``resume`` restarts from the last one and,
+because every random draw is derived from (seed, epoch, sample), ends with the same
+metrics as an uninterrupted run on the CPU.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from benchmark.data import ImageCache, TestCrops, TrainCrops, collate
+from benchmark.io import atomic_write_bytes
+from benchmark.metrics import all_metrics
+from benchmark.models import IQAModel, TrainContext
+
+__all__ = ["RunConfig", "SplitData", "NonFiniteLossError", "fit", "predict", "resolve_device",
+           "lr_factor", "save_checkpoint", "load_checkpoint"]
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN/inf; the last good checkpoint is kept."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """How a run executes. Only ``seed`` and ``amp`` change results; the rest is plumbing."""
+
+    seed: int = 0
+    device: str = "cpu"  # cpu | cuda | cuda:N | auto (resolved and recorded by the runner)
+    amp: str = "auto"  # auto (bf16 where supported, fp16+scaler on older GPUs, off on CPU) | bf16 | fp16 | off
+    compile: bool = False
+    channels_last: bool = True
+    workers: int = 0
+    cache: str = "memory"  # memory | disk
+    progress: bool = True
+    max_steps_per_epoch: int = 0  # 0 = full epochs; profiling and smoke tests cap it
+
+    RESULT_FIELDS = ("seed", "amp", "compile")
+
+
+@dataclass
+class SplitData:
+    """One split's images, decoded, with labels on the model's training scale."""
+
+    train: ImageCache
+    val: ImageCache
+    test: ImageCache
+    train_labels: np.ndarray
+    val_labels: np.ndarray
+    train_units: np.ndarray
+    val_units: np.ndarray
+    test_units: np.ndarray
+    to_unit: Callable[[np.ndarray], np.ndarray]  # model scale → unit scale (affine)
+
+
+@dataclass
+class FitResult:
+    history: list[dict] = field(default_factory=list)
+    predictions: dict[str, np.ndarray] = field(default_factory=dict)  # "val"/"test" → E×N
+    selection: dict[str, dict] = field(default_factory=dict)
+    train_s: float = 0.0
+    eval_s: float = 0.0
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but CUDA is not available")
+    return device
+
+
+def _amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    if amp == "off" or (amp == "auto" and device.type != "cuda"):
+        return None
+    if amp == "bf16" or (amp == "auto" and torch.cuda.is_bf16_supported()):
+        return torch.bfloat16
+    if amp in ("fp16", "auto"):
+        return torch.float16
+    raise ValueError(f"unknown amp mode {amp!r} (auto, bf16, fp16, off)")
+
+
+def lr_factor(step: int, steps_per_epoch: int, config: Any) -> float:
+    """Multiplier of the base lr at a global step: linear warm-up, then step/cosine/constant.
+
+    With DEIQT's recipe this is timm's StepLRScheduler as the official code uses it: warm-up
+    from ``warmup_lr`` over ``warmup_epochs``, then ×gamma every ``step_epochs`` counted from 0.
+    """
+    warmup = int(round(config.warmup_epochs * steps_per_epoch))
+    if step < warmup:
+        start = config.warmup_lr / config.lr
+        return start + (1.0 - start) * step / warmup
+    if config.schedule == "constant":
+        return 1.0
+    if config.schedule == "step":
+        period = max(1, int(round(config.step_epochs * steps_per_epoch)))
+        return config.gamma ** (step // period)
+    if config.schedule == "cosine":
+        total = max(1, config.epochs * steps_per_epoch - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup) / total)))
+    raise ValueError(f"unknown schedule {config.schedule!r} (step, cosine, constant)")
+
+
+def _loader(dataset, batch_size: int, workers: int, shuffle_seed: int | None, drop_last: bool):
+    generator = None
+    if shuffle_seed is not None:
+        generator = torch.Generator().manual_seed(shuffle_seed)
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, shuffle=shuffle_seed is not None, generator=generator,
+        num_workers=workers, collate_fn=collate, drop_last=drop_last,
+        pin_memory=False, persistent_workers=False)
+
+
+def _to_input(images: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+    images = images.to(device, non_blocking=True).float().div_(255.0)
+    return images.contiguous(memory_format=torch.channels_last) if channels_last else images
+
+
+@torch.no_grad()
+def predict(model: IQAModel, cache: ImageCache, crop: int, n_crops: int, seed: int,
+            device: torch.device, batch_size: int = 64, workers: int = 0,
+            amp_dtype: torch.dtype | None = None, channels_last: bool = False,
+            fn: str = "forward") -> np.ndarray:
+    """Per-image outputs averaged over ``n_crops`` seeded crops: scores (N,) or features (N, D)."""
+    model.eval()
+    outputs: list[torch.Tensor] = []
+    head = model if fn == "forward" else getattr(model, fn)
+    for batch in _loader(TestCrops(cache, crop, n_crops, seed), batch_size, workers, None, False):
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            out = head(_to_input(batch["image"], device, channels_last))
+        outputs.append(out.float().cpu())
+    if not outputs:
+        return np.zeros((0,))
+    stacked = torch.cat(outputs)
+    per_image = stacked.view(len(cache), n_crops, *stacked.shape[1:]).mean(1)
+    return per_image.numpy().astype(np.float64)
+
+
+def save_checkpoint(path: Path, payload: dict) -> None:
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_checkpoint(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _select(history: list[dict]) -> dict[str, dict]:
+    """The epoch reported under each selection rule."""
+    def pick(key: Callable[[dict], float]) -> dict:
+        scored = [(key(h), -h["epoch"], h) for h in history]
+        finite = [s for s in scored if not math.isnan(s[0])]
+        best = max(finite, key=lambda s: (s[0], s[1]))[2] if finite else history[-1]
+        return {"epoch": best["epoch"], "val": best["val"], "test": best["test"]}
+
+    has_val = any(not math.isnan(h["val"].get("srcc", float("nan"))) for h in history)
+    selection = {
+        "val": pick(lambda h: h["val"].get("srcc", float("nan"))),
+        "last": {k: history[-1][k] for k in ("epoch", "val", "test")},
+        # DEIQT's official code reports the epoch with the highest test PLCC
+        "test_oracle": pick(lambda h: h["test"].get("plcc", float("nan"))),
+    }
+    selection["val"]["rule_fallback"] = None if has_val else "no validation images: last epoch"
+    if not has_val:
+        selection["val"].update({k: history[-1][k] for k in ("epoch", "val", "test")})
+    return selection
+
+
+def _evaluate(model, data: SplitData, config, run: RunConfig, device, amp_dtype) -> dict:
+    scores = {}
+    for part, cache in (("val", data.val), ("test", data.test)):
+        scores[part] = predict(model, cache, config.img_size, config.test_crops, run.seed, device,
+                               config.batch_size, run.workers, amp_dtype, run.channels_last)
+    return scores
+
+
+def fit(model: IQAModel, data: SplitData, config: Any, run: RunConfig, work_dir: Path,
+        resume: bool = False, log: Callable[[str], None] = print) -> FitResult:
+    """Train with the engine's loop, evaluating val and test at every epoch end."""
+    device = resolve_device(run.device)
+    amp_dtype = _amp_dtype(run.amp, device)
+    torch.manual_seed(run.seed)
+    model.to(device)
+    if run.channels_last:
+        model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(model.param_groups(), lr=config.lr, betas=(0.9, 0.999), eps=1e-8)
+    train_set = TrainCrops(data.train, data.train_labels, data.train_units, config.img_size,
+                           config.train_crops, run.seed, config.hflip)
+    steps = len(train_set) // config.batch_size
+    if steps == 0:
+        raise ValueError(f"batch_size {config.batch_size} exceeds the {len(train_set)} training "
+                         f"crops: lower batch_size")
+    if run.max_steps_per_epoch:
+        steps = min(steps, run.max_steps_per_epoch)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, steps, config))
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    step_fn = torch.compile(model) if run.compile else model
+    result, start_epoch = FitResult(), 0
+    checkpoint_path = work_dir / "checkpoint.pt"
+    preds: dict[str, list] = {"val": [], "test": []}
+    if resume and checkpoint_path.is_file():
+        state = load_checkpoint(checkpoint_path)
+        model.load_state_dict(state["state_dict"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        model.load_train_state(state.get("train_state", {}))
+        torch.set_rng_state(state["rng"])
+        result.history, start_epoch = state["history"], state["epoch"] + 1
+        preds = {k: [np.asarray(v, dtype=np.float64) for v in state["preds"][k]] for k in preds}
+        result.train_s, result.eval_s = state["train_s"], state["eval_s"]
+        log(f"resuming after epoch {state['epoch']} from {checkpoint_path}")
+    label_range = float(np.ptp(data.train_labels)) if len(data.train_labels) else 1.0
+    progress = _progress(run.progress)
+    for epoch in range(start_epoch, config.epochs):
+        if hasattr(model, "on_epoch_start"):
+            model.on_epoch_start(epoch)
+        train_set.set_epoch(epoch)
+        loader = _loader(train_set, config.batch_size, run.workers, run.seed * 100003 + epoch, True)
+        model.train()
+        tic, sums, count = time.perf_counter(), {}, 0
+        bar = progress(total=steps, desc=f"epoch {epoch + 1}/{config.epochs}")
+        for step_in_epoch, batch in enumerate(loader):
+            if step_in_epoch >= steps:
+                break
+            batch["image"] = _to_input(batch["image"], device, run.channels_last)
+            batch = {k: v.to(device) for k, v in batch.items()}
+            ctx = TrainContext(epoch, epoch * steps + step_in_epoch, steps, label_range, device)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                terms = step_fn.loss(batch, ctx) if run.compile else model.loss(batch, ctx)
+            loss = terms["loss"]
+            if not torch.isfinite(loss):
+                raise NonFiniteLossError(
+                    f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, step {step_in_epoch + 1}; "
+                    f"the last good checkpoint is {checkpoint_path if checkpoint_path.is_file() else 'none (first epoch)'}")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if config.clip_grad > 0:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            for key, value in terms.items():
+                sums[key] = sums.get(key, 0.0) + float(value.detach())
+            count += 1
+            bar.set_postfix(loss=f"{sums['loss'] / count:.4g}")
+            bar.update(1)
+        bar.close()
+        result.train_s += time.perf_counter() - tic
+        tic = time.perf_counter()
+        scores = _evaluate(model, data, config, run, device, amp_dtype)
+        result.eval_s += time.perf_counter() - tic
+        entry = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"],
+                 "train": {k: v / max(count, 1) for k, v in sums.items()},
+                 "val": all_metrics(data.to_unit(scores["val"]), data.val_units),
+                 "test": all_metrics(data.to_unit(scores["test"]), data.test_units),
+                 "time_s": round(time.perf_counter() - tic, 3)}
+        result.history.append(entry)
+        for part in preds:
+            preds[part].append(scores[part])
+        log(f"epoch {epoch + 1}: loss {entry['train'].get('loss', float('nan')):.4g}  "
+            f"val srcc {entry['val']['srcc']:.4f}  test srcc {entry['test']['srcc']:.4f}")
+        if _is_best_val(result.history):
+            save_checkpoint(work_dir / "best_val.pt", _weights(model, config, epoch))
+        save_checkpoint(checkpoint_path, {
+            **_weights(model, config, epoch), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+            "train_state": model.train_state(), "rng": torch.get_rng_state(),
+            "history": result.history, "preds": {k: [torch.tensor(v) for v in preds[k]] for k in preds},
+            "train_s": result.train_s, "eval_s": result.eval_s})
+    result.predictions = {k: np.stack(v) if v else np.zeros((0, 0)) for k, v in preds.items()}
+    result.selection = _select(result.history)
+    return result
+
+
+def _is_best_val(history: list[dict]) -> bool:
+    values = [h["val"].get("srcc", float("nan")) for h in history]
+    current = values[-1]
+    earlier = [v for v in values[:-1] if not math.isnan(v)]
+    return len(history) == 1 or (not math.isnan(current) and all(current > v for v in earlier))
+
+
+def _weights(model: IQAModel, config: Any, epoch: int) -> dict:
+    from benchmark.models import config_to_dict
+
+    return {"model": model.name, "config": config_to_dict(config), "epoch": epoch,
+            "state_dict": model.state_dict()}
+
+
+def _progress(enabled: bool):
+    from tqdm.auto import tqdm
+
+    return lambda **kwargs: tqdm(disable=not enabled, leave=False, **kwargs)

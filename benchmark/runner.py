@@ -1,0 +1,244 @@
+"""One (model, dataset, split) run from prepared data to a finished run record.
+
+This is the library call behind ``bench run``, sweeps and the DVC stages: it resolves the
+config (paper defaults → the paper's per-dataset overrides → the user's overrides), hashes
+it, skips a run that already has a record, orders prerequisites (QFM-IQM's teacher), calls
+the engine and writes the run directory atomically.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import asdict
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+from benchmark.data import DecodeSpec, ImageCache
+from benchmark.datasets.prepare import PreparedDataset, load_prepared
+from benchmark.engine import (RunConfig, SplitData, fit, load_checkpoint, resolve_device,
+                              save_checkpoint)
+from benchmark.io import atomic_write_json, atomic_write_text
+from benchmark.metrics import HIGHER_IS_BETTER, all_metrics
+from benchmark.models import FitModel, IQAModel, config_from_dict, config_to_dict, get_model_class
+from benchmark.records import (RECORD_SCHEMA, SELECTION_RULES, RunKey, config_hash, find_record,
+                               git_state, latest_record, load_record, package_versions, run_dir)
+from benchmark.registry import dataset_registry
+from benchmark.splits import load_split_file, split_images
+
+__all__ = ["MissingPrerequisiteError", "resolve_config", "plan_run", "run_one", "load_trained",
+           "unit_mapping"]
+
+
+class MissingPrerequisiteError(RuntimeError):
+    """A run needs another run first (QFM-IQM needs its DEIQT teacher)."""
+
+
+def resolve_config(model: str, dataset: str, overrides: dict[str, Any] | None = None):
+    cls = get_model_class(model)
+    values = {**cls.Config.dataset_overrides.get(dataset, {}), **(overrides or {})}
+    resolver = getattr(cls, "resolve_config", None)
+    return cls, (resolver(values) if resolver else config_from_dict(cls.Config, values))
+
+
+def unit_mapping(table: pd.DataFrame) -> tuple[float, float]:
+    """(a, b) with score_unit = a·score + b: the dataset's own affine label map."""
+    scores, units = table["score"].to_numpy(float), table["score_unit"].to_numpy(float)
+    if np.ptp(scores) == 0:
+        return 1.0, 0.0
+    a, b = np.polyfit(scores, units, 1)
+    return float(a), float(b)
+
+
+def plan_run(model: str, dataset: str, split: int, root: Path, overrides: dict | None = None,
+             run: RunConfig = RunConfig(), results: Path = Path("results")) -> dict[str, Any]:
+    """Everything that identifies a run, without training: config, hash, paths, parts."""
+    name = dataset_registry().canonical(dataset)
+    prepared = load_prepared(root, name)
+    split_file = load_split_file(prepared.split_path)
+    parts = split_images(split_file, split)
+    cls, config = resolve_config(model, name, overrides)
+    key = RunKey(cls.name, name, split)
+    prerequisites = {}
+    for needed in cls.prerequisites(config):
+        record_path = latest_record(results, RunKey(needed, name, split))
+        if record_path is None:
+            raise MissingPrerequisiteError(
+                f"{cls.name} on {name} split {split} needs a finished {needed} run first: "
+                f"bench run --model {needed} --dataset {name} --split {split} --root {root}")
+        record = load_record(record_path)
+        if record["data"]["splits_sha256"] != split_file["sha256"]:
+            raise MissingPrerequisiteError(
+                f"the {needed} run in {record_path.parent} used another split file; its training "
+                f"images may include this split's test images: rerun it on this split file")
+        prerequisites[needed] = {"dir": str(record_path.parent), "config_hash": record["config_hash"]}
+    identity = {
+        "model": cls.name, "dataset": name, "split": split, "config": config_to_dict(config),
+        "run": {k: getattr(run, k) for k in RunConfig.RESULT_FIELDS},
+        "data": {"table_sha256": prepared.meta["table_sha256"], "splits_sha256": split_file["sha256"]},
+        "prerequisites": {k: v["config_hash"] for k, v in prerequisites.items()},
+    }
+    digest = config_hash(identity)
+    return {"cls": cls, "config": config, "key": key, "identity": identity, "hash": digest,
+            "prepared": prepared, "split_file": split_file, "parts": parts,
+            "prerequisites": prerequisites, "dir": run_dir(results, key, digest)}
+
+
+def _split_data(plan: dict, run: RunConfig, results: Path) -> SplitData:
+    prepared: PreparedDataset = plan["prepared"]
+    config = plan["config"]
+    table = prepared.table.set_index("image")
+    spec = DecodeSpec(resize_hw=config.resize_hw, min_side=config.img_size)
+    a, b = unit_mapping(prepared.table)
+    unit_scale = config.label_scale == "unit"
+    if config.label_scale not in ("raw", "unit"):
+        raise ValueError(f"label_scale must be 'raw' or 'unit', got {config.label_scale!r}")
+    caches = {part: ImageCache([prepared.image_path(i) for i in images], spec, run.cache,
+                               results / "cache" / "images")
+              for part, images in plan["parts"].items()}
+    label_column = "score_unit" if unit_scale else "score"
+    units = {part: table.loc[images, "score_unit"].to_numpy(float)
+             for part, images in plan["parts"].items()}
+    return SplitData(
+        train=caches["train"], val=caches["val"], test=caches["test"],
+        train_labels=table.loc[plan["parts"]["train"], label_column].to_numpy(float),
+        val_labels=table.loc[plan["parts"]["val"], label_column].to_numpy(float),
+        train_units=units["train"], val_units=units["val"], test_units=units["test"],
+        to_unit=(lambda x: np.asarray(x)) if unit_scale else (lambda x: a * np.asarray(x) + b))
+
+
+def _fit_without_sgd(model: FitModel, data: SplitData, config, work_dir: Path):
+    from benchmark.engine import FitResult
+
+    tic = time.perf_counter()
+    images = {part: [cache[i] for i in range(len(cache))]
+              for part, cache in (("train", data.train), ("val", data.val), ("test", data.test))}
+    facts = model.fit(images["train"], data.train_labels, images["val"], data.val_labels)
+    train_s = time.perf_counter() - tic
+    tic = time.perf_counter()
+    scores = {part: np.asarray(model.predict(images[part]), dtype=np.float64) for part in ("val", "test")}
+    entry = {"epoch": 0, "lr": 0.0, "train": {k: v for k, v in facts.items()
+                                              if isinstance(v, (int, float))},
+             "val": all_metrics(data.to_unit(scores["val"]), data.val_units),
+             "test": all_metrics(data.to_unit(scores["test"]), data.test_units), "time_s": 0.0}
+    weights = {"model": model.name, "config": config_to_dict(config), "epoch": 0,
+               "state_dict": model.state_dict()}
+    save_checkpoint(work_dir / "checkpoint.pt", weights)
+    save_checkpoint(work_dir / "best_val.pt", weights)
+    selected = {k: entry[k] for k in ("epoch", "val", "test")}
+    return FitResult(history=[entry], predictions={p: scores[p][None] for p in scores},
+                     selection={rule: dict(selected) for rule in SELECTION_RULES},
+                     train_s=train_s, eval_s=time.perf_counter() - tic), facts
+
+
+def run_one(model: str, dataset: str, split: int, root: Path, overrides: dict | None = None,
+            run: RunConfig = RunConfig(), results: Path = Path("results"), force: bool = False,
+            resume: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train and evaluate one run; returns its record (an existing one when already done)."""
+    results = Path(results)
+    plan = plan_run(model, dataset, split, root, overrides, run, results)
+    final_dir: Path = plan["dir"]
+    existing = find_record(results, plan["key"], plan["hash"])
+    if existing and not force:
+        log(f"already done: {existing}")
+        return load_record(existing)
+    work_dir = final_dir.with_name(final_dir.name + ".partial")
+    if work_dir.exists() and not resume:
+        shutil.rmtree(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(run.device)
+    run = RunConfig(**{**asdict(run), "device": str(device)})
+    started = time.perf_counter()
+    data = _split_data(plan, run, results)
+    decode_s = time.perf_counter() - started
+    cls, config = plan["cls"], plan["config"]
+    instance: IQAModel = cls(config)
+    instance.attach_prerequisites(
+        {name: Path(info["dir"]) / "checkpoint.pt" for name, info in plan["prerequisites"].items()})
+    facts: dict = {}
+    if issubclass(cls, FitModel):
+        result, facts = _fit_without_sgd(instance, data, config, work_dir)
+    else:
+        result = fit(instance, data, config, run, work_dir, resume=resume, log=log)
+    record = _record(plan, run, result, data, device, facts,
+                     {"decode_s": round(decode_s, 3), "train_s": round(result.train_s, 3),
+                      "eval_s": round(result.eval_s, 3),
+                      "total_s": round(time.perf_counter() - started, 3)})
+    _write_outputs(plan, result, record, work_dir)
+    if final_dir.exists():
+        shutil.rmtree(final_dir)
+    work_dir.rename(final_dir)
+    log(f"wrote {final_dir / 'record.json'}")
+    return load_record(final_dir / "record.json")
+
+
+def _record(plan, run, result, data, device, facts, timings) -> dict:
+    parts = plan["parts"]
+    return {
+        "schema": RECORD_SCHEMA, "model": plan["key"].model, "dataset": plan["key"].dataset,
+        "split": plan["key"].split,
+        "split_seed": plan["split_file"]["splits"][plan["key"].split]["seed"],
+        "config": plan["identity"]["config"], "run_config": asdict(run),
+        "config_hash": plan["hash"], "identity": plan["identity"], "seed": run.seed,
+        "git": git_state(), "versions": package_versions(),
+        "device": {"type": device.type, "name": _device_name(device)},
+        "data": {"root": str(plan["prepared"].root), **plan["identity"]["data"],
+                 "n_train": len(parts["train"]), "n_val": len(parts["val"]),
+                 "n_test": len(parts["test"]), "partial_dataset": plan["prepared"].meta.get("partial")},
+        "prerequisites": plan["prerequisites"], "fit_facts": facts, "timings": timings,
+        "history": result.history, "metrics": result.selection,
+        "higher_is_better": HIGHER_IS_BETTER, "suite_tag": plan["identity"]["config"].get("preset"),
+        "status": "complete", "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _device_name(device) -> str:
+    import platform
+
+    import torch
+
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+
+
+def _write_outputs(plan, result, record, work_dir: Path) -> None:
+    prepared, parts = plan["prepared"], plan["parts"]
+    table = prepared.table.set_index("image")
+    a, b = unit_mapping(prepared.table)
+    unit = (lambda x: x) if plan["config"].label_scale == "unit" else (lambda x: a * x + b)
+    frames = []
+    for part in ("val", "test"):
+        rows = table.loc[parts[part], ["score", "score_unit"]].reset_index()
+        rows.insert(1, "part", part)
+        for rule in SELECTION_RULES:
+            prediction = result.predictions[part][record["metrics"][rule]["epoch"]]
+            rows[f"pred_{rule}"] = prediction
+            rows[f"pred_unit_{rule}"] = unit(prediction)
+        frames.append(rows)
+    atomic_write_text(work_dir / "predictions.csv",
+                      pd.concat(frames).to_csv(index=False, float_format="%.8g", lineterminator="\n"))
+    # the finished checkpoint keeps weights only; optimiser state was for resuming
+    state = load_checkpoint(work_dir / "checkpoint.pt")
+    save_checkpoint(work_dir / "checkpoint.pt",
+                    {k: state[k] for k in ("model", "config", "epoch", "state_dict")})
+    atomic_write_json(work_dir / "record.json", record)
+
+
+def load_trained(path: Path, which: str = "checkpoint.pt") -> tuple[IQAModel, dict]:
+    """A trained model from a run directory (or a checkpoint file) and its record, if any."""
+    path = Path(path)
+    checkpoint_path = path / which if path.is_dir() else path
+    if not checkpoint_path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {checkpoint_path}")
+    state = load_checkpoint(checkpoint_path)
+    if not isinstance(state, dict) or "model" not in state or "state_dict" not in state:
+        raise ValueError(f"{checkpoint_path} is not a bench checkpoint")
+    cls = get_model_class(state["model"])
+    config = config_from_dict(cls.Config, state["config"])
+    model = cls(config)
+    model.load_state_dict(state["state_dict"])
+    record_path = checkpoint_path.parent / "record.json"
+    return model.eval(), (load_record(record_path) if record_path.is_file() else {})
