@@ -48,7 +48,9 @@ def _read_mos(path: Path, dataset: str) -> pd.DataFrame:
         except ValueError:
             score = None
         if score is None:
-            raise DatasetError(f"{dataset}: {path} line {number} is not '<MOS> iXX_YY_Z.bmp': {line!r}")
+            raise DatasetError(
+                f"{dataset}: {path} line {number} is not '<MOS> iXX_YY_Z.bmp': {line!r}"
+            )
         reference, distortion, level = match.groups()
         rows.append({"name": fields[1], "score": score, "group": f"I{reference}",
                      "distortion": distortion, "level": int(level)})
@@ -63,7 +65,9 @@ def _read_std(path: Path, n_rows: int, dataset: str) -> np.ndarray:
         try:
             values.append(float(line))
         except ValueError:
-            raise DatasetError(f"{dataset}: {path} line {number} is not a number: {line!r}") from None
+            raise DatasetError(
+                f"{dataset}: {path} line {number} is not a number: {line!r}"
+            ) from None
     if len(values) != n_rows:
         raise DatasetError(
             f"{dataset}: {path} has {len(values)} values but mos_with_names.txt has {n_rows} lines"
