@@ -188,11 +188,15 @@ def _match_rows(meta: PyiqaMeta, images: list[str]) -> list[str | None]:
     return matched
 
 
+def _opens_with_clive_training(meta: PyiqaMeta) -> bool:
+    leading = [PurePosixPath(_key(n)).name for n in meta.names[:len(TRAINING_IMAGES)]]
+    return leading == list(TRAINING_IMAGES)
+
+
 def _row_offset(meta: PyiqaMeta, splits: dict, given: int | None) -> tuple[int, list[str]]:
     rows = len(meta.names)
     indices = {i for parts in splits.values() for part in parts.values() for i in part}
-    leading = [PurePosixPath(_key(n)).name for n in meta.names[:len(TRAINING_IMAGES)]]
-    clive = leading == list(TRAINING_IMAGES)
+    clive = _opens_with_clive_training(meta)
     sliced = rows - len(TRAINING_IMAGES)
     if given is not None:
         note = (f"row offset {given} given: index i is row i+{given} of {meta.path.name}"
@@ -216,6 +220,20 @@ def _row_offset(meta: PyiqaMeta, splits: dict, given: int | None) -> tuple[int, 
     )
 
 
+def _refuse_training_rows(meta: PyiqaMeta, splits: dict, offset: int,
+                          matched: list[str | None]) -> None:
+    """Indices landing on CLIVE's t1..t7 rows mean a wrong offset, even for partial copies."""
+    if not _opens_with_clive_training(meta):
+        return
+    hit = sorted({i + offset for parts in splits.values() for part in parts.values() for i in part
+                  if i + offset < len(TRAINING_IMAGES) and matched[i + offset] is None})
+    if hit:
+        raise SplitFileError(
+            f"with row offset {offset} the split indices point at {len(hit)} CLIVE training "
+            f"image row(s) of {meta.path.name} (first {meta.names[hit[0]]}), which the table "
+            "does not hold: the indices probably count from row 8 (row offset 7)")
+
+
 def import_splits(table: pd.DataFrame, dataset: str, meta_path: Path, split_path: Path,
                   row_offset: int | None = None, allow_missing: bool = False) -> PyiqaImport:
     """pyiqa meta CSV + split JSON -> our split-file dict for ``table`` (see module doc)."""
@@ -224,6 +242,7 @@ def import_splits(table: pd.DataFrame, dataset: str, meta_path: Path, split_path
     offset, notes = _row_offset(meta, splits, row_offset)
     images = table["image"].astype(str).tolist()
     matched = _match_rows(meta, images)
+    _refuse_training_rows(meta, splits, offset, matched)
     holdout = all(not parts["test"] for parts in splits.values())
     mapping = HOLDOUT if holdout else BY_NAME
     dropped: set[int] = set()
@@ -253,7 +272,7 @@ def import_splits(table: pd.DataFrame, dataset: str, meta_path: Path, split_path
         first = meta.names[min(dropped)]
         raise DatasetError(
             f"pyiqa: {len(dropped)} split row(s) of {meta.path.name} have no image in the "
-            f"table, first {first} (pass allow_missing for a partial copy)")
+            f"table, first {first} (allow_missing / --allow-missing for a partial copy)")
     if dropped:
         notes.append(f"{len(dropped)} split row(s) without an image in the table were dropped")
     if holdout:

@@ -114,7 +114,7 @@ def export_pyiqa(name: str, root: Path, split_path: Path | None, out_dir: Path, 
     result = export_splits(prepared.table, split_file, parts)
     meta_out = out_dir / f"meta_info_{prepared.name}.csv"
     split_out = out_dir / f"split_{prepared.name}.json"
-    split_text = json.dumps(result.splits, indent=1) + "\n"
+    split_text = json.dumps(result.splits) + "\n"
     atomic_write_text(meta_out, result.meta_csv)
     atomic_write_text(split_out, split_text)
     if not as_json:
