@@ -56,7 +56,9 @@ def _optional_file(root: Path, name: str, dataset: str) -> Path | None:
 
 def _check_range(values: pd.Series, bounds: tuple[float, float], what: str, path: Path) -> None:
     low, high = float(values.min()), float(values.max())
-    if low < bounds[0] or high > bounds[1]:
+    # a 0-100 column that never exceeds 5 holds the raw 1-5 means under the wrong name
+    raw_in_disguise = bounds == ZSCORE_RANGE and high <= RAW_RANGE[1]
+    if low < bounds[0] or high > bounds[1] or raw_in_disguise:
         raise DatasetError(
             f"koniq: {what} in {path} spans {low:g}..{high:g}, outside "
             f"{bounds[0]:g}..{bounds[1]:g} (a file with the other MOS scale?)"
