@@ -28,7 +28,8 @@ from torch import nn
 from benchmark.models import (ConfigError, IQAModel, ModelConfig, backbone_norm,
                               create_backbone)
 
-__all__ = ["DEIQT", "DEIQTConfig", "PanelDecoder", "TokenProjection"]
+__all__ = ["DEIQT", "DEIQTConfig", "PanelDecoder", "TokenProjection", "build_backbone",
+           "backbone_tokens"]
 
 
 class PanelDecoder(nn.Module):
@@ -121,7 +122,8 @@ class DEIQTConfig(ModelConfig):
                               f"decoder_heads {self.decoder_heads}")
 
 
-def _build_backbone(config: DEIQTConfig) -> nn.Module:
+def build_backbone(config: DEIQTConfig) -> nn.Module:
+    """The config's timm backbone without its classifier, at the config's crop side."""
     kwargs = dict(config.backbone_kwargs)
     backbone = create_backbone(config.backbone, config.pretrained, num_classes=0, **kwargs)
     # a ViT built for another input side cannot take our crops: rebuild it at the crop side
@@ -133,6 +135,22 @@ def _build_backbone(config: DEIQTConfig) -> nn.Module:
     return backbone
 
 
+def backbone_tokens(backbone: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A normalised batch → the backbone's CLS (B, C) and tokens (B, N, C), before projection.
+
+    ViT: token 0 and the tokens after the prefix (CLS, registers). CNN: the last feature map's
+    positions as tokens and their mean as the CLS vector.
+    """
+    out = backbone.forward_features(x)
+    if getattr(backbone, "cls_token", None) is not None:
+        return out[:, 0], out[:, getattr(backbone, "num_prefix_tokens", 1):]
+    if out.ndim == 4:
+        tokens = out.flatten(2).transpose(1, 2)
+        return tokens.mean(dim=1), tokens
+    raise ConfigError(f"backbone {type(backbone).__name__} returns features of shape "
+                      f"{tuple(out.shape)}; expected ViT tokens or a B×C×H×W map")
+
+
 class DEIQT(IQAModel):
     """ViT (or CNN) backbone → CLS + patch tokens → attention-panel decoder → score (B,)."""
 
@@ -142,11 +160,10 @@ class DEIQT(IQAModel):
 
     def __init__(self, config: DEIQTConfig):
         super().__init__(config)
-        self.backbone = _build_backbone(config)
-        self.is_vit = getattr(self.backbone, "cls_token", None) is not None
+        self.backbone = build_backbone(config)
+        is_vit = getattr(self.backbone, "cls_token", None) is not None
         width = self.backbone.num_features
-        self.num_prefix_tokens = getattr(self.backbone, "num_prefix_tokens", 1)
-        needs_projection = not self.is_vit or width != config.decoder_dim
+        needs_projection = not is_vit or width != config.decoder_dim
         self.projection = TokenProjection(width, config.decoder_dim) if needs_projection else None
         self.decoder = PanelDecoder(config.decoder_dim, config.panel_size, config.decoder_heads)
         self.num_features = config.decoder_dim
@@ -154,15 +171,7 @@ class DEIQT(IQAModel):
 
     def forward_tokens(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Images in [0, 1] → the decoder inputs: CLS (B, D) and patch tokens (B, N, D)."""
-        out = self.backbone.forward_features(self.normalize(images))
-        if self.is_vit:
-            cls, tokens = out[:, 0], out[:, self.num_prefix_tokens:]
-        elif out.ndim == 4:
-            tokens = out.flatten(2).transpose(1, 2)
-            cls = tokens.mean(dim=1)
-        else:
-            raise ConfigError(f"backbone {self.config.backbone} returns features of shape "
-                              f"{tuple(out.shape)}; expected ViT tokens or a B×C×H×W map")
+        cls, tokens = backbone_tokens(self.backbone, self.normalize(images))
         if self.projection is not None:
             cls, tokens = self.projection(cls, tokens)
         return cls, tokens

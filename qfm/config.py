@@ -1,0 +1,110 @@
+"""QFM-IQM's configuration: DEIQT's recipe plus every option of method.md §3.3.
+
+Option names and defaults are the document's; the defaults are the full model (grid row A5).
+``adv_mode=sam_line`` and its rho/sam_* settings are NOT FROM THE PAPER (method.md §3.4).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from baselines.deiqt import DEIQTConfig
+from benchmark.models import ConfigError
+from qfm.gate import GATE_FORMS, GATE_INITS
+from qfm.matching import FALLBACKS, METRICS, SELECT_MODES
+from qfm.perturb import PERTURB_FORMS
+
+__all__ = ["QFMConfig"]
+
+_CHOICES = {
+    "teacher": ("deiqt_frozen", "ema", "none"),
+    "teacher_input": ("same_crop", "new_crop"),
+    "kd_loss": ("mse_cls", "mse_cls_patch", "cos_cls", "score", "none"),
+    "memory_sources": ("student+teacher", "student", "teacher"),
+    "match_space": ("student_cls", "teacher_cls", "frozen_imagenet_cls"),
+    "match_metric": METRICS,
+    "match_select": SELECT_MODES,
+    "match_fallback": FALLBACKS,
+    "adv_mode": ("matched", "sam_line", "gaussian", "random_partner", "none"),
+    "perturb_target": ("cls", "patch", "both"),
+    "perturb_form": PERTURB_FORMS,
+    "gate": GATE_FORMS + ("none",),
+    "gate_init": GATE_INITS,
+    "gate_input": ("self", "clean"),
+    "gate_target": ("cls", "patch", "both"),
+    "sam_dir": ("noise", "diff"),
+    "sam_inner": ("first_order", "grid"),
+}
+_MEMORY_MODES = ("matched", "random_partner", "sam_line")
+
+
+@dataclass(frozen=True)
+class QFMConfig(DEIQTConfig):
+    """DEIQT's recipe plus the options of method.md §3.3 (defaults = the full model, A5)."""
+
+    preset: str = "full"  # a qfm.presets name; expanded by QFM.resolve_config, explicit keys win
+    # teacher and distillation
+    teacher: str = "deiqt_frozen"  # deiqt_frozen | ema | none
+    teacher_input: str = "same_crop"  # same_crop | new_crop (the loader's batch["teacher_image"])
+    ema_momentum: float = 0.999  # teacher=ema, per step
+    kd_loss: str = "mse_cls"  # mse_cls | mse_cls_patch | cos_cls | score | none
+    lambda_kd: float = 1.0
+    # memory and matching
+    memory_sources: str = "student+teacher"  # student | teacher | student+teacher
+    memory_batches: int = 4  # K previous batches kept besides the current one
+    match_space: str = "student_cls"  # student_cls | teacher_cls | frozen_imagenet_cls
+    match_metric: str = "cosine"  # cosine | l2
+    tau: float = 0.05  # label tolerance as a fraction of the training label range R
+    exclude_same_image: bool = True
+    match_select: str = "farthest"  # farthest | random | topm_random | softmax
+    match_topm: int = 4
+    match_temperature: float = 0.1
+    match_fallback: str = "nearest_label"  # nearest_label | skip
+    # perturbation; sam_line is NOT FROM THE PAPER (method.md §3.4)
+    adv_mode: str = "matched"  # matched | sam_line | gaussian | random_partner | none
+    perturb_target: str = "cls"  # cls | patch | both
+    perturb_form: str = "add_normmatched"  # add_normmatched | add_raw | interp
+    alpha: float = 1.0
+    perturb_prob: float = 1.0
+    noise_grad: bool = False  # False: stop-gradient through the matched noise
+    # gate
+    gate: str = "se_mlp"  # se_mlp | static | none
+    gate_init: str = "sigmoid_bias3"  # sigmoid_bias3 (g ≈ 0.95) | 2sigmoid_zero (g = 1)
+    gate_input: str = "self"  # self | clean (G(c) gates both c and c̃)
+    gate_target: str = "cls"  # cls | patch | both
+    # loss weights
+    lambda_adv: float = 1.0  # also weighs L_sam under sam_line
+    lambda_sens: float = 0.0
+    lambda_gate: float = 0.0
+    # sam_line (NOT FROM THE PAPER): worst case on the line(s) through the matched noise
+    rho: float = 0.5
+    sam_dir: str = "noise"  # noise | diff
+    sam_inner: str = "first_order"  # first_order | grid
+    sam_dirs: int = 1
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for key, allowed in _CHOICES.items():
+            if getattr(self, key) not in allowed:
+                raise ConfigError(f"config key {key!r} is {getattr(self, key)!r}; "
+                                  f"expected one of {', '.join(allowed)}")
+        if self.teacher == "none" and self.uses_teacher():
+            raise ConfigError("teacher=none, but kd_loss, memory_sources or match_space needs a "
+                              "teacher (set kd_loss=none, memory_sources=student, "
+                              "match_space=student_cls)")
+        if self.adv_mode == "sam_line" and self.perturb_target != "cls":
+            raise ConfigError("adv_mode=sam_line perturbs the CLS only; set perturb_target=cls")
+        if self.sam_dirs < 1 or (self.sam_dirs > 1 and (self.sam_inner == "grid" or
+                                                       self.match_select != "farthest")):
+            raise ConfigError("sam_dirs > 1 needs sam_inner=first_order and match_select=farthest")
+        if self.tau < 0 or self.memory_batches < 0 or not 0 <= self.perturb_prob <= 1 \
+                or not 0 <= self.ema_momentum <= 1:
+            raise ConfigError("tau and memory_batches must be >= 0, perturb_prob and "
+                              "ema_momentum within [0, 1]")
+
+    def uses_memory(self) -> bool:
+        return self.adv_mode in _MEMORY_MODES
+
+    def uses_teacher(self) -> bool:
+        return self.kd_loss != "none" or (self.uses_memory() and (
+            "teacher" in self.memory_sources or self.match_space == "teacher_cls"))

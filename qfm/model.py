@@ -1,0 +1,328 @@
+"""QFM-IQM as reconstructed: Quality-aware Feature Matching on a DEIQT student.
+
+Paper: "Adaptive Feature Selection for No-Reference Image Quality Assessment by Mitigating
+Semantic Noise Sensitivity", Li et al., ICML 2024 (arXiv 2312.06158). No code is public and the
+method section could not be read, so this is the reconstruction of method.md §3, not a
+reproduction: a DEIQT student with a channel gate before its decoder; a temporary memory of
+(feature, label, image id) from the student and a frozen DEIQT teacher; semantic noisy matching
+(same quality within τ·R, another image, farthest in feature space); the matched feature added
+to the anchor's decoder input, whose label the decoder must still predict; feature distillation.
+Inference is the gated student alone. ``adv_mode=sam_line`` is NOT FROM THE PAPER (§3.4).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from baselines.deiqt import DEIQT, backbone_tokens, build_backbone
+from benchmark.models import ConfigError, TrainContext, config_from_dict, regression_loss
+from qfm.config import QFMConfig
+from qfm.gate import ChannelGate
+from qfm.matching import Entries, Memory, match
+from qfm.perturb import gaussian_noise, perturb, sam_directions, worst_direction
+from qfm.presets import GRID_IDS, preset_overrides
+from qfm.teacher import (MissingTeacherError, deiqt_config, ema_update, freeze,
+                         load_deiqt_teacher)
+
+__all__ = ["QFM", "QFMConfig", "MissingTeacherError"]
+
+_SAM_GRID = (-1.0, -0.5, 0.5, 1.0)
+
+
+class QFM(DEIQT):
+    """A DEIQT student with a channel gate; :meth:`loss` is the QFM-IQM objective."""
+
+    name = "qfm"
+    Config = QFMConfig
+    paper = "QFM-IQM as reconstructed (Li et al., ICML 2024, arXiv 2312.06158; no public code)"
+
+    def __init__(self, config: QFMConfig):
+        super().__init__(config)
+        dim, gated = config.decoder_dim, config.gate != "none"
+        self.gate = ChannelGate(dim, config.gate, config.gate_init) \
+            if gated and config.gate_target in ("cls", "both") else None
+        self.patch_gate = ChannelGate(dim, config.gate, config.gate_init) \
+            if gated and config.gate_target in ("patch", "both") else None
+        # frozen helpers (teacher, ImageNet encoder) held outside the module tree: no gradient,
+        # no optimiser group, no saved weights
+        self._aux: dict[str, nn.Module] = {}
+        self._memory = Memory(config.memory_batches)
+        self._imagenet_keys: dict[int, torch.Tensor] = {}
+
+    # -- configuration and prerequisites
+    @classmethod
+    def resolve_config(cls, values: dict[str, Any]) -> QFMConfig:
+        """Expand ``values["preset"]`` (default "full") into overrides; explicit keys win."""
+        explicit = {k: v for k, v in values.items() if v is not None}
+        preset = GRID_IDS.get(explicit.get("preset", QFMConfig.preset),
+                              explicit.get("preset", QFMConfig.preset))
+        return config_from_dict(QFMConfig, {**preset_overrides(preset), **explicit,
+                                            "preset": preset})
+
+    @classmethod
+    def prerequisites(cls, config: QFMConfig) -> list[str]:
+        return ["deiqt"] if config.teacher == "deiqt_frozen" and config.uses_teacher() else []
+
+    def attach_prerequisites(self, checkpoints: dict[str, Path]) -> None:
+        if not self.prerequisites(self.config):
+            return
+        if "deiqt" not in checkpoints:
+            raise MissingTeacherError()
+        self.attach_teacher(load_deiqt_teacher(checkpoints["deiqt"]))
+
+    def attach_teacher(self, teacher: DEIQT) -> None:
+        """Use ``teacher`` (frozen here) for distillation and memory; it must match the student."""
+        for key in ("backbone", "img_size", "decoder_dim"):
+            if getattr(teacher.config, key) != getattr(self.config, key):
+                raise ConfigError(f"the teacher's {key} is {getattr(teacher.config, key)!r}, the "
+                                  f"student's {getattr(self.config, key)!r}; they must agree")
+        self._aux["teacher"] = freeze(teacher).to(self.input_mean.device)
+
+    def _apply(self, fn, recurse=True):  # .to()/.cuda()/.half() reach the frozen helpers too
+        super()._apply(fn, recurse)
+        for module in getattr(self, "_aux", {}).values():
+            module._apply(fn, recurse)
+        return self
+
+    # -- inference: the gated student
+    def gated(self, cls: torch.Tensor, patches: torch.Tensor,
+              gate_from: tuple[torch.Tensor, torch.Tensor] | None = None,
+              ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        """(G(c)⊙c, G_p(mean P)⊙P, gates); the gates read ``gate_from`` if given (gate_input)."""
+        source_cls, source_patches = gate_from if gate_from is not None else (cls, patches)
+        gates = []
+        if self.gate is not None:
+            gates.append(self.gate(source_cls))
+            cls = gates[-1] * cls
+        if self.patch_gate is not None:
+            gates.append(self.patch_gate(source_patches.mean(dim=1)))
+            patches = gates[-1].unsqueeze(1) * patches
+        return cls, patches, gates
+
+    def forward_head(self, tokens: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        cls, patches, _ = self.gated(tokens[:, 0], tokens[:, 1:])
+        return self.decode(cls, patches, pre_logits=pre_logits)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        cls, patches, _ = self.gated(*self.forward_tokens(images))
+        return self.decode(cls, patches)
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """The gated decoder query G(c)⊙c (B, D)."""
+        return self.gated(*self.forward_tokens(images))[0]
+
+    # -- training objective (method.md §3.2)
+    def loss(self, batch: dict[str, torch.Tensor], ctx: TrainContext) -> dict[str, torch.Tensor]:
+        cfg = self.config
+        labels = batch["label"].float().view(-1)
+        ids = batch["index"].view(-1).to(labels.device)
+        if cfg.teacher == "ema" and self.training and "teacher" in self._aux:
+            ema_update(self._aux["teacher"], self, cfg.ema_momentum)
+        cls, patches = self.forward_tokens(batch["image"])
+        teacher = self._teacher_outputs(batch) if cfg.uses_teacher() else None
+        gated_cls, gated_patches, gates = self.gated(cls, patches)
+        q = self.decode(gated_cls, gated_patches)
+        zero = q.new_zeros((), dtype=torch.float32)
+        terms = {"reg": regression_loss(q, labels, cfg.loss), "adv": zero, "kd": zero,
+                 "sens": zero, "gate": zero}
+        stats: dict[str, torch.Tensor] = {}
+        if cfg.kd_loss != "none":
+            terms["kd"] = self._distillation(cls, patches, q, teacher)
+        if cfg.adv_mode != "none":
+            terms["adv"], terms["sens"], stats = self._adversarial(
+                batch["image"], cls, patches, q, labels, ids, teacher, ctx)
+        if gates:
+            gate = torch.cat(gates, dim=1).float()
+            terms["gate"] = gate.mean()
+            stats["gate_mean"] = gate.mean()
+            stats["gate_low"] = (gate.mean(dim=0) < 0.5).float().mean()
+        total = (terms["reg"] + cfg.lambda_adv * terms["adv"] + cfg.lambda_kd * terms["kd"]
+                 + cfg.lambda_sens * terms["sens"] + cfg.lambda_gate * terms["gate"])
+        return {"loss": total, **terms,
+                **{f"stat_{k}": v.detach().float() for k, v in stats.items()}}
+
+    def _teacher_outputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor | None]:
+        cfg = self.config
+        if "teacher" not in self._aux:
+            if cfg.teacher != "ema":
+                raise MissingTeacherError(detail="no teacher was attached")
+            self._attach_ema_teacher()
+        key = "teacher_image" if cfg.teacher_input == "new_crop" else "image"
+        if key not in batch:
+            raise ConfigError("teacher_input=new_crop needs the loader to supply "
+                              "batch['teacher_image'], a second independent crop")
+        teacher = self._aux["teacher"]
+        images = batch[key]
+        if teacher.input_mean.device != images.device:
+            teacher.to(images.device)
+        with torch.no_grad():
+            cls, patches = teacher.forward_tokens(images)
+            score = teacher.decode(cls, patches) if cfg.kd_loss == "score" else None
+        return {"cls": cls, "patches": patches, "score": score}
+
+    def _attach_ema_teacher(self) -> None:
+        teacher = DEIQT(deiqt_config(self.config, pretrained="false"))
+        own = self.state_dict()
+        teacher.load_state_dict({key: own[key] for key in teacher.state_dict()})
+        self.attach_teacher(teacher)
+
+    def _distillation(self, cls, patches, q, teacher) -> torch.Tensor:
+        kind = self.config.kd_loss
+        if kind == "cos_cls":
+            return (1.0 - F.cosine_similarity(cls.float(), teacher["cls"].float(), dim=1)).mean()
+        if kind == "score":
+            return regression_loss(q, teacher["score"], "smoothl1")
+        kd = F.mse_loss(cls.float(), teacher["cls"].float())
+        if kind == "mse_cls_patch":
+            kd = kd + F.mse_loss(patches.float(), teacher["patches"].float())
+        return kd
+
+    def _keys(self, images, cls, ids, teacher) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Match-space vectors of this batch: (student/anchor keys, teacher-entry keys)."""
+        space = self.config.match_space
+        if space == "teacher_cls":
+            return teacher["cls"].float(), teacher["cls"].float()
+        if space == "frozen_imagenet_cls":
+            keys = self._frozen_imagenet_keys(images, ids)
+            return keys, keys
+        return cls.detach().float(), None if teacher is None else teacher["cls"].float()
+
+    @torch.no_grad()
+    def _frozen_imagenet_keys(self, images: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """The fixed pretrained backbone's CLS, computed from the first crop seen of each image."""
+        if "imagenet" not in self._aux:
+            self._aux["imagenet"] = freeze(build_backbone(self.config)).to(images.device)
+        id_list = ids.tolist()
+        first = {image: row for row, image in reversed(list(enumerate(id_list)))}
+        new = [(image, row) for image, row in first.items() if image not in self._imagenet_keys]
+        if new:
+            rows = torch.tensor([row for _, row in new], device=images.device)
+            cls, _ = backbone_tokens(self._aux["imagenet"], self.normalize(images[rows]))
+            for (image, _), key in zip(new, cls.float()):
+                self._imagenet_keys[image] = key
+        return torch.stack([self._imagenet_keys[image] for image in id_list]).to(images.device)
+
+    def _entries(self, cls, patches, labels, ids, teacher, keys) -> list[Entries]:
+        cfg = self.config
+        with_patches = cfg.perturb_target != "cls"
+        student_keys, teacher_keys = keys
+        entries = []
+        if "student" in cfg.memory_sources:
+            features = cls if cfg.noise_grad else cls.detach()
+            entries.append(Entries(features, student_keys, labels, ids,
+                                   patches.detach() if with_patches else None))
+        if "teacher" in cfg.memory_sources:
+            entries.append(Entries(teacher["cls"].to(cls.dtype), teacher_keys, labels, ids,
+                                   teacher["patches"].to(patches.dtype) if with_patches else None))
+        return entries
+
+    def _adversarial(self, images, cls, patches, q, labels, ids, teacher, ctx):
+        """(L_adv or L_sam, L_sens, matching statistics) for the anchors that got a partner."""
+        cfg = self.config
+        stats: dict[str, torch.Tensor] = {}
+        zero = q.new_zeros((), dtype=torch.float32)
+        if cfg.adv_mode == "gaussian":
+            valid = torch.ones_like(labels, dtype=torch.bool)
+            noise_cls, noise_patches = gaussian_noise(cls.detach()), gaussian_noise(patches.detach())
+        else:
+            keys = self._keys(images, cls, ids, teacher)
+            current = self._entries(cls, patches, labels, ids, teacher, keys)
+            memory = self._memory.gather(current)
+            if self.training:
+                self._memory.push(current)
+            tolerance = float("inf") if cfg.adv_mode == "random_partner" \
+                else cfg.tau * float(ctx.label_range)
+            found = match(keys[0], labels, ids, memory, tolerance, metric=cfg.match_metric,
+                          mode=cfg.match_select, fallback=cfg.match_fallback,
+                          exclude_same_image=cfg.exclude_same_image,
+                          count=cfg.sam_dirs if cfg.adv_mode == "sam_line" else 1,
+                          topm=cfg.match_topm, temperature=cfg.match_temperature)
+            valid, partner = found.valid[:, 0], found.index[:, 0]
+            noise_cls = memory.features[partner]
+            noise_patches = memory.patches[partner] if memory.patches is not None else None
+            stats = {"fallback": found.fallback.float().mean(), "matched": valid.float().mean(),
+                     "memory_size": q.new_tensor(float(len(memory)))}
+            if valid.any():
+                stats["match_dy"] = (labels - memory.labels[partner])[valid].abs().mean()
+                stats["match_cosdist"] = 1.0 - F.cosine_similarity(
+                    keys[0][valid], memory.keys[partner][valid], dim=1).mean()
+        if not cfg.noise_grad:
+            noise_cls = noise_cls.detach()
+            noise_patches = None if noise_patches is None else noise_patches.detach()
+        if not valid.any():
+            return zero, zero, stats
+        rows = valid.nonzero().squeeze(1)
+        anchor_cls, anchor_patches, anchor_labels = cls[rows], patches[rows], labels[rows]
+        if cfg.adv_mode == "sam_line":
+            noisy_cls = self._sam_point(anchor_cls, anchor_patches, anchor_labels,
+                                        memory.features[found.index[rows]], found.valid[rows])
+            noisy_patches = anchor_patches
+        else:
+            noisy_cls, noisy_patches = self._noisy(
+                anchor_cls, anchor_patches, noise_cls[rows],
+                None if noise_patches is None else noise_patches[rows])
+        gate_from = (anchor_cls, anchor_patches) if cfg.gate_input == "clean" else None
+        q_noisy = self.decode(*self.gated(noisy_cls, noisy_patches, gate_from)[:2])
+        adversarial = regression_loss(q_noisy, anchor_labels, cfg.loss)
+        sensitivity = (q_noisy.float() - q[rows].detach().float()).abs().mean()
+        return adversarial, sensitivity, stats
+
+    def _noisy(self, cls, patches, noise_cls, noise_patches):
+        """Add the noise to the CLS and/or patch tokens; an anchor is kept with prob 1 − p."""
+        cfg = self.config
+        chosen = torch.rand(cls.shape[0], device=cls.device) < cfg.perturb_prob
+        if cfg.perturb_target in ("cls", "both"):
+            moved = perturb(cls, noise_cls.to(cls.dtype), cfg.perturb_form, cfg.alpha)
+            cls = torch.where(chosen[:, None], moved, cls)
+        if cfg.perturb_target in ("patch", "both"):
+            moved = perturb(patches, noise_patches.to(patches.dtype), cfg.perturb_form, cfg.alpha)
+            patches = torch.where(chosen[:, None, None], moved, patches)
+        return cls, patches
+
+    def _sam_point(self, cls, patches, labels, partners, partner_valid) -> torch.Tensor:
+        """c + sg(δ*), δ* the worst first-order (or grid) step of radius ρ‖c‖ along the
+        direction(s) to the matched partner(s). NOT FROM THE PAPER (method.md §3.4)."""
+        cfg = self.config
+        anchor, fixed_patches = cls.detach().float(), patches.detach()
+        directions = sam_directions(anchor, partners.detach().float(), partner_valid, cfg.sam_dir)
+        radius = cfg.rho * anchor.norm(dim=1, keepdim=True)
+        if cfg.sam_inner == "grid":
+            with torch.no_grad():
+                losses = torch.stack([F.smooth_l1_loss(
+                    self.decode(*self.gated(anchor + e * radius * directions[:, 0],
+                                            fixed_patches)[:2]).float(), labels, reduction="none")
+                    for e in _SAM_GRID])
+                steps = torch.tensor(_SAM_GRID, device=anchor.device)[losses.argmax(dim=0)]
+            delta = steps[:, None] * radius * directions[:, 0]
+        else:
+            with torch.enable_grad():  # one decoder forward/backward on a detached copy of c
+                start = anchor.clone().requires_grad_(True)
+                score = self.decode(*self.gated(start, fixed_patches)[:2]).float()
+                loss = F.smooth_l1_loss(score, labels, reduction="sum")
+                (gradient,) = torch.autograd.grad(loss, start)
+            delta = radius * worst_direction(gradient, directions)
+        return cls + delta.to(cls.dtype)
+
+    # -- checkpointed training state: memory FIFO, EMA teacher, frozen ImageNet keys
+    def train_state(self) -> dict[str, Any]:
+        state: dict[str, Any] = dict(self._memory.state())
+        if self.config.teacher == "ema" and "teacher" in self._aux:
+            state.update({f"ema.{k}": v for k, v in self._aux["teacher"].state_dict().items()})
+        if self._imagenet_keys:
+            state["imagenet.ids"] = torch.tensor(list(self._imagenet_keys))
+            state["imagenet.keys"] = torch.stack(list(self._imagenet_keys.values()))
+        return state
+
+    def load_train_state(self, state: dict[str, Any]) -> None:
+        self._memory.load_state(state)
+        ema = {key[4:]: value for key, value in state.items() if key.startswith("ema.")}
+        if ema:
+            self._attach_ema_teacher()
+            self._aux["teacher"].load_state_dict(ema)
+        if "imagenet.ids" in state:
+            self._imagenet_keys = dict(zip(state["imagenet.ids"].tolist(), state["imagenet.keys"]))
