@@ -85,9 +85,10 @@ def numeric_column(frame: pd.DataFrame, column: str, key: str, path: Path, datas
         bad &= frame[column].notna() & (frame[column].astype(str).str.strip() != "")
     if bad.any():
         row = bad.to_numpy().nonzero()[0][0]
+        value = frame[column].iloc[row]
+        shown = "(empty)" if pd.isna(value) else repr(str(value))
         raise DatasetError(
-            f"{dataset}: {path} has a non-numeric {column} "
-            f"{frame[column].iloc[row]!r} for {frame[key].iloc[row]}"
+            f"{dataset}: {path} has a non-numeric {column} {shown} for {frame[key].iloc[row]}"
         )
     return values
 

@@ -114,7 +114,9 @@ class Spaq(Dataset):
         root = Path(root)
         path = find_file(root, LABEL_FILE, self.name)
         try:
-            frame = pd.read_excel(path, sheet_name=0, dtype={NAME: str})
+            # only empty cells are missing: "n/a" in a MOS cell must be an error, not NaN
+            frame = pd.read_excel(path, sheet_name=0, dtype={NAME: str}, keep_default_na=False,
+                                  na_values=[""])
         except (zipfile.BadZipFile, ValueError, KeyError, OSError) as error:
             raise DatasetError(f"spaq: cannot read {path} as xlsx ({error})") from None
         frame.columns = [str(column).strip() for column in frame.columns]
