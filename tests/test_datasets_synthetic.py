@@ -274,6 +274,23 @@ def test_csiq_prefers_xlsx_unless_told(tmp_path):
     assert (auto.label_file, txt.label_file) == ("csiq.DMOS.xlsx", "csiq_label.txt")
 
 
+def test_csiq_type_folders_without_wrapping_folder_and_stray_files(tmp_path):
+    records = make_csiq(tmp_path / "x", labels="txt", layout="nested")
+    for item in (tmp_path / "x" / "dst_imgs").iterdir():  # as if unzipped without a top folder
+        item.rename(tmp_path / "x" / item.name)
+        (tmp_path / "x" / item.name / "Thumbs.db").write_bytes(b"")  # harmless duplicates
+    (tmp_path / "x" / "dst_imgs").rmdir()
+    table = Csiq().parse(tmp_path)
+    assert table["image"].tolist() == [f"x/{r['sub']}/{r['name']}" for r in records]
+
+
+def test_csiq_listed_image_found_twice(tmp_path):
+    make_csiq(tmp_path, labels="txt", layout="nested")
+    write_image(tmp_path / "dst_imgs" / "blur" / "1600.AWGN.1.png")
+    with pytest.raises(DatasetError, match=r"both match listed image awgn/1600\.AWGN\.1\.png"):
+        Csiq().parse(tmp_path)
+
+
 def test_csiq_missing_images_keep_the_canonical_path(tmp_path):
     make_csiq(tmp_path, labels="txt", images=False)
     assert Csiq().parse(tmp_path)["image"].iloc[0] == "dst_imgs/awgn/1600.AWGN.1.png"

@@ -168,16 +168,16 @@ def resolve_names(listed: Sequence[str], folder: Path, root: Path, dataset: str)
     on disk), so each name becomes its real on-disk path relative to ``root``. A name with no
     file keeps its listed spelling under ``folder``, so it counts as missing downstream.
     """
-    index: dict[str, Path] = {}
+    index: dict[str, list[Path]] = {}
     if folder.is_dir():
         for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-            key = path.name.lower()
-            if key in index:
-                raise DatasetError(
-                    f"{dataset}: {index[key]} and {path} both match one listed name; remove one"
-                )
-            index[key] = path
-    return [
-        index.get(Path(name).name.lower(), folder / name).relative_to(root).as_posix()
-        for name in listed
-    ]
+            index.setdefault(path.name.lower(), []).append(path)
+    resolved = []
+    for name in listed:
+        hits = index.get(Path(name).name.lower(), [folder / name])
+        if len(hits) > 1:  # stray duplicates (Thumbs.db) are harmless; a listed one is not
+            raise DatasetError(
+                f"{dataset}: {hits[0]} and {hits[1]} both match listed image {name}; remove one"
+            )
+        resolved.append(hits[0].relative_to(root).as_posix())
+    return resolved

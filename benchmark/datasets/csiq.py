@@ -119,9 +119,14 @@ def _image_folder(root: Path, base: Path) -> tuple[Path, bool]:
         near = base / name
         hits = [near] if near.is_dir() else sorted(p for p in root.rglob(name) if p.is_dir())
         if hits:
-            nested = any((hits[0] / sub).is_dir() for sub, _ in TYPES.values())
-            return hits[0], not nested
+            return hits[0], not _has_type_folders(hits[0])
+    if _has_type_folders(base):  # dst_imgs.zip unpacked without its own top folder
+        return base, False
     return base / "dst_imgs", False
+
+
+def _has_type_folders(folder: Path) -> bool:
+    return any((folder / sub).is_dir() for sub, _ in TYPES.values())
 
 
 class Csiq(Dataset):

@@ -191,6 +191,8 @@ def check_archive(archive: Path, password: bytes | None = None) -> int:
         raise DatasetError(f"{archive}: unreadable archive ({error})") from None
     except RuntimeError as error:  # zipfile: encrypted member and no (or a wrong) password
         raise DatasetError(f"{archive}: {error} (pass --password)") from None
+    except NotImplementedError as error:  # AES encryption or an exotic compression method
+        raise DatasetError(f"{archive}: {error}; unpack it by hand into {archive.parent}") from None
 
 
 def _merge(source: Path, target: Path) -> None:
@@ -222,6 +224,8 @@ def safe_extract(archive: Path, target: Path, password: bytes | None = None) -> 
                     handle.extractall(staging, filter="data")  # second guard behind the checks
         except RuntimeError as error:
             raise DatasetError(f"{archive}: {error} (pass --password)") from None
+        except NotImplementedError as error:
+            raise DatasetError(f"{archive}: {error}; unpack it by hand into {target}") from None
         except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as error:
             raise DatasetError(f"{archive}: cannot unpack ({error})") from None
         _merge(staging, target)
@@ -321,6 +325,8 @@ def manual_steps(dataset: Dataset, root: Path, pending: list[Pending] | None = N
         if source.note:
             lines.append(f"     note: {source.note}")
         lines.append(f"     put it at {root / _filename(source)}")
+        if source.size_bytes:
+            lines.append(f"     size about {source.size_bytes:,} bytes")
         if source.sha256:
             lines.append(f"     expected sha256 {source.sha256}")
     lines += [
