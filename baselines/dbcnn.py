@@ -1,0 +1,194 @@
+"""DBCNN: deep bilinear CNN for blind image quality assessment (Zhang et al., TCSVT 2020).
+
+Paper: Zhang, Ma, Yan, Deng, Wang, "Blind Image Quality Assessment Using a Deep Bilinear
+Convolutional Neural Network", IEEE TCSVT 30(1):36-47, 2020. Original code:
+https://github.com/zwx8981/DBCNN-PyTorch (``DBCNN.py``; read for the architecture and recipe,
+not copied). Weights: the content stream is VGG-16 (ImageNet, timm ``vgg16``); the synthetic
+stream is S-CNN (:mod:`baselines.scnn`), loaded from ``scnn_weights``: our
+:func:`~baselines.scnn.pretrain_scnn` output or the original's ``pretrained_scnn/scnn.pkl``.
+An empty ``scnn_weights`` leaves S-CNN randomly initialised, which is not the paper's model.
+
+The model: VGG-16 up to conv5_3 (after its ReLU, before the last max-pool; 512 channels, stride
+16) and S-CNN's convolutional part (128 channels, stride 16) see the same image; if their maps
+differ in size the S-CNN map is resized bilinearly (corners aligned, as the original's
+``upsample_bilinear``). Bilinear pooling averages the outer products over positions (B, 512x128),
+then a signed square root (with the original's +1e-8; both streams end in ReLU, so it is the
+original's plain root), L2 normalisation and one linear layer (Kaiming-normal weight, zero bias)
+give the score.
+
+Parameters: 15,311,345 = VGG-16 convolutions 14,714,688 + S-CNN features 531,120 (nine convs
+with bias 529,648 + nine BatchNorms 1,472) + FC 65,536 + 1. The original's ``DBCNN`` module
+holds exactly these layers.
+
+Recipe (``DBCNN.py``): two stages per split, MSE on raw labels, batch 8, weight decay 5e-4.
+Stage 1 trains the FC only, streams frozen, SGD (momentum 0.9) at 1e-3 for 50 epochs; stage 2
+fine-tunes everything with Adam at 1e-5 for 50 epochs, starting from stage 1's FC. Train crops:
+LIVE 432, LIVE Challenge 448, CSIQ/TID2013 whole images; test on whole images; random
+horizontal flips. ``stage`` selects what a run does:
+
+- ``"head"``: stage 1 only (streams frozen; ``head_lr``);
+- ``"all"``: stage 2 only (everything at ``lr``), from a fresh FC;
+- ``"both"`` (default): ``head_epochs`` epochs of stage 1, then ``epochs - head_epochs`` of
+  stage 2, in one run. The switch needs two engine hooks: ``on_epoch_start(epoch)`` freezes or
+  unfreezes the streams, and ``group_lr_factor(part, epoch)`` scales each parameter group's lr
+  (groups carry a ``part`` key: ``head`` or ``streams``). Without the second hook the FC keeps
+  ``head_lr`` in stage 2.
+
+Differences from the original, so results are labelled honestly: the engine's optimiser (AdamW,
+decoupled weight decay, none on biases) replaces SGD-with-momentum and Adam with L2 decay, and
+its moments carry over the stage switch (the original builds a new optimiser); stage 2 starts
+from stage 1's last FC, not the one with the best *test* SRCC; square crops replace whole images
+(``dataset_overrides``: CSIQ's 512 crop is the whole image; TID2013/KADID take 384, the largest
+square) and the test image is ``test_crops`` crops, not the whole image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from baselines.scnn import SCNN, load_scnn_features
+from benchmark.models import (ConfigError, IQAModel, ModelConfig, backbone_norm, create_backbone,
+                              decay_groups)
+
+__all__ = ["DBCNN", "DBCNNConfig", "STAGES"]
+
+STAGES = ("head", "all", "both")
+
+
+@dataclass(frozen=True)
+class DBCNNConfig(ModelConfig):
+    """DBCNN's recipe as ``DBCNN.py`` runs it (see the module docstring for the stages)."""
+
+    backbone: str = "vgg16"
+    pretrained: str = "true"  # ImageNet VGG-16; offline: a local weights file
+    scnn_weights: str = ""  # S-CNN checkpoint (pretrain_scnn output or the original scnn.pkl)
+    stage: str = "both"  # head | all | both
+    head_epochs: int = 50  # stage 1's length when stage="both"
+    head_lr: float = 1e-3  # stage 1's lr (FC only)
+    img_size: int = 448  # LIVE Challenge crop; LIVE in dataset_overrides
+    epochs: int = 100  # all epochs of the run: 50 + 50 for "both"
+    batch_size: int = 8
+    lr: float = 1e-5  # stage 2's lr (everything)
+    weight_decay: float = 5e-4
+    warmup_epochs: float = 0.0
+    schedule: str = "constant"
+    clip_grad: float = 0.0
+    train_crops: int = 1
+    test_crops: int = 1
+    loss: str = "mse"
+
+    dataset_overrides: ClassVar[dict[str, dict[str, Any]]] = {
+        "live": {"img_size": 432},
+        "csiq": {"img_size": 512},  # the whole 512x512 image, as the original trains
+        "tid2013": {"img_size": 384},  # whole 512x384 images in the original; largest square
+        "kadid": {"img_size": 384},  # not in the original; same image size as TID2013
+    }
+
+    def __post_init__(self) -> None:
+        if self.stage not in STAGES:
+            raise ConfigError(f"config key 'stage' expects one of {', '.join(STAGES)}, "
+                              f"got {self.stage!r}")
+        if self.stage == "both" and not 0 < self.head_epochs < self.epochs:
+            raise ConfigError(f"stage 'both' needs 0 < head_epochs < epochs, got head_epochs "
+                              f"{self.head_epochs} and epochs {self.epochs}")
+
+
+def _content_stream(config: DBCNNConfig) -> tuple[nn.Sequential, int, nn.Module]:
+    """VGG features up to the last conv block's ReLU, its width, and the timm model (for norm)."""
+    vgg = create_backbone(config.backbone, config.pretrained)
+    features = getattr(vgg, "features", None)
+    if not isinstance(features, nn.Sequential) or not isinstance(features[-1], nn.MaxPool2d):
+        raise ConfigError(f"DBCNN needs a VGG backbone (a 'features' stack ending in max-pool); "
+                          f"{config.backbone} is not one")
+    width = [m for m in features if isinstance(m, nn.Conv2d)][-1].out_channels
+    return features[:-1], width, vgg
+
+
+class DBCNN(IQAModel):
+    """VGG-16 content stream x S-CNN synthetic stream → bilinear pooling → linear score (B,)."""
+
+    name = "dbcnn"
+    Config = DBCNNConfig
+    paper = "DBCNN, Zhang et al., IEEE TCSVT 2020 (github.com/zwx8981/DBCNN-PyTorch)"
+
+    def __init__(self, config: DBCNNConfig):
+        super().__init__(config)
+        self.content, width, vgg = _content_stream(config)
+        self.set_input_norm(*backbone_norm(vgg, config))
+        self.synthetic = SCNN().features
+        if config.scnn_weights:
+            try:
+                self.synthetic.load_state_dict(load_scnn_features(config.scnn_weights))
+            except RuntimeError as error:
+                raise ConfigError(f"scnn_weights file {config.scnn_weights} does not fit S-CNN: "
+                                  f"{str(error).splitlines()[0]}") from None
+        self.num_features = width * SCNN.out_channels
+        self.fc = nn.Linear(self.num_features, 1)
+        nn.init.kaiming_normal_(self.fc.weight)
+        nn.init.zeros_(self.fc.bias)
+        # "both" starts frozen through on_epoch_start(0), so param_groups still sees the streams
+        self._freeze_streams(config.stage == "head")
+
+    def _stream_parameters(self):
+        yield from self.content.parameters()
+        yield from self.synthetic.parameters()
+
+    def _freeze_streams(self, frozen: bool) -> None:
+        for parameter in self._stream_parameters():
+            parameter.requires_grad_(not frozen)
+
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        """The normalised bilinear vector (B, 512x128), the FC's input."""
+        x = self.normalize(images)
+        content, synthetic = self.content(x), self.synthetic(x)
+        if synthetic.shape[-2:] != content.shape[-2:]:
+            synthetic = F.interpolate(synthetic, size=content.shape[-2:], mode="bilinear",
+                                      align_corners=True)
+        height, width = content.shape[-2:]
+        # sums of up to ~800 products of activations; half precision would lose the small ones
+        with torch.autocast(content.device.type, enabled=False):
+            pooled = torch.bmm(content.float().flatten(2),
+                               synthetic.float().flatten(2).transpose(1, 2)) / (height * width)
+            pooled = pooled.flatten(1)
+            pooled = torch.sign(pooled) * torch.sqrt(pooled.abs() + 1e-8)
+            return F.normalize(pooled, dim=1)
+
+    def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return features if pre_logits else self.fc(features).squeeze(1)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(images))
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        return self.forward_features(images)
+
+    def param_groups(self) -> list[dict]:
+        c = self.config
+        head = [{**g, "part": "head"} for g in decay_groups(self.fc, c.head_lr, c.weight_decay)]
+        if c.stage == "head":
+            return head
+        if c.stage == "all":
+            return [{**g, "part": "all"} for g in decay_groups(self, c.lr, c.weight_decay)]
+        streams = nn.ModuleList([self.content, self.synthetic])
+        return head + [{**g, "part": "streams"}
+                       for g in decay_groups(streams, c.lr, c.weight_decay)]
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """Stage "both": streams frozen for the first ``head_epochs`` epochs, then trained."""
+        if self.config.stage == "both":
+            self._freeze_streams(epoch < self.config.head_epochs)
+
+    def group_lr_factor(self, part: str, epoch: int) -> float:
+        """Multiplier of a group's lr at ``epoch``: stage "both" moves the FC to ``lr`` in stage 2."""
+        c = self.config
+        if c.stage != "both":
+            return 1.0
+        in_head_stage = epoch < c.head_epochs
+        if part == "head":
+            return 1.0 if in_head_stage else c.lr / c.head_lr
+        return 0.0 if in_head_stage else 1.0
