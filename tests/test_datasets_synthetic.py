@@ -376,6 +376,15 @@ def test_tid2013_real_labels():
     assert present["score"].tolist() == [3.86486, 3.42222, 2.63636]
     # names the list spells in upper case keep their listed spelling when no file resolves them
     assert "distorted_images/I01_11_1.BMP" in set(table["image"])
+    pyiqa = root.parent / "pyiqa" / "meta_info_TID2013Dataset.csv"
+    if pyiqa.is_file():  # pyiqa's independent reading: same names, order, scores, references
+        import pandas as pd
+
+        meta = pd.read_csv(pyiqa)
+        names = table["image"].str.rsplit("/", n=1).str[-1].str.lower()
+        assert names.tolist() == meta["dist_name"].str.lower().tolist()
+        np.testing.assert_allclose(table["score"], meta["mos"], rtol=0, atol=1e-9)
+        assert table["group"].tolist() == meta["ref_name"].str[:3].str.upper().tolist()
 
 
 # ----------------------------------------------------------------------------------------- KADID

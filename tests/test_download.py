@@ -110,8 +110,9 @@ def test_unreachable_and_missing_files(server, tmp_path):
     with pytest.raises(HostUnreachable, match="HTTP 404"):
         download(f"{server.url}/nothing.zip", tmp_path / "nothing.zip", progress=False)
     with pytest.raises(HostUnreachable, match="cannot reach"):
-        download("http://127.0.0.1:9/x.zip", tmp_path / "x.zip", progress=False, timeout=5)
-    assert list(tmp_path.iterdir()) == []  # no .part left for a file that never came
+        download("http://127.0.0.1:9/x.zip", tmp_path / "sub" / "x.zip", progress=False,
+                 timeout=5)
+    assert list(tmp_path.iterdir()) == []  # no folder, no .part for a file that never came
 
 
 def test_file_url(tmp_path):

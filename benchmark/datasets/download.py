@@ -76,7 +76,6 @@ def download(url: str, dest: Path, sha256: str | None = None, progress: bool = T
         if sha256:
             verify_sha256(dest, sha256)
         return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
     offset = part.stat().st_size if part.is_file() else 0
     headers = {"User-Agent": "iqa-bench"}
@@ -102,6 +101,7 @@ def download(url: str, dest: Path, sha256: str | None = None, progress: bool = T
             offset = 0
         length = response.headers.get("Content-Length")
         total = offset + int(length) if length and length.isdigit() else None
+        dest.parent.mkdir(parents=True, exist_ok=True)  # only once the host has answered
         with open(part, "ab" if offset else "wb") as handle, tqdm(
             total=total, initial=offset, unit="B", unit_scale=True, desc=dest.name,
             disable=not progress, leave=False,

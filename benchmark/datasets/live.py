@@ -111,7 +111,8 @@ class Live(Dataset):
             access="manual",
             filename="dmos_realigned.mat",
             note="separate download under the 'update to Release 2' heading of the same page; "
-            "needed for the default label='realigned' (put it next to dmos.mat)",
+            "needed for the default label='realigned' (found anywhere under the root; "
+            "HyperIQA/DEIQT keep it next to dmos.mat)",
         ),
         Source(
             name="pyiqa mirror",
