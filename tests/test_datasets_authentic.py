@@ -82,7 +82,8 @@ def test_livec_real_labels():
     assert not table["image"].str.contains("trainingImages").any()
     assert round(table["score"].min(), 2) == 3.42 and round(table["score"].max(), 2) == 92.43
     assert round(table["score"].mean(), 2) == 55.40
-    assert round(table["score_std"].min(), 2) == 6.76 and round(table["score_std"].max(), 2) == 28.59
+    assert round(table["score_std"].min(), 2) == 6.76
+    assert round(table["score_std"].max(), 2) == 28.59
     assert (table["group"] == table["image"]).all() and (table["official_split"] == "").all()
 
 
@@ -247,7 +248,7 @@ def test_spaq_fixture_and_errors(tmp_path):
     assert table["image"].tolist() == ["512x384/00001.png", "512x384/00002.png"]
     assert table["score"].tolist() == [48.86, 62.5]
     write_spaq(tmp_path, ["Image name", "Score"], [["00001.jpg", 48.86]])
-    with pytest.raises(DatasetError, match="MOS and Image attribute scores.xlsx has no column 'MOS'"):
+    with pytest.raises(DatasetError, match="attribute scores.xlsx has no column 'MOS'"):
         Spaq().parse(tmp_path)
     write_spaq(tmp_path, header[:2], [["00001.jpg", "n/a"]])
     with pytest.raises(DatasetError, match="non-numeric MOS 'n/a' for 00001.jpg"):
