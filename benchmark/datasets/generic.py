@@ -289,5 +289,5 @@ class Generic(Dataset):
         self.higher_is_better = config.higher_is_better
         self.score_type = config.score_type
         self.kind = config.kind
-        self.title = config.title or self.title
+        self.title = config.title or Generic.title
         self.has_official_split = config.split is not None
