@@ -132,7 +132,7 @@ class IQAModel(nn.Module):
     name: ClassVar[str]
     Config: ClassVar[type[ModelConfig]] = ModelConfig
     #: "gradient": the engine's training loop; "fit": the model's own fit()/predict()
-    training: ClassVar[str] = "gradient"  # type: ignore[assignment]
+    training_kind: ClassVar[str] = "gradient"
     #: one-line provenance shown by `bench models`
     paper: ClassVar[str] = ""
 
@@ -186,7 +186,7 @@ class IQAModel(nn.Module):
 class FitModel(IQAModel):
     """A model trained by its own ``fit`` on decoded images (BRISQUE + SVR), not by SGD."""
 
-    training = "fit"  # type: ignore[assignment]
+    training_kind = "fit"
 
     def fit(self, train_images: list, train_labels, val_images: list, val_labels) -> dict:
         """Train on uint8 HxWx3 arrays; returns a dict of facts to store in the run record."""

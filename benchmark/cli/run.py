@@ -50,7 +50,7 @@ def models() -> None:
 
     for name in list_models():
         cls = get_model_class(name)
-        click.echo(f"{name:10s} {cls.training:8s} {cls.paper}")
+        click.echo(f"{name:10s} {cls.training_kind:8s} {cls.paper}")
 
 
 run_options = [
