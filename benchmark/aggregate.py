@@ -29,6 +29,7 @@ __all__ = [
     "CELL_KEYS",
     "config_identity",
     "runs_table",
+    "runs_frame",
     "bootstrap_median_ci",
     "summarize",
     "primary_cells",
@@ -43,6 +44,8 @@ METRICS = tuple(HIGHER_IS_BETTER)
 CELL_KEYS = ["model", "dataset", "config_id", "rule"]
 #: run settings that change a result (engine.RunConfig.RESULT_FIELDS); the rest is plumbing
 RESULT_RUN_FIELDS = ("seed", "amp", "compile")
+RUN_COLUMNS = ["model", "dataset", "config_id", "rule", "split", "epoch", "preset", "suite_tag",
+               "n_test", "config_hash", "dir", *METRICS, *(f"val_{m}" for m in METRICS)]
 BOOTSTRAP_RESAMPLES = 2000
 BOOTSTRAP_SEED = 0
 
@@ -84,13 +87,16 @@ def runs_table(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
             row.update({m: _number(chosen.get("test", {}).get(m)) for m in METRICS})
             row.update({f"val_{m}": _number(chosen.get("val", {}).get(m)) for m in METRICS})
             rows.append(row)
-    columns = ["model", "dataset", "config_id", "rule", "split", "epoch", "preset", "suite_tag",
-               "n_test", "config_hash", "dir", *METRICS, *(f"val_{m}" for m in METRICS)]
-    table = pd.DataFrame(rows, columns=columns)
+    return runs_frame(rows)
+
+
+def runs_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """Per-split rows as a sorted table; one configuration may hold each split only once."""
+    table = pd.DataFrame(rows, columns=RUN_COLUMNS)
     duplicated = table.duplicated(CELL_KEYS + ["split"], keep=False)
     if duplicated.any():
         dirs = table.loc[duplicated, "dir"].drop_duplicates().tolist()
-        raise ValueError(f"two records of one configuration and split: {dirs[0]} and {dirs[1]}")
+        raise ValueError(f"two records of one configuration and split: {dirs[0]} and {dirs[-1]}")
     return table.sort_values(CELL_KEYS + ["split"], kind="stable").reset_index(drop=True)
 
 
