@@ -26,8 +26,11 @@ def _metrics(rng: np.random.Generator, level: float) -> dict[str, float]:
 
 
 def write_run(results: Path, model: str, dataset: str, split: int, level: float, seed: int,
-              config: dict | None = None, n_test: int = 30, epochs: int = 3) -> dict:
-    """One finished run directory; returns {rule: test metrics} as written."""
+              config: dict | None = None, n_test: int = 30, epochs: int = 3,
+              label_map: tuple[float, float] = (0.01, 0.0)) -> dict:
+    """One finished run directory; returns {rule: test metrics} as written.
+
+    ``label_map`` (a, b) is the source's unit = a·label + b (a < 0 for a DMOS scale)."""
     rng = np.random.default_rng(seed)
     config = {"epochs": epochs, "lr": 1e-3, **(config or {})}
     history = []
@@ -59,10 +62,11 @@ def write_run(results: Path, model: str, dataset: str, split: int, level: float,
     (folder / "record.json").write_text(json.dumps(record))
     unit = np.linspace(0.05, 0.95, n_test)
     pred = unit + rng.normal(0, 0.1, n_test)
+    a, b = label_map
     rows = pd.DataFrame({"image": [f"img{i}.png" for i in range(n_test)], "part": "test",
-                         "score": unit * 100, "score_unit": unit})
+                         "score": (unit - b) / a, "score_unit": unit})
     for rule in RULES:
-        rows[f"pred_{rule}"] = pred * 100
+        rows[f"pred_{rule}"] = (pred - b) / a
         rows[f"pred_unit_{rule}"] = pred
     rows.to_csv(folder / "predictions.csv", index=False)
     return {rule: selection[rule]["test"] for rule in RULES}

@@ -1,0 +1,143 @@
+"""Cross-dataset evaluation: each split's model trained on one set, scored on all of another.
+
+A cross record (``results/cross/<model>/<train>__<test>/split<k>.json``) holds the metrics
+of one trained split model against the target set's unit score. Predictions are first put
+on the source's unit scale with the affine map the source run itself used (read from its
+predictions.csv), so a model trained on DMOS and tested on MOS keeps a positive SRCC when it
+orders quality right. Reading and summarising cross records needs no torch; evaluating does.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import pandas as pd
+
+from benchmark.aggregate import config_identity, runs_frame, summarize
+from benchmark.io import atomic_write_json
+from benchmark.metrics import HIGHER_IS_BETTER, all_metrics
+from benchmark.records import git_state, iter_records, package_versions
+
+__all__ = ["CROSS_SCHEMA", "CHECKPOINTS", "cross_path", "iter_cross", "cross_runs",
+           "cross_summary", "unit_map", "select_runs", "evaluate_cross"]
+
+CROSS_SCHEMA = "bench-cross/1"
+#: selection rule → the weights file of the run that rule reports
+CHECKPOINTS = {"val": "best_val.pt", "last": "checkpoint.pt"}
+
+
+def cross_path(results: Path, model: str, train: str, test: str, split: int) -> Path:
+    return Path(results) / "cross" / model / f"{train}__{test}" / f"split{split}.json"
+
+
+def iter_cross(results: Path) -> Iterator[dict[str, Any]]:
+    for path in sorted((Path(results) / "cross").glob("*/*__*/split*.json")):
+        record = json.loads(path.read_text())
+        if record.get("schema") != CROSS_SCHEMA:
+            raise ValueError(f"{path} is not a {CROSS_SCHEMA} record")
+        record["_path"] = str(path)
+        yield record
+
+
+def cross_runs(results: Path) -> pd.DataFrame:
+    """Cross records in the aggregate's per-split layout, ``dataset`` spelled ``train->test``."""
+    rows = []
+    for record in iter_cross(results):
+        rows.append({"model": record["model"], "dataset": f"{record['train']}->{record['test']}",
+                     "config_id": record["config_id"], "rule": record["rule"],
+                     "split": int(record["split"]), "epoch": record.get("epoch"),
+                     "preset": record.get("preset"), "suite_tag": record.get("suite_tag"),
+                     "n_test": record["data"]["n_images"], "config_hash": record.get("config_hash"),
+                     "dir": record["_path"], **record["metrics"]})
+    return runs_frame(rows)
+
+
+def cross_summary(results: Path, expected: dict[str, int] | int = 10) -> pd.DataFrame:
+    runs = cross_runs(results)
+    if isinstance(expected, dict):
+        # a cross cell is complete when every split of its source was evaluated
+        expected = {**expected, **{d: expected.get(d.split("->")[0], expected.get("*", 10))
+                                   for d in runs["dataset"].unique()}}
+    return summarize(runs, expected)
+
+
+def unit_map(predictions: pd.DataFrame, rule: str) -> tuple[float, float]:
+    """(a, b) with pred_unit = a·pred + b, as the source run mapped its own predictions."""
+    pred = predictions[f"pred_{rule}"].to_numpy(float)
+    unit = predictions[f"pred_unit_{rule}"].to_numpy(float)
+    if np.ptp(pred) == 0:
+        raise ValueError("constant predictions in the source run: cannot recover its unit map")
+    a, b = np.polyfit(pred, unit, 1)
+    return float(a), float(b)
+
+
+def select_runs(results: Path, model: str, train: str, config: str | None = None) -> list[dict]:
+    """The records of one configuration of ``model`` on ``train``: the one given by id prefix,
+    else the one with most splits (then one outside any ablation suite, then the first id)."""
+    records = [r for r in iter_records(results) if r["model"] == model and r["dataset"] == train]
+    if not records:
+        raise ValueError(f"no finished {model} runs on {train} under {Path(results) / 'runs'}")
+    by_config: dict[str, list[dict]] = {}
+    for record in records:
+        by_config.setdefault(config_identity(record), []).append(record)
+    if config is not None:
+        matches = [c for c in by_config if c.startswith(config)]
+        if len(matches) != 1:
+            raise ValueError(f"config id {config!r} matches {len(matches)} configurations of "
+                             f"{model} on {train} (known: {', '.join(sorted(by_config))})")
+        return sorted(by_config[matches[0]], key=lambda r: r["split"])
+    chosen = min(by_config, key=lambda c: (-len(by_config[c]),
+                                           bool(by_config[c][0].get("suite_tag")), c))
+    return sorted(by_config[chosen], key=lambda r: r["split"])
+
+
+def evaluate_cross(model: str, train: str, test: str, root_test: Path, results: Path,
+                   rule: str = "val", device: str = "cpu", config: str | None = None,
+                   force: bool = False, log: Callable[[str], None] = print) -> list[Path]:
+    """Score every split model of ``model`` trained on ``train`` on all images of ``test``."""
+    from benchmark.datasets.prepare import load_prepared
+    from benchmark.engine import extract, resolve_device
+    from benchmark.registry import dataset_registry
+    from benchmark.runner import load_trained
+
+    if rule not in CHECKPOINTS:
+        raise ValueError(f"cross evaluation uses rule val or last, not {rule!r}")
+    test = dataset_registry().canonical(test)
+    prepared = load_prepared(Path(root_test), test)
+    paths = [prepared.image_path(image) for image in prepared.table["image"]]
+    units = prepared.table["score_unit"].to_numpy(float)
+    torch_device = resolve_device(device)
+    written = []
+    for record in select_runs(results, model, train, config):
+        out = cross_path(results, model, train, test, record["split"])
+        if out.is_file() and not force:
+            log(f"already done: {out}")
+            written.append(out)
+            continue
+        tic = time.perf_counter()
+        source = Path(record["_dir"])
+        trained, _ = load_trained(source, CHECKPOINTS[rule])
+        run_config = record["config"]
+        pred = extract(trained.to(torch_device), paths, run_config["img_size"],
+                       run_config["test_crops"], torch_device, fn="forward")
+        a, b = unit_map(pd.read_csv(source / "predictions.csv"), rule)
+        metrics = all_metrics(a * np.asarray(pred, dtype=np.float64) + b, units)
+        atomic_write_json(out, {
+            "schema": CROSS_SCHEMA, "model": model, "train": train, "test": test,
+            "split": int(record["split"]), "rule": rule, "epoch": record["metrics"][rule]["epoch"],
+            "config_id": config_identity(record), "config_hash": record["config_hash"],
+            "preset": record["config"].get("preset"), "suite_tag": record.get("suite_tag"),
+            "source_dir": str(source), "checkpoint": CHECKPOINTS[rule],
+            "data": {"root": str(prepared.root), "table_sha256": prepared.meta.get("table_sha256"),
+                     "n_images": len(paths)},
+            "metrics": metrics, "higher_is_better": HIGHER_IS_BETTER,
+            "git": git_state(), "versions": package_versions(), "device": str(torch_device),
+            "timings": {"total_s": round(time.perf_counter() - tic, 3)},
+        })
+        log(f"{model} {train}->{test} split {record['split']}: srcc {metrics['srcc']:.4f}")
+        written.append(out)
+    return written

@@ -1,0 +1,288 @@
+"""bench report / bench cross: numbers in the tables equal independently computed medians,
+marks sit on the right cells, every table compiles, figures are written."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from benchmark.metrics import all_metrics
+from synthetic_runs import write_run, write_suite
+
+CELLS = {("deiqt", "livec"): (0.87, 10), ("deiqt", "koniq"): (0.91, 10), ("deiqt", "live"): (0.95, 7),
+         ("qfm", "livec"): (0.89, 10), ("qfm", "koniq"): (0.90, 10), ("qfm", "demo"): (0.80, 3),
+         ("brisque", "livec"): (0.60, 10), ("brisque", "koniq"): (0.70, 10)}
+CROSS = {("deiqt", 10): 0.79, ("qfm", 5): 0.81}  # koniq->livec: (model, splits) → level
+
+
+def write_cross(results: Path, model: str, split: int, srcc: float, plcc: float) -> None:
+    path = results / "cross" / model / "koniq__livec" / f"split{split}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    metrics = {"srcc": srcc, "krcc": srcc * 0.8, "plcc": plcc, "plcc_l4": plcc, "plcc_l5": plcc,
+               "rmse": 0.2, "rmse_l5": 0.2}
+    path.write_text(json.dumps({"schema": "bench-cross/1", "model": model, "train": "koniq",
+                                "test": "livec", "split": split, "rule": "val", "epoch": 2,
+                                "config_id": f"{model}cfg", "data": {"n_images": 1162},
+                                "metrics": metrics}))
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    from benchmark.report.build import build_report
+
+    results = tmp_path_factory.mktemp("results")
+    truth = write_suite(results, CELLS)
+    ablation = pd.concat([write_suite(results, {("qfm", "livec"): (0.89, 4)}, {"preset": "full"}),
+                          write_suite(results, {("qfm", "livec"): (0.86, 4)}, {"preset": "-gate"})],
+                         keys=["full", "-gate"], names=["preset"]).reset_index("preset")
+    rng = np.random.default_rng(0)
+    cross = []
+    for (model, splits), level in CROSS.items():
+        for split in range(splits):
+            srcc, plcc = level + rng.normal(0, 0.01), level + 0.02 + rng.normal(0, 0.01)
+            write_cross(results, model, split, srcc, plcc)
+            cross.append({"model": model, "split": split, "srcc": srcc, "plcc": plcc})
+    written = build_report(results, results, expected=10)
+    return results, truth, ablation, pd.DataFrame(cross), written
+
+
+def rows(tex: str) -> list[list[str]]:
+    return [[cell.strip() for cell in line[:-2].split(" & ")] for line in tex.splitlines()
+            if line.endswith(r"\\") and " & " in line]
+
+
+def parse(cell: str) -> tuple[float | None, str | None, bool]:
+    mark = "best" if cell.startswith(r"\textbf{") else "second" if cell.startswith(r"\underline{") \
+        else None
+    found = re.search(r"(\$-\$|[+-])?(\d+\.\d{3})", cell)
+    value = None if found is None else float(("-" if found.group(1) in ("$-$", "-") else "")
+                                             + found.group(2))
+    return value, mark, r"$^\dagger$" in cell
+
+
+def median(truth: pd.DataFrame, model: str, dataset: str, metric: str, rule: str = "val") -> float:
+    chosen = truth[(truth["model"] == model) & (truth["dataset"] == dataset) & (truth["rule"] == rule)]
+    return float(np.median(chosen[metric]))
+
+
+def test_main_table_numbers_and_marks(built):
+    results, truth, *_ = built
+    tex = (results / "tables" / "main.tex").read_text()
+    body = {row[0]: row[1:] for row in rows(tex) if row[0] in ("DEIQT", "QFM-IQM", "BRISQUE")}
+    assert list(body) == ["BRISQUE", "DEIQT", "QFM-IQM"]
+    # columns: live csiq tid2013 kadid livec koniq spaq flive demo, each SRCC then PLCC
+    order = ["live", "csiq", "tid2013", "kadid", "livec", "koniq", "spaq", "flive", "demo"]
+    labels = {"deiqt": "DEIQT", "qfm": "QFM-IQM", "brisque": "BRISQUE"}
+    for model, label in labels.items():
+        assert len(body[label]) == 2 * len(order)
+        for index, dataset in enumerate(order):
+            for offset, metric in enumerate(("srcc", "plcc")):
+                value, _, dagger = parse(body[label][2 * index + offset])
+                if (model, dataset) not in CELLS:
+                    assert body[label][2 * index + offset] == "--"
+                    continue
+                assert value == pytest.approx(round(median(truth, model, dataset, metric), 3), abs=1e-9)
+                assert dagger == (CELLS[(model, dataset)][1] < 10)
+    livec = {label: parse(body[label][8])[1] for label in labels.values()}
+    assert livec == {"QFM-IQM": "best", "DEIQT": "second", "BRISQUE": None}
+    koniq = {label: parse(body[label][10])[1] for label in labels.values()}
+    assert koniq == {"DEIQT": "best", "QFM-IQM": "second", "BRISQUE": None}
+    assert parse(body["DEIQT"][0])[1] == "best"  # the only LIVE result
+    assert r"\multicolumn{8}{c}{Synthetic}" in tex and r"\multicolumn{2}{c}{Other}" in tex
+
+
+def test_published_table_differences(built):
+    results, truth, *_ = built
+    tex = (results / "tables" / "published.tex").read_text()
+    table = rows(tex)
+    model = ""
+    found = {}
+    for row in table[1:]:
+        model = row[0] or model
+        found[(model, row[1])] = row[2:]
+    deiqt = found[("DEIQT", "LIVEC")]
+    ours = median(truth, "deiqt", "livec", "srcc")
+    assert parse(deiqt[0])[0] == pytest.approx(round(ours, 3))
+    assert deiqt[1] == r"0.875$^{\mathrm{DA,X}}$"
+    assert parse(deiqt[2])[0] == pytest.approx(round(ours - 0.875, 3), abs=1e-9)
+    assert parse(deiqt[5])[0] == pytest.approx(round(median(truth, "deiqt", "livec", "plcc") - 0.894, 3))
+    # unknown published cells stay empty
+    assert found[("QFM-IQM", "Demo")][1:3] == ["", ""]
+    assert found[("DEIQT", "LIVE")][4] == "" and found[("DEIQT", "LIVE")][1].startswith("0.980")
+    assert found[("BRISQUE", "KonIQ")][1].startswith("0.715")
+    assert "DA: DEIQT abstract (AAAI 2023)" in tex and "V1:" in tex and "N:" not in tex
+
+
+def test_protocol_table_optimism(built):
+    results, truth, *_ = built
+    table = rows((results / "tables" / "protocol.tex").read_text())
+    model = ""
+    for row in table[1:]:
+        model = row[0] or model
+        if (model, row[1]) != ("QFM-IQM", "KonIQ"):
+            continue
+        val, oracle = median(truth, "qfm", "koniq", "srcc"), median(truth, "qfm", "koniq", "srcc",
+                                                                     "test_oracle")
+        assert parse(row[2])[0] == pytest.approx(round(val, 3))
+        assert parse(row[3])[0] == pytest.approx(round(oracle, 3))
+        assert parse(row[4])[0] == pytest.approx(round(oracle - val, 3), abs=1e-9)
+        break
+    else:
+        pytest.fail("no QFM-IQM KonIQ row")
+
+
+def test_ablation_table_by_preset(built):
+    results, _, ablation, *_ = built
+    table = rows((results / "tables" / "ablation.tex").read_text())
+    presets = {row[1]: row[2:] for row in table[2:]}
+    assert list(presets) == ["-gate", "full"]
+    for preset, cells in presets.items():
+        chosen = ablation[(ablation["preset"] == preset) & (ablation["rule"] == "val")]
+        value, mark, dagger = parse(cells[0])
+        assert value == pytest.approx(round(float(np.median(chosen["srcc"])), 3))
+        assert dagger  # 4 of 10 splits
+        assert mark == ("best" if preset == "full" else "second")
+
+
+def test_cross_table(built):
+    results, _, _, cross, _ = built
+    table = rows((results / "tables" / "cross_srcc.tex").read_text())
+    body = {row[0]: row[2:] for row in table[2:]}
+    deiqt = body["DEIQT"][0]
+    expected = float(np.median(cross[cross["model"] == "deiqt"]["srcc"]))
+    assert parse(deiqt)[0] == pytest.approx(round(expected, 3))
+    assert "(0.794$^{\\mathrm{X}}$)" in deiqt and not parse(deiqt)[2]
+    qfm = body["QFM-IQM"][0]
+    assert parse(qfm)[0] == pytest.approx(round(float(np.median(cross[cross["model"] == "qfm"]["srcc"])), 3))
+    assert parse(qfm)[2] and "(" not in qfm  # 5 of 10 splits; nothing published
+    plcc = rows((results / "tables" / "cross_plcc.tex").read_text())
+    assert parse(plcc[2][2])[0] == pytest.approx(
+        round(float(np.median(cross[cross["model"] == "deiqt"]["plcc"])), 3))
+
+
+def test_figures_written(built):
+    results, *_, written = built
+    names = {p.name for p in written["figures"]}
+    for model, dataset in CELLS:
+        for stem in (f"scatter_{model}_{dataset}", f"curves_{model}_{dataset}"):
+            assert {f"{stem}.png", f"{stem}.pdf"} <= names
+    assert {"box_srcc_val.png", "box_srcc_val.pdf"} <= names
+    assert len(names) == 2 * (2 * len(CELLS) + 1)
+    assert all((results / "figures" / name).stat().st_size > 2000 for name in names)
+
+
+@pytest.mark.skipif(shutil.which("pdflatex") is None, reason="pdflatex not installed")
+def test_tables_compile_with_pdflatex(built, tmp_path):
+    results, *_ = built
+    tables = sorted((results / "tables").glob("*.tex"))
+    assert [t.stem for t in tables] == ["ablation", "cross_plcc", "cross_srcc", "main",
+                                        "protocol", "published"]
+    inputs = "\n".join(rf"\input{{{t.as_posix()}}}\clearpage" for t in tables)
+    (tmp_path / "doc.tex").write_text(
+        "\\documentclass{article}\n\\usepackage{booktabs}\n\\usepackage{graphicx}\n"
+        f"\\begin{{document}}\n{inputs}\n\\end{{document}}\n")
+    done = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "doc.tex"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout[-2000:]
+    assert "Overfull" not in done.stdout  # the wide main table is scaled to the text width
+    assert (tmp_path / "doc.pdf").stat().st_size > 5000
+
+
+def test_cross_evaluation_records(tmp_path, monkeypatch):
+    """evaluate_cross with stand-ins for load_trained/extract: orientation and metrics."""
+    import benchmark.engine
+    import benchmark.runner
+    from benchmark.datasets.base import Dataset, standard_table
+    from benchmark.datasets.prepare import prepare
+    from benchmark.report.cross import cross_summary, evaluate_cross
+    from benchmark.splits import SplitProtocol
+
+    rng = np.random.default_rng(0)
+    images = [f"t{i}.png" for i in range(40)]
+    mos = rng.uniform(1, 5, 40)
+
+    class Target(Dataset):
+        name, kind, score_type, higher_is_better, score_range = "livec", "authentic", "MOS", True, (1.0, 5.0)
+
+        def parse(self, root):
+            return standard_table(self, pd.DataFrame({"image": images, "score": mos, "group": images}))
+
+    root = tmp_path / "target"
+    root.mkdir()
+    for image in images:
+        (root / image).write_bytes(b"")
+    prepared = prepare(Target(), root, SplitProtocol(seeds=(0,)))
+    units = prepared.table["score_unit"].to_numpy()
+    noise = rng.normal(0, 0.05, 40)
+    # the source is a DMOS set: unit = 1 − label/100, so its raw predictions fall with quality
+    for split in range(3):
+        write_run(tmp_path / "results", "deiqt", "koniq", split, 0.9, seed=split,
+                  config={"img_size": 224, "test_crops": 2}, label_map=(-0.01, 1.0))
+    calls = []
+
+    class Stub:
+        def to(self, device):
+            return self
+
+    def fake_load(path, which):
+        calls.append(which)
+        return Stub(), {}
+
+    def fake_extract(model, paths, crop, n_crops, device, fn):
+        assert (crop, n_crops, fn) == (224, 2, "forward") and len(paths) == 40
+        return (1.0 - (units + noise)) * 100.0
+
+    monkeypatch.setattr(benchmark.runner, "load_trained", fake_load)
+    monkeypatch.setattr(benchmark.engine, "extract", fake_extract, raising=False)
+    written = evaluate_cross("deiqt", "koniq", "livec", root, tmp_path / "results", device="cpu",
+                             log=lambda _: None)
+    assert [p.name for p in written] == ["split0.json", "split1.json", "split2.json"]
+    assert calls == ["best_val.pt"] * 3
+    record = json.loads(written[0].read_text())
+    expected = all_metrics(units + noise, units)
+    assert record["metrics"]["srcc"] == pytest.approx(expected["srcc"]) and expected["srcc"] > 0.9
+    assert record["metrics"]["rmse"] == pytest.approx(expected["rmse"])
+    assert record["data"]["n_images"] == 40 and record["split"] == 0
+    summary = cross_summary(tmp_path / "results", expected={"*": 10, "koniq": 3})
+    row = summary[(summary["metric"] == "srcc")].iloc[0]
+    assert row["dataset"] == "koniq->livec" and row["n"] == 3 and row["complete"]
+    # a second call skips finished splits
+    evaluate_cross("deiqt", "koniq", "livec", root, tmp_path / "results", device="cpu",
+                   log=lambda _: None)
+    assert len(calls) == 3
+
+
+def test_cli_help_and_light_import():
+    from benchmark.cli import main
+
+    runner = CliRunner()
+    for command in (["aggregate"], ["report"], ["analyze"], ["analyze", "feature-distance"],
+                    ["cross"]):
+        outcome = runner.invoke(main, [*command, "--help"])
+        assert outcome.exit_code == 0, outcome.output
+        assert "Usage:" in outcome.output
+    code = "import sys, benchmark.cli.report; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    from benchmark.cli import main
+
+    runner = CliRunner()
+    outcome = runner.invoke(main, ["report", "--results", str(tmp_path)])
+    assert outcome.exit_code == 1 and "no finished run records" in outcome.output
+    outcome = runner.invoke(main, ["analyze", "feature-distance", "--dataset", "livec",
+                                   "--root", str(tmp_path)])
+    assert outcome.exit_code == 1 and "pass --backbone and/or --checkpoint" in outcome.output
+    outcome = runner.invoke(main, ["cross", "--train", "koniq", "--test", "livec", "--root-test",
+                                   str(tmp_path), "--results", str(tmp_path)])
+    assert outcome.exit_code == 1 and "no finished runs on koniq" in outcome.output
