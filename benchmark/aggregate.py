@@ -32,6 +32,7 @@ __all__ = [
     "runs_frame",
     "bootstrap_median_ci",
     "summarize",
+    "main_rank",
     "primary_cells",
     "paired_tests",
     "aggregate",
@@ -46,6 +47,8 @@ CELL_KEYS = ["model", "dataset", "config_id", "rule"]
 RESULT_RUN_FIELDS = ("seed", "amp", "compile")
 RUN_COLUMNS = ["model", "dataset", "config_id", "rule", "split", "epoch", "preset", "suite_tag",
                "n_test", "config_hash", "dir", *METRICS, *(f"val_{m}" for m in METRICS)]
+#: presets that are a model's main configuration rather than an ablation (QFM-IQM's default)
+MAIN_PRESETS = ("full",)
 BOOTSTRAP_RESAMPLES = 2000
 BOOTSTRAP_SEED = 0
 
@@ -161,19 +164,27 @@ def summarize(runs: pd.DataFrame, expected: Mapping[str, int] | int = 10) -> pd.
     return pd.DataFrame(rows, columns=columns)
 
 
-def primary_cells(summary: pd.DataFrame) -> pd.DataFrame:
-    """The summary restricted to one configuration per model × dataset × rule.
+def main_rank(n_splits: int, preset: Any, config_id: str,
+              main_presets: tuple[str, ...] = MAIN_PRESETS) -> tuple:
+    """Sort key of a configuration for the main tables: the smallest wins.
 
-    When a model has several configurations on a dataset (ablation presets, a rerun with a
-    changed recipe), the main tables show the one with the most finished splits, then the one
-    outside any ablation suite, then the first by id, so the choice never depends on file order.
+    Configurations without a preset, or with a main preset (QFM-IQM's default ``full``), come
+    before ablation presets; then the one with most finished splits; then the first id, so the
+    choice never depends on file order.
     """
+    missing = preset is None or (isinstance(preset, float) and math.isnan(preset)) or preset == ""
+    return (not (missing or preset in main_presets), -int(n_splits), str(config_id))
+
+
+def primary_cells(summary: pd.DataFrame,
+                  main_presets: tuple[str, ...] = MAIN_PRESETS) -> pd.DataFrame:
+    """The summary restricted to one configuration per model × dataset × rule (:func:`main_rank`)."""
     if summary.empty:
         return summary
-    counts = summary[summary["metric"] == "srcc"][CELL_KEYS + ["n", "suite_tag"]].copy()
-    counts["tagged"] = counts["suite_tag"].notna() & (counts["suite_tag"].astype(str) != "")
-    counts = counts.sort_values(["n", "tagged", "config_id"], ascending=[False, True, True],
-                                kind="stable")
+    counts = summary[summary["metric"] == "srcc"][CELL_KEYS + ["n", "preset"]].copy()
+    counts["rank"] = [main_rank(n, p, c, main_presets)
+                      for n, p, c in zip(counts["n"], counts["preset"], counts["config_id"])]
+    counts = counts.sort_values("rank", kind="stable")
     chosen = counts.drop_duplicates(["model", "dataset", "rule"])[CELL_KEYS]
     return summary.merge(chosen, on=CELL_KEYS, how="inner")
 

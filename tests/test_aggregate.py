@@ -68,14 +68,18 @@ def test_configs_never_mix_but_plumbing_does_not_split(tmp_path):
     assert sorted(srcc["n"]) == [3, 3]
     by_preset = dict(zip(srcc["preset"], srcc["median"]))
     assert by_preset["full"] > 0.85 and by_preset["-gate"] < 0.55
-    # the main table picks one of them, and untagged configurations beat tagged ones on a tie
-    write_run(tmp_path, "qfm", "livec", 0, 0.7, seed=99, config={"lr": 5e-4})
-    write_run(tmp_path, "qfm", "livec", 1, 0.7, seed=98, config={"lr": 5e-4})
-    write_run(tmp_path, "qfm", "livec", 2, 0.7, seed=97, config={"lr": 5e-4})
+    # the main table shows the main preset even when an ablation preset has more splits ...
+    for split in range(3, 6):
+        write_run(tmp_path, "qfm", "livec", split, 0.5, seed=20 + split, config={"preset": "-gate"})
     summary = aggregate(tmp_path, expected=3)["summary"]
-    chosen = primary_cells(summary)
-    chosen = chosen[(chosen["metric"] == "srcc") & (chosen["rule"] == "val")]
-    assert len(chosen) == 1 and chosen["preset"].isna().all()
+    chosen = primary_cells(summary).query("metric == 'srcc' and rule == 'val'")
+    assert chosen["preset"].tolist() == ["full"] and chosen["n"].tolist() == [3]
+    # ... and among main configurations the one with most splits
+    for split in range(4):
+        write_run(tmp_path, "qfm", "livec", split, 0.7, seed=99 - split, config={"lr": 5e-4})
+    summary = aggregate(tmp_path, expected=3)["summary"]
+    chosen = primary_cells(summary).query("metric == 'srcc' and rule == 'val'")
+    assert len(chosen) == 1 and chosen["preset"].isna().all() and chosen["n"].iloc[0] == 4
     assert chosen["median"].iloc[0] == pytest.approx(0.7, abs=0.03)
 
 

@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import pandas as pd
 
-from benchmark.aggregate import config_identity, runs_frame, summarize
+from benchmark.aggregate import config_identity, main_rank, runs_frame, summarize
 from benchmark.io import atomic_write_json
 from benchmark.metrics import HIGHER_IS_BETTER, all_metrics
 from benchmark.records import git_state, iter_records, package_versions
@@ -77,7 +77,7 @@ def unit_map(predictions: pd.DataFrame, rule: str) -> tuple[float, float]:
 
 def select_runs(results: Path, model: str, train: str, config: str | None = None) -> list[dict]:
     """The records of one configuration of ``model`` on ``train``: the one given by id prefix,
-    else the one with most splits (then one outside any ablation suite, then the first id)."""
+    else the main-table one (:func:`benchmark.aggregate.main_rank`)."""
     records = [r for r in iter_records(results) if r["model"] == model and r["dataset"] == train]
     if not records:
         raise ValueError(f"no finished {model} runs on {train} under {Path(results) / 'runs'}")
@@ -90,8 +90,8 @@ def select_runs(results: Path, model: str, train: str, config: str | None = None
             raise ValueError(f"config id {config!r} matches {len(matches)} configurations of "
                              f"{model} on {train} (known: {', '.join(sorted(by_config))})")
         return sorted(by_config[matches[0]], key=lambda r: r["split"])
-    chosen = min(by_config, key=lambda c: (-len(by_config[c]),
-                                           bool(by_config[c][0].get("suite_tag")), c))
+    chosen = min(by_config, key=lambda c: main_rank(
+        len(by_config[c]), by_config[c][0]["config"].get("preset"), c))
     return sorted(by_config[chosen], key=lambda r: r["split"])
 
 

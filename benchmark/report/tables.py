@@ -301,7 +301,8 @@ def cross_table(cross_summary: pd.DataFrame, published: pd.DataFrame, metric: st
 def ablation_table(summary: pd.DataFrame, rule: str = "val",
                    metrics: tuple[str, ...] = ("srcc", "plcc")) -> str:
     """One row per configuration preset (QFM-IQM's ablations), best bold per column."""
-    tagged = summary[summary["preset"].notna() & (summary["rule"] == rule)]
+    tagged = _ablated(summary)
+    tagged = tagged[tagged["rule"] == rule]
     datasets = sorted(set(tagged["dataset"]), key=_dataset_rank)
     rows = tagged[["model", "config_id", "preset"]].drop_duplicates()
     rows = rows.assign(order=[ordered_models(rows["model"]).index(m) for m in rows["model"]])
@@ -337,12 +338,19 @@ def ablation_table(summary: pd.DataFrame, rule: str = "val",
                   "tab:ablation", notes)
 
 
+def _ablated(summary: pd.DataFrame) -> pd.DataFrame:
+    """Rows of the models run under at least two presets."""
+    tagged = summary[summary["preset"].notna()]
+    presets = tagged.groupby("model")["preset"].nunique()
+    return tagged[tagged["model"].isin(presets[presets >= 2].index)]
+
+
 def build_tables(summary: pd.DataFrame, cross_summary: pd.DataFrame,
                  published: pd.DataFrame) -> dict[str, str]:
     """name → LaTeX text for every table the data supports."""
     tables = {"main": main_table(summary), "published": published_table(summary, published),
               "protocol": protocol_table(summary)}
-    if summary["preset"].notna().any():
+    if not _ablated(summary).empty:
         tables["ablation"] = ablation_table(summary)
     if not cross_summary.empty:
         for metric in ("srcc", "plcc"):
