@@ -184,7 +184,7 @@ class DBCNN(IQAModel):
             self._freeze_streams(epoch < self.config.head_epochs)
 
     def group_lr_factor(self, part: str, epoch: int) -> float:
-        """Multiplier of a group's lr at ``epoch``: stage "both" moves the FC to ``lr`` in stage 2."""
+        """Multiplier of a group's lr at ``epoch``: "both" moves the FC to ``lr`` in stage 2."""
         c = self.config
         if c.stage != "both":
             return 1.0

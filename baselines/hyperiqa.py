@@ -159,7 +159,7 @@ def target_network(vector: torch.Tensor,
 
 
 class HyperIQA(IQAModel):
-    """ResNet-50 + LDA → target input; hyper network → target weights; target net → score (B,)."""
+    """ResNet-50 + LDA → target input; hyper network → its weights; target net → (B,)."""
 
     name = "hyperiqa"
     Config = HyperIQAConfig
@@ -185,7 +185,8 @@ class HyperIQA(IQAModel):
     def forward_features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The target input vector (B, 224) and the stage-4 map the hyper network reads."""
         if images.shape[-2:] != (_CROP, _CROP):
-            raise ValueError(f"HyperIQA takes {_CROP}x{_CROP} crops, got {tuple(images.shape[-2:])}")
+            raise ValueError(f"HyperIQA takes {_CROP}x{_CROP} crops, "
+                             f"got {tuple(images.shape[-2:])}")
         stages = self.backbone(self.normalize(images))
         vector = torch.cat([lda(stage) for lda, stage in zip(self.lda, stages)], dim=1)
         return vector, stages[-1]

@@ -179,7 +179,7 @@ def relative_ranking_loss(prediction: torch.Tensor, labels: torch.Tensor) -> tor
 
 
 class TReS(IQAModel):
-    """ResNet stages → L2-pooled stack → transformer encoder; + stage 4 → linear score (B,)."""
+    """ResNet stages → L2-pooled stack → transformer encoder; + stage 4 → score (B,)."""
 
     name = "tres"
     Config = TReSConfig
