@@ -178,7 +178,7 @@ def main_rank(n_splits: int, preset: Any, config_id: str,
 
 def primary_cells(summary: pd.DataFrame,
                   main_presets: tuple[str, ...] = MAIN_PRESETS) -> pd.DataFrame:
-    """The summary restricted to one configuration per model × dataset × rule (:func:`main_rank`)."""
+    """The summary cut to one configuration per model × dataset × rule (:func:`main_rank`)."""
     if summary.empty:
         return summary
     counts = summary[summary["metric"] == "srcc"][CELL_KEYS + ["n", "preset"]].copy()
@@ -190,7 +190,8 @@ def primary_cells(summary: pd.DataFrame,
 
 
 def paired_tests(runs: pd.DataFrame, metrics: Iterable[str] = ("srcc", "plcc")) -> pd.DataFrame:
-    """Wilcoxon signed-rank tests between every two cells of a dataset and rule, on shared splits."""
+    """Wilcoxon signed-rank tests between every two cells of a dataset and rule, on their
+    shared splits."""
     rows = []
     for (dataset, rule), group in runs.groupby(["dataset", "rule"], sort=True):
         cells = sorted(group.groupby(["model", "config_id"]).groups)

@@ -102,7 +102,7 @@ def report(results: Path, out: Path, expect: tuple[str, ...], published: Path | 
     except ValueError as error:
         raise BenchError(str(error)) from None
     for kind, paths in written.items():
-        click.echo(f"wrote {len(paths)} {kind} files to {out / kind}")
+        click.echo(f"wrote {len(paths)} files to {out / kind}")
 
 
 @click.group()

@@ -76,7 +76,8 @@ def scatter_figures(runs: pd.DataFrame, out: Path, rule: str = "val") -> list[Pa
     return paths
 
 
-def box_figure(runs: pd.DataFrame, out: Path, rule: str = "val", metric: str = "srcc") -> list[Path]:
+def box_figure(runs: pd.DataFrame, out: Path, rule: str = "val",
+               metric: str = "srcc") -> list[Path]:
     """One panel per dataset: the per-split metric of each model."""
     chosen = runs[runs["rule"] == rule]
     if chosen.empty:
@@ -113,7 +114,8 @@ def curve_figures(runs: pd.DataFrame, out: Path) -> list[Path]:
             colour = f"C{split % 10}"
             loss_ax.plot(epochs, [h["train"].get("loss", np.nan) for h in history], color=colour,
                          lw=1, label=f"split {split}")
-            srcc_ax.plot(epochs, [h["val"].get("srcc", np.nan) for h in history], color=colour, lw=1)
+            srcc_ax.plot(epochs, [h["val"].get("srcc", np.nan) for h in history], color=colour,
+                         lw=1)
             srcc_ax.plot(epochs, [h["test"].get("srcc", np.nan) for h in history], color=colour,
                          lw=1, ls=":")
         loss_ax.set(xlabel="epoch", ylabel="training loss", title=_label(model, dataset))
