@@ -252,6 +252,9 @@ def test_cross_evaluation_records(tmp_path, monkeypatch):
     assert record["metrics"]["srcc"] == pytest.approx(expected["srcc"]) and expected["srcc"] > 0.9
     assert record["metrics"]["rmse"] == pytest.approx(expected["rmse"])
     assert record["data"]["n_images"] == 40 and record["split"] == 0
+    per_image = pd.read_csv(written[0].with_suffix(".csv"))
+    assert per_image["pred_unit"].to_numpy() == pytest.approx(units + noise)
+    assert per_image["image"].tolist() == images
     summary = cross_summary(tmp_path / "results", expected={"*": 10, "koniq": 3})
     row = summary[(summary["metric"] == "srcc")].iloc[0]
     assert row["dataset"] == "koniq->livec" and row["n"] == 3 and row["complete"]
@@ -286,3 +289,46 @@ def test_cli_errors_are_one_line(tmp_path):
     outcome = runner.invoke(main, ["cross", "--train", "koniq", "--test", "livec", "--root-test",
                                    str(tmp_path), "--results", str(tmp_path)])
     assert outcome.exit_code == 1 and "no finished runs on koniq" in outcome.output
+
+
+@pytest.mark.slow
+def test_end_to_end_on_demo_runs(demo_root, tmp_path):
+    """Real probe runs → aggregate → report → cross (demo on itself) → feature distance."""
+    from benchmark.cli import main
+    from benchmark.engine import RunConfig
+    from benchmark.runner import run_one
+
+    results = tmp_path / "results"
+    # 96-pixel crops of the 96-pixel demo images: every test crop is the whole image, so a
+    # prediction cannot depend on where the seeded crop falls
+    overrides = {"epochs": 1, "backbone": "test_efficientnet", "pretrained": "false",
+                 "img_size": 96, "train_crops": 1, "test_crops": 2}
+    records = [run_one("probe", "demo", split, demo_root, overrides,
+                       RunConfig(device="cpu", progress=False), results, log=lambda _: None)
+               for split in (0, 1)]
+    runner = CliRunner()
+    outcome = runner.invoke(main, ["report", "--results", str(results), "--out", str(tmp_path),
+                                   "--expect-splits", "2", "--no-figures"])
+    assert outcome.exit_code == 0, outcome.output
+    row = next(r for r in rows((tmp_path / "tables" / "main.tex").read_text()) if r[0] == "Probe")
+    srcc = np.median([r["metrics"]["val"]["test"]["srcc"] for r in records])
+    assert parse(row[-2])[0] == pytest.approx(round(srcc, 3)) and not parse(row[-2])[2]
+
+    outcome = runner.invoke(main, ["cross", "--train", "demo", "--test", "demo", "--root-test",
+                                   str(demo_root), "--results", str(results), "--device", "cpu"])
+    assert outcome.exit_code == 0, outcome.output
+    for record in records:
+        # the run's own test images, scored again by the same weights and crops
+        cross = pd.read_csv(results / "cross" / "probe" / "demo__demo"
+                            / f"split{record['split']}.csv").set_index("image")
+        own = pd.read_csv(Path(record["_dir"]) / "predictions.csv").query("part == 'test'")
+        assert cross.loc[own["image"], "pred_unit"].to_numpy() == pytest.approx(
+            own["pred_unit_val"].to_numpy(), abs=1e-4)
+
+    outcome = runner.invoke(main, ["analyze", "feature-distance", "--dataset", "demo", "--root",
+                                   str(demo_root), "--checkpoint", records[0]["_dir"],
+                                   "--boot", "5", "--device", "cpu", "--out", str(tmp_path / "fd")])
+    assert outcome.exit_code == 0, outcome.output
+    summary = pd.read_csv(tmp_path / "fd" / "summary.csv")
+    assert len(summary) == 6 and set(summary["source"]) == {"probe"}  # 3 relations × 2 distances
+    assert set(summary["n_images"]) == {records[0]["data"]["n_test"]}

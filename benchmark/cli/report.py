@@ -201,7 +201,9 @@ def feature_distance(dataset: str, root: Path, checkpoints: tuple[Path, ...],
             sources[f"F0 {backbone}"] = backbone_features(backbone, pretrained, selection, crop,
                                                           crops, device)
         for path, record in zip(checkpoints, records):
-            label = f"{record['model']} {record['config_hash'][:6]}"
+            label = record["model"]
+            if label in sources:  # two configurations of one model: tell them apart
+                label = f"{label} {record['config_hash'][:6]}"
             sources[label], _ = checkpoint_features(path, selection, device)
         out = out or Path("results/analysis/feature_distance") / (
             f"{name}-{part}" + (f"-split{split}" if part != "all" else ""))

@@ -1,7 +1,8 @@
 """Cross-dataset evaluation: each split's model trained on one set, scored on all of another.
 
 A cross record (``results/cross/<model>/<train>__<test>/split<k>.json``) holds the metrics
-of one trained split model against the target set's unit score. Predictions are first put
+of one trained split model against the target set's unit score; ``split<k>.csv`` beside it
+holds the per-image predictions on the model's scale and on the unit scale. Predictions are first put
 on the source's unit scale with the affine map the source run itself used (read from its
 predictions.csv), so a model trained on DMOS and tested on MOS keeps a positive SRCC when it
 orders quality right. Reading and summarising cross records needs no torch; evaluating does.
@@ -18,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from benchmark.aggregate import config_identity, main_rank, runs_frame, summarize
-from benchmark.io import atomic_write_json
+from benchmark.io import atomic_write_json, atomic_write_text
 from benchmark.metrics import HIGHER_IS_BETTER, all_metrics
 from benchmark.records import git_state, iter_records, package_versions
 
@@ -125,7 +126,12 @@ def evaluate_cross(model: str, train: str, test: str, root_test: Path, results: 
         pred = extract(trained.to(torch_device), paths, run_config["img_size"],
                        run_config["test_crops"], torch_device, fn="forward")
         a, b = unit_map(pd.read_csv(source / "predictions.csv"), rule)
-        metrics = all_metrics(a * np.asarray(pred, dtype=np.float64) + b, units)
+        pred = np.asarray(pred, dtype=np.float64)
+        metrics = all_metrics(a * pred + b, units)
+        per_image = prepared.table[["image", "score", "score_unit"]].assign(
+            pred=pred, pred_unit=a * pred + b)
+        atomic_write_text(out.with_suffix(".csv"), per_image.to_csv(
+            index=False, float_format="%.8g", lineterminator="\n"))
         atomic_write_json(out, {
             "schema": CROSS_SCHEMA, "model": model, "train": train, "test": test,
             "split": int(record["split"]), "rule": rule, "epoch": record["metrics"][rule]["epoch"],
