@@ -327,8 +327,11 @@ def test_end_to_end_on_demo_runs(demo_root, tmp_path):
 
     outcome = runner.invoke(main, ["analyze", "feature-distance", "--dataset", "demo", "--root",
                                    str(demo_root), "--checkpoint", records[0]["_dir"],
-                                   "--boot", "5", "--device", "cpu", "--out", str(tmp_path / "fd")])
+                                   "--backbone", "test_vit", "--pretrained", "false", "--crop",
+                                   "96", "--crops", "1", "--boot", "5", "--device", "cpu",
+                                   "--out", str(tmp_path / "fd")])
     assert outcome.exit_code == 0, outcome.output
     summary = pd.read_csv(tmp_path / "fd" / "summary.csv")
-    assert len(summary) == 6 and set(summary["source"]) == {"probe"}  # 3 relations × 2 distances
+    # two sources × 3 relations (demo is synthetic) × 2 distances
+    assert len(summary) == 12 and set(summary["source"]) == {"F0 test_vit", "probe"}
     assert set(summary["n_images"]) == {records[0]["data"]["n_test"]}
