@@ -23,6 +23,7 @@ LAZY_COMMANDS = {
     "profile": "benchmark.cli.run:profile",
     "pretrain": "benchmark.cli.run:pretrain",
     "sweep": "benchmark.cli.sweep:sweep",
+    "suite": "benchmark.cli.suite:suite",
     "aggregate": "benchmark.cli.report:aggregate",
     "report": "benchmark.cli.report:report",
     "analyze": "benchmark.cli.report:analyze",

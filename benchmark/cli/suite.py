@@ -1,0 +1,117 @@
+"""``bench suite``: list, check and switch the suites of params.yaml; run one DVC stage."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from benchmark.cli.options import BenchError, user_errors
+from benchmark.cli.sweep import params_option, sweep_errors
+
+__all__ = ["suite"]
+
+
+@click.group()
+def suite() -> None:
+    """The suites of params.yaml: what `dvc repro` and `bench sweep` run.
+
+    \b
+    Examples:
+      bench suite list
+      bench suite check
+      bench suite use paper && dvc repro
+    """
+
+
+@suite.command("list")
+@params_option
+@user_errors
+def list_(params_path: Path) -> None:
+    """Each suite with its datasets, entries and run count; * marks the active one."""
+    from benchmark.suite import load_params
+
+    params = sweep_errors(load_params, params_path)
+    for name, raw in params.suites.items():
+        entries = [*(raw["models"] or {}), *(raw["students"] or {})]
+        runs = len(entries) * len(raw["datasets"]) * len(raw["splits"])
+        mark = "*" if name == params.active else " "
+        click.echo(f"{mark} {name:<10} {runs:>5} runs  {len(raw['splits'])} splits  "
+                   f"datasets: {', '.join(raw['datasets'])}  entries: {', '.join(entries)}")
+
+
+@suite.command()
+@params_option
+@click.option("--grid", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the active suite's cells here and remove the exported records of "
+                   "cells no longer in it (the DVC pipeline's check stage).")
+@user_errors
+def check(params_path: Path, grid: Path | None) -> None:
+    """Validate params.yaml completely: names, every cell's config, teacher order."""
+    from benchmark.io import atomic_write_json
+    from benchmark.suite import load_params
+    from benchmark.sweep import prune_exports
+
+    params = sweep_errors(load_params, params_path)
+    counts = sweep_errors(params.check)
+    click.echo(f"{params_path}: {len(counts)} suites valid ("
+               + ", ".join(f"{name} {count} runs" for name, count in counts.items())
+               + f"); active: {params.active}")
+    if grid is not None:
+        cells = params.suite().cells()
+        for folder in prune_exports(params.paths, cells):
+            click.echo(f"removed {folder} (no longer in suite {params.active})")
+        atomic_write_json(grid, {"suite": params.active, "cells": [c.id for c in cells]})
+
+
+@suite.command()
+@click.argument("name")
+@params_option
+@user_errors
+def use(name: str, params_path: Path) -> None:
+    """Make suite NAME the active one (rewrites the `suite:` line of params.yaml)."""
+    from benchmark.suite import switch_suite
+
+    params = sweep_errors(switch_suite, params_path, name)
+    raw = params.suites[name]
+    click.echo(f"active suite: {name} ({len(raw['datasets'])} datasets, "
+               f"{len(raw['splits'])} splits); next: dvc repro")
+
+
+@suite.command()
+@click.argument("entry")
+@click.argument("dataset")
+@click.argument("split", type=int)
+@params_option
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder that receives the run's record.json and predictions.csv.")
+@click.option("--metrics", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="JSON file that receives the test metrics per selection rule.")
+@click.option("--teacher", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="The teacher's --out folder (a student must use exactly that run).")
+@user_errors
+def run(entry: str, dataset: str, split: int, params_path: Path, out: Path, metrics: Path,
+        teacher: Path | None) -> None:
+    """Run one cell of the active suite and copy its record to --out (a DVC stage)."""
+    from benchmark.cli.run import _guard
+    from benchmark.records import load_record
+    from benchmark.suite import load_params
+    from benchmark.sweep import export_run, plan_sweep
+
+    params = sweep_errors(load_params, params_path)
+    active = params.suite()
+    if entry not in {e.name for e in active.entries}:
+        raise BenchError(f"{entry!r} is not an entry of the active suite {active.name}")
+    cell = sweep_errors(params.suite, active.name, [entry], [dataset], [split])
+    job = sweep_errors(plan_sweep, params, cell)[0]
+    if teacher is not None:
+        wanted = load_record(teacher / "record.json")
+        used = _guard(job.plan)["prerequisites"].get(wanted["model"], {})
+        if used.get("config_hash") != wanted["config_hash"]:
+            raise BenchError(f"the newest {wanted['model']} run of {dataset} split {split} "
+                             f"({used.get('dir')}) is not the pipeline's teacher ({wanted['_dir']})")
+    record = _guard(job.execute, click.echo)
+    export_run(record, out, metrics)
+    test = record["metrics"]["val"]["test"]
+    click.echo(f"{entry} {dataset} split {split}: test SRCC {test['srcc']:.4f} "
+               f"PLCC {test['plcc']:.4f} (val-selected); copied to {out}")

@@ -1,0 +1,455 @@
+"""Sweeps: a suite's grid fanned out over local workers or Slurm job arrays, resumably.
+
+The unit is the run ``bench run`` makes (:func:`benchmark.runner.run_one`), the same one
+the DVC stages make. A sweep keeps its state in ``<results>/sweeps/<id>/state.json``,
+rewritten atomically at every change; the id hashes the grid, so the same command run
+again continues the same sweep. A run whose record (same config hash) exists is never
+redone, and a run cut short resumes from its last epoch checkpoint (``resume``).
+A student's run starts only once its teacher's run of the same dataset and split is done.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import submitit
+
+from benchmark.io import atomic_dir, atomic_write_json, canonical_json, sha256_bytes
+from benchmark.suite import Cell, Params, Paths, Suite, check_order
+
+__all__ = ["SweepError", "Job", "SlurmOptions", "SlurmTask", "plan_sweep", "SweepState",
+           "open_state", "run_local", "run_slurm", "export_run", "status_lines", "detect_gpus",
+           "pid_alive", "load_states", "sweep_id", "prune_exports"]
+
+STATUSES = ("done", "running", "failed", "pending")
+
+
+class SweepError(RuntimeError):
+    """A sweep that cannot start (bad grid, data not prepared, already running)."""
+
+
+@dataclass(frozen=True)
+class Job:
+    """One cell with everything a worker needs; plain data, so submitit can pickle it."""
+
+    cell: str  # entry/dataset/split
+    model: str
+    dataset: str
+    split: int
+    root: str
+    results: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+    run: dict[str, Any] = field(default_factory=dict)  # RunConfig fields
+    threads: int = 0
+    needs: tuple[str, ...] = ()  # cells that must be done first
+
+    def run_config(self):
+        from benchmark.engine import RunConfig
+
+        return RunConfig(**{"progress": False, **self.run})
+
+    def argv(self) -> list[str]:
+        """The ``bench run`` arguments of this cell (resume: a cut run continues)."""
+        run = self.run_config()
+        args = ["run", "--model", self.model, "--dataset", self.dataset, "--split",
+                str(self.split), "--root", self.root, "--results", self.results, "--seed",
+                str(run.seed), "--device", run.device, "--amp", run.amp, "--workers",
+                str(run.workers), "--cache", run.cache, "--quiet", "--resume"]
+        for key, value in self.overrides.items():  # JSON is YAML, which --set parses
+            args += ["--set", f"{key}={json.dumps(value)}"]
+        return args + (["--compile"] if run.compile else [])
+
+    def plan(self) -> dict:
+        from benchmark.runner import plan_run
+
+        return plan_run(self.model, self.dataset, self.split, Path(self.root), self.overrides,
+                        self.run_config(), Path(self.results))
+
+    def finished(self) -> str | None:
+        """The record folder of this exact config, if it exists; None while a teacher is missing."""
+        from benchmark.records import find_record
+        from benchmark.runner import MissingPrerequisiteError
+
+        try:
+            plan = self.plan()
+        except MissingPrerequisiteError:
+            return None
+        found = find_record(Path(self.results), plan["key"], plan["hash"])
+        return str(found.parent) if found else None
+
+    def execute(self, log: Callable[[str], None] = print) -> dict:
+        """Run in this process (DVC stages, Slurm tasks)."""
+        from benchmark.runner import run_one
+
+        if self.threads:
+            import torch
+
+            torch.set_num_threads(self.threads)
+        return run_one(self.model, self.dataset, self.split, Path(self.root), self.overrides,
+                       self.run_config(), Path(self.results), resume=True, log=log)
+
+
+def plan_sweep(params: Params, suite: Suite, device: str | None = None) -> list[Job]:
+    """The grid as jobs in a valid order; everything is checked before anything runs."""
+    from benchmark.datasets.prepare import load_prepared
+    from benchmark.datasets.base import DatasetError
+
+    needs = check_order(suite, f"{params.path}: suites.{suite.name}", declared=False)
+    run = {k: v for k, v in suite.run.items() if k != "threads"}
+    if device:
+        run["device"] = device
+    for dataset in suite.datasets:
+        try:
+            load_prepared(params.paths.dataset_root(dataset), dataset)
+        except DatasetError as error:
+            raise SweepError(str(error)) from None
+    entries = {e.name: e for e in suite.entries}
+    jobs = []
+    for cell in suite.cells():
+        teachers = [_teacher(suite, entries, model) for model in needs[cell.entry]]
+        jobs.append(Job(cell.id, cell.model, cell.dataset, cell.split,
+                        str(params.paths.dataset_root(cell.dataset)), str(params.paths.results),
+                        cell.overrides, run, int(suite.run.get("threads") or 0),
+                        tuple(f"{t}/{cell.dataset}/{cell.split}" for t in teachers if t)))
+    order = {job.cell: index for index, job in enumerate(jobs)}
+    return sorted(jobs, key=lambda job: (bool(job.needs), order[job.cell]))
+
+
+def _teacher(suite: Suite, entries: dict, model: str) -> str | None:
+    """The grid entry whose run a student needing ``model`` waits for (None: from disk)."""
+    if suite.teacher in entries and suite.teacher_model == model:
+        return suite.teacher
+    return model if model in entries and entries[model].model == model else None
+
+
+def sweep_id(suite: Suite, jobs: list[Job]) -> str:
+    body = [asdict(job) for job in jobs]
+    return f"{suite.name}-{sha256_bytes(canonical_json(body).encode())[:8]}"
+
+
+class SweepState:
+    """The sweep's state file: one entry per cell, saved atomically at every change."""
+
+    def __init__(self, directory: Path, data: dict):
+        self.dir, self.data = Path(directory), data
+
+    @property
+    def path(self) -> Path:
+        return self.dir / "state.json"
+
+    @property
+    def cells(self) -> dict[str, dict]:
+        return self.data["cells"]
+
+    def status(self, cell: str) -> str:
+        return self.cells[cell]["status"]
+
+    def set(self, cell: str, status: str, **info: Any) -> None:
+        entry = self.cells[cell]
+        entry.update(status=status, updated=_now(), **info)
+        if status == "running":
+            entry["attempts"] = entry.get("attempts", 0) + 1
+        self.save()
+
+    def save(self) -> None:
+        self.data["updated"] = _now()
+        atomic_write_json(self.path, self.data)
+
+    def counts(self) -> dict[str, int]:
+        return {s: sum(c["status"] == s for c in self.cells.values()) for s in STATUSES}
+
+
+@contextmanager
+def open_state(results: Path, suite: Suite, jobs: list[Job], launcher: str) -> Iterator[SweepState]:
+    """Create or continue the sweep of this grid, holding its lock while the sweep runs."""
+    ident = sweep_id(suite, jobs)
+    directory = Path(results) / "sweeps" / ident
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / "lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SweepError(f"sweep {ident} is already running (lock {directory / 'lock'})") from None
+        path = directory / "state.json"
+        data = json.loads(path.read_text()) if path.is_file() else {
+            "id": ident, "suite": suite.name, "created": _now(), "cells": {}}
+        data.update(launcher=launcher, pid=os.getpid(), host=socket.gethostname())
+        for job in jobs:
+            entry = data["cells"].setdefault(job.cell, {"status": "pending", "attempts": 0})
+            entry["command"] = "bench " + " ".join(job.argv())
+            if entry["status"] in ("running", "failed"):  # cut short, or worth another try
+                entry.update(status="pending", reason=None)
+        state = SweepState(directory, data)
+        state.save()
+        yield state
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _ready(jobs: list[Job], state: SweepState, log: Callable[[str], None]) -> Iterator[Job]:
+    """Pending jobs whose needs are done; fails those whose needs failed, skips finished ones."""
+    for job in jobs:
+        if state.status(job.cell) != "pending":
+            continue
+        failed = [n for n in job.needs if state.status(n) == "failed"]
+        if failed:
+            _finish(state, job, "failed", log, reason=f"needs {failed[0]}, which failed")
+            continue
+        if any(state.status(n) != "done" for n in job.needs):
+            continue
+        try:
+            done = job.finished()
+        except Exception as error:  # noqa: BLE001 - a bad cell fails alone, with its reason
+            _finish(state, job, "failed", log, reason=_one_line(str(error)))
+            continue
+        if done:
+            _finish(state, job, "done", log, dir=done, reason="already done")
+            continue
+        yield job
+
+
+def _finish(state: SweepState, job: Job, status: str, log, **info) -> None:
+    state.set(job.cell, status, **info)
+    counts = state.counts()
+    detail = info.get("reason") or info.get("dir") or ""
+    log(f"[{counts['done']}/{len(state.cells)} done, {counts['running']} running, "
+        f"{counts['failed']} failed] {status} {job.cell}" + (f": {detail}" if detail else ""))
+
+
+def _one_line(text: str) -> str:
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("Error:")]
+    line = (errors or lines or ["no output"])[-1]
+    return line[:300]
+
+
+def detect_gpus(explicit: str | None = None) -> list[str]:
+    """GPU ids to pin workers to: ``explicit``, else the visible ones, else none."""
+    if explicit:
+        return [g.strip() for g in explicit.split(",") if g.strip()]
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [g for g in visible.split(",") if g.strip() and g.strip() != "-1"]
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def _die_with_parent() -> None:
+    # a sweep killed outright must not leave runs writing into the folders it will reuse
+    import ctypes
+
+    ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+class _Interrupted(Exception):
+    pass
+
+
+@contextmanager
+def _stop_on_signals() -> Iterator[None]:
+    def handler(signum, _frame):
+        raise _Interrupted(signal.Signals(signum).name)
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def run_local(jobs: list[Job], state: SweepState, workers: int = 1, gpus: list[str] = (),
+              log: Callable[[str], None] = print, poll_s: float = 0.2) -> dict[str, int]:
+    """Run the jobs as ``bench run`` subprocesses, ``workers`` at a time, one GPU each."""
+    logs = state.dir / "logs"
+    logs.mkdir(exist_ok=True)
+    free = list(range(max(1, workers)))
+    running: dict[str, tuple[subprocess.Popen, int, Any]] = {}
+    by_cell = {job.cell: job for job in jobs}
+    try:
+        with _stop_on_signals():
+            while True:
+                started = False
+                for job in _ready(jobs, state, log) if free else ():
+                    slot = free.pop(0)
+                    running[job.cell] = _spawn(job, slot, gpus, logs, state)
+                    _finish(state, job, "running", log, reason=None,
+                            gpu=gpus[slot % len(gpus)] if gpus else None)
+                    started = True
+                    if not free:
+                        break
+                for cell, (process, slot, handle) in list(running.items()):
+                    if process.poll() is None:
+                        continue
+                    handle.close()
+                    del running[cell]
+                    free.append(slot)
+                    _settle(by_cell[cell], process.returncode, state, log)
+                if not running and not started:  # a full pass found nothing left to start
+                    return state.counts()
+                time.sleep(poll_s)
+    except _Interrupted as stop:
+        for cell, (process, _slot, handle) in running.items():
+            process.terminate()
+        for cell, (process, _slot, handle) in running.items():
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+            handle.close()
+            state.set(cell, "pending", reason=f"interrupted by {stop}")
+        raise SweepError(f"sweep {state.data['id']} interrupted by {stop}; run the same command "
+                         f"again to continue") from None
+
+
+def _spawn(job: Job, slot: int, gpus: list[str], logs: Path, state: SweepState):
+    env = dict(os.environ)
+    if gpus:
+        env["CUDA_VISIBLE_DEVICES"] = gpus[slot % len(gpus)]
+    if job.threads:
+        env["OMP_NUM_THREADS"] = str(job.threads)
+    handle = open(logs / f"{job.cell.replace('/', '_')}.log", "a")
+    handle.write(f"$ bench {' '.join(job.argv())}\n")
+    handle.flush()
+    command = [sys.executable, "-c", "from benchmark.cli import main; main()", *job.argv()]
+    process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env,
+                               preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+    state.cells[job.cell]["log"] = handle.name
+    return process, slot, handle
+
+
+def _settle(job: Job, code: int, state: SweepState, log) -> None:
+    if code == 0:
+        _finish(state, job, "done", log, dir=job.finished(), reason=None)
+        return
+    text = Path(state.cells[job.cell]["log"]).read_text(errors="replace")
+    _finish(state, job, "failed", log, reason=_one_line(text.split("\n$ bench ")[-1]))
+
+
+@dataclass(frozen=True)
+class SlurmOptions:
+    partition: str | None = None
+    time_min: int = 24 * 60
+    gpus: int = 1
+    cpus: int = 8
+    mem_gb: int | None = None
+    parallel: int = 16  # array tasks running at once
+    cluster: str | None = None  # None: slurm when available; "local" runs the same on this machine
+
+
+class SlurmTask(submitit.helpers.Checkpointable):
+    """A job as a submitit task; on preemption or timeout it is requeued and resumes."""
+
+    def __call__(self, job: Job) -> str:
+        return job.execute()["_dir"]
+
+
+def run_slurm(jobs: list[Job], state: SweepState, options: SlurmOptions = SlurmOptions(),
+              log: Callable[[str], None] = print, poll_s: float = 5.0) -> dict[str, int]:
+    """Submit ready jobs as job arrays (students once their teacher is done); wait for all."""
+    executor = submitit.AutoExecutor(folder=state.dir / "submitit", cluster=options.cluster)
+    executor.update_parameters(
+        name=f"bench-{state.data['id']}", timeout_min=options.time_min,
+        gpus_per_node=options.gpus, cpus_per_task=options.cpus, mem_gb=options.mem_gb,
+        slurm_partition=options.partition, slurm_array_parallelism=options.parallel)
+    running: dict[str, Any] = {}
+    by_cell = {job.cell: job for job in jobs}
+    while True:
+        ready = list(_ready(jobs, state, log))
+        if ready:
+            for job, submitted in zip(ready, executor.map_array(SlurmTask(), ready)):
+                running[job.cell] = submitted
+                _finish(state, job, "running", log, reason=None, job_id=submitted.job_id,
+                        log=str(submitted.paths.stdout))
+        for cell, submitted in list(running.items()):
+            if not submitted.done():
+                continue
+            del running[cell]
+            error = submitted.exception()
+            if error is None:
+                _finish(state, by_cell[cell], "done", log, dir=submitted.result(), reason=None)
+            else:
+                _finish(state, by_cell[cell], "failed", log, reason=_slurm_reason(error))
+        if not running and not ready:
+            return state.counts()
+        time.sleep(poll_s)
+
+
+def _slurm_reason(error: BaseException) -> str:
+    # a failed task's exception carries the worker's traceback; its last line is the cause
+    return _one_line(str(error))
+
+
+def export_run(record: dict, out: Path, metrics: Path) -> None:
+    """Copy a run's record and predictions to ``out`` and its test metrics per selection rule
+    to ``metrics``: the fixed paths a DVC stage owns."""
+    source = Path(record["_dir"])
+    with atomic_dir(Path(out)) as tmp:
+        for name in ("record.json", "predictions.csv"):
+            shutil.copy2(source / name, tmp / name)
+    atomic_write_json(metrics, {rule: {"epoch": chosen["epoch"], **chosen["test"]}
+                                for rule, chosen in record["metrics"].items()})
+
+
+def prune_exports(paths: Paths, cells: list[Cell]) -> list[Path]:
+    """Remove the exports of cells no longer in the grid (the run folders themselves stay).
+
+    DVC leaves the outputs of a stage that left dvc.yaml on disk; the tables, which read
+    every record under the pipeline folder, must not show them.
+    """
+    keep = {p for cell in cells for p in (paths.export_dir(cell), paths.metrics_file(cell))}
+    found = [*(paths.pipeline / "runs").glob("*/*/split*-dvc"),
+             *(paths.pipeline / "metrics").glob("*/*/split*.json")]
+    removed = sorted(p for p in found if p not in keep)
+    for path in removed:
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+        for parent in (path.parent, path.parent.parent):
+            if parent.is_dir() and not any(parent.iterdir()):
+                parent.rmdir()
+    return removed
+
+
+def status_lines(state: dict, alive: bool | None = None) -> list[str]:
+    """The progress view: counts per status, then one line per failure."""
+    cells = state["cells"]
+    counts = {s: sum(c["status"] == s for c in cells.values()) for s in STATUSES}
+    note = "" if alive is not False or not counts["running"] else " (its process is gone)"
+    lines = [f"sweep {state['id']} ({state.get('launcher', '?')}): {len(cells)} runs: "
+             + ", ".join(f"{counts[s]} {s}" for s in STATUSES) + note]
+    lines += [f"  failed {cell}: {entry.get('reason') or 'no reason recorded'}"
+              for cell, entry in sorted(cells.items()) if entry["status"] == "failed"]
+    return lines
+
+
+def pid_alive(state: dict) -> bool | None:
+    """Whether the sweep process that wrote ``state`` still runs (None: another host)."""
+    if state.get("host") != socket.gethostname() or "pid" not in state:
+        return None
+    try:
+        os.kill(int(state["pid"]), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def load_states(results: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted((Path(results) / "sweeps").glob("*/state.json"))]
+
