@@ -53,7 +53,7 @@ from timm.layers import pad_same
 from timm.models.vision_transformer import Block
 from torch import nn
 
-from benchmark.models import ConfigError, IQAModel, ModelConfig, _load_local_weights, decay_groups
+from benchmark.models import ConfigError, IQAModel, ModelConfig, load_local_weights, decay_groups
 
 __all__ = ["MUSIQ", "MUSIQConfig", "hashed_positions", "patchify"]
 
@@ -203,7 +203,7 @@ class MUSIQ(IQAModel):
             raise ConfigError(f"MUSIQ has no {flag!r} weights; use pretrained=false or the path "
                               f"of a state dict for this model")
         if flag != "false":
-            _load_local_weights(self, Path(config.pretrained))
+            load_local_weights(self, Path(config.pretrained))
 
     def _init_official(self) -> None:
         """Flax's initialisers in the official model: Xavier-uniform q/k/v/out and MLP kernels,

@@ -23,8 +23,12 @@ from benchmark.io import atomic_write_bytes
 from benchmark.metrics import all_metrics
 from benchmark.models import IQAModel, TrainContext
 
-__all__ = ["RunConfig", "SplitData", "NonFiniteLossError", "fit", "predict", "resolve_device",
+__all__ = ["RunConfig", "SplitData", "CheckpointError", "NonFiniteLossError", "fit", "predict", "resolve_device",
            "lr_factor", "save_checkpoint", "load_checkpoint"]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is not a bench checkpoint, or belongs to another model or config."""
 
 
 class NonFiniteLossError(RuntimeError):
@@ -122,6 +126,19 @@ def _loader(dataset, batch_size: int, workers: int, shuffle_seed: int | None, dr
         pin_memory=False, persistent_workers=False)
 
 
+def _group_schedules(model: IQAModel, optimizer, steps: int, config: Any) -> list[Callable]:
+    """One lr multiplier per parameter group: the recipe's schedule times the model's own
+    per-part factor (HyperIQA's hyper-network decay, DBCNN's stage switch)."""
+    part_factor = getattr(model, "group_lr_factor", None)
+
+    def schedule(part: str) -> Callable[[int], float]:
+        if part_factor is None:
+            return lambda step: lr_factor(step, steps, config)
+        return lambda step: lr_factor(step, steps, config) * part_factor(part, step // steps)
+
+    return [schedule(group.get("part", "")) for group in optimizer.param_groups]
+
+
 def _to_input(images: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
     images = images.to(device, non_blocking=True).float().div_(255.0)
     return images.contiguous(memory_format=torch.channels_last) if channels_last else images
@@ -206,8 +223,7 @@ def fit(model: IQAModel, data: SplitData, config: Any, run: RunConfig, work_dir:
                          f"crops: lower batch_size")
     if run.max_steps_per_epoch:
         steps = min(steps, run.max_steps_per_epoch)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, steps, config))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _group_schedules(model, optimizer, steps, config))
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     step_fn = torch.compile(model) if run.compile else model
     result, start_epoch = FitResult(), 0
@@ -215,6 +231,9 @@ def fit(model: IQAModel, data: SplitData, config: Any, run: RunConfig, work_dir:
     preds: dict[str, list] = {"val": [], "test": []}
     if resume and checkpoint_path.is_file():
         state = load_checkpoint(checkpoint_path)
+        if state.get("model") != model.name or state.get("config") != _weights(model, config, 0)["config"]:
+            raise CheckpointError(f"{checkpoint_path} belongs to model {state.get('model')!r} with "
+                                  f"another config; cannot resume {model.name} from it")
         model.load_state_dict(state["state_dict"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])

@@ -35,6 +35,8 @@ __all__ = [
     "list_models",
     "create_backbone",
     "load_offline_lite0",
+    "load_local_weights",
+    "backbone_norm",
     "regression_loss",
     "decay_groups",
 ]
@@ -272,7 +274,7 @@ def load_offline_lite0(model: nn.Module) -> None:
     model.load_state_dict(mapped, strict=False)
 
 
-def _load_local_weights(model: nn.Module, path: Path) -> None:
+def load_local_weights(model: nn.Module, path: Path) -> None:
     if not path.is_file():
         raise ConfigError(f"pretrained weights file {path} does not exist")
     if path.suffix == ".safetensors":
@@ -318,7 +320,7 @@ def create_backbone(name: str, pretrained: str, **kwargs: Any) -> nn.Module:
             raise ConfigError(f"pretrained='offline-lite0' only fits tf_efficientnet_lite0, not {name}")
         load_offline_lite0(model)
     elif flag != "false":
-        _load_local_weights(model, Path(pretrained))
+        load_local_weights(model, Path(pretrained))
     return model
 
 

