@@ -335,3 +335,23 @@ def test_end_to_end_on_demo_runs(demo_root, tmp_path):
     # two sources × 3 relations (demo is synthetic) × 2 distances
     assert len(summary) == 12 and set(summary["source"]) == {"F0 test_vit", "probe"}
     assert set(summary["n_images"]) == {records[0]["data"]["n_test"]}
+
+
+def test_published_reference_is_complete_and_checked(tmp_path):
+    from benchmark.report.published import load_published, lookup
+
+    published = load_published()
+    assert len(published) == 66 and (published["citation"].str.len() > 0).all()
+    assert lookup(published, "qfm", "livec", "srcc") == (0.891, ["X", "W"])
+    assert lookup(published, "qfm", "live", "plcc") is None  # unknown stays unknown
+    assert lookup(published, "deiqt", "koniq->livec", "srcc") == (0.794, ["X"])
+    bad = published.copy()
+    bad.loc[0, "sources"] = "Q"
+    bad.to_csv(tmp_path / "bad.csv", index=False)
+    with pytest.raises(ValueError, match="unknown source code 'Q'"):
+        load_published(tmp_path / "bad.csv")
+    bad = published.copy()
+    bad.loc[3, "citation"] = " "
+    bad.to_csv(tmp_path / "bad.csv", index=False)
+    with pytest.raises(ValueError, match="qfm livec srcc has no citation"):
+        load_published(tmp_path / "bad.csv")
