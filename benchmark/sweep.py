@@ -13,6 +13,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -71,6 +72,10 @@ class Job:
         for key, value in self.overrides.items():  # JSON is YAML, which --set parses
             args += ["--set", f"{key}={json.dumps(value)}"]
         return args + (["--compile"] if run.compile else [])
+
+    def command(self) -> str:
+        """The shell line a user can paste to make this run by hand."""
+        return shlex.join(["bench", *self.argv()])
 
     def plan(self) -> dict:
         from benchmark.runner import plan_run
@@ -189,7 +194,7 @@ def open_state(results: Path, suite: Suite, jobs: list[Job], launcher: str) -> I
         data.update(launcher=launcher, pid=os.getpid(), host=socket.gethostname())
         for job in jobs:
             entry = data["cells"].setdefault(job.cell, {"status": "pending", "attempts": 0})
-            entry["command"] = "bench " + " ".join(job.argv())
+            entry["command"] = job.command()
             if entry["status"] in ("running", "failed"):  # cut short, or worth another try
                 entry.update(status="pending", reason=None)
         state = SweepState(directory, data)
@@ -223,11 +228,11 @@ def _ready(jobs: list[Job], state: SweepState, log: Callable[[str], None]) -> It
         yield job
 
 
-def _finish(state: SweepState, job: Job, status: str, log, **info) -> None:
+def _finish(state: SweepState, job: Job, status: str, echo, **info) -> None:
     state.set(job.cell, status, **info)
     counts = state.counts()
     detail = info.get("reason") or info.get("dir") or ""
-    log(f"[{counts['done']}/{len(state.cells)} done, {counts['running']} running, "
+    echo(f"[{counts['done']}/{len(state.cells)} done, {counts['running']} running, "
         f"{counts['failed']} failed] {status} {job.cell}" + (f": {detail}" if detail else ""))
 
 
@@ -285,7 +290,7 @@ def run_local(jobs: list[Job], state: SweepState, workers: int = 1, gpus: list[s
     try:
         with _stop_on_signals():
             while True:
-                started = False
+                started = reaped = False
                 for job in _ready(jobs, state, log) if free else ():
                     slot = free.pop(0)
                     running[job.cell] = _spawn(job, slot, gpus, logs, state)
@@ -301,7 +306,8 @@ def run_local(jobs: list[Job], state: SweepState, workers: int = 1, gpus: list[s
                     del running[cell]
                     free.append(slot)
                     _settle(by_cell[cell], process.returncode, state, log)
-                if not running and not started:  # a full pass found nothing left to start
+                    reaped = True
+                if not (running or started or reaped):  # a full pass found nothing to start
                     return state.counts()
                 time.sleep(poll_s)
     except _Interrupted as stop:
@@ -325,12 +331,12 @@ def _spawn(job: Job, slot: int, gpus: list[str], logs: Path, state: SweepState):
     if job.threads:
         env["OMP_NUM_THREADS"] = str(job.threads)
     handle = open(logs / f"{job.cell.replace('/', '_')}.log", "a")
-    handle.write(f"$ bench {' '.join(job.argv())}\n")
+    handle.write(f"$ {job.command()}\n")
     handle.flush()
     command = [sys.executable, "-c", "from benchmark.cli import main; main()", *job.argv()]
     process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env,
                                preexec_fn=_die_with_parent if sys.platform == "linux" else None)
-    state.cells[job.cell]["log"] = handle.name
+    state.cells[job.cell].update(log=handle.name, pid=process.pid)
     return process, slot, handle
 
 

@@ -42,13 +42,15 @@ def list_(params_path: Path) -> None:
 
 @suite.command()
 @params_option
-@click.option("--grid", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Write the active suite's cells here and remove the exported records of "
-                   "cells no longer in it (the DVC pipeline's check stage).")
+@click.option("--prune", is_flag=True,
+              help="Remove the exported records of cells no longer in the active suite.")
+@click.option("--stamp", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write this file once the check passes (DVC stages depend on it, so the "
+                   "check runs before them; its content never changes).")
 @user_errors
-def check(params_path: Path, grid: Path | None) -> None:
+def check(params_path: Path, prune: bool, stamp: Path | None) -> None:
     """Validate params.yaml completely: names, every cell's config, teacher order."""
-    from benchmark.io import atomic_write_json
+    from benchmark.io import atomic_write_text
     from benchmark.suite import load_params
     from benchmark.sweep import prune_exports
 
@@ -57,11 +59,11 @@ def check(params_path: Path, grid: Path | None) -> None:
     click.echo(f"{params_path}: {len(counts)} suites valid ("
                + ", ".join(f"{name} {count} runs" for name, count in counts.items())
                + f"); active: {params.active}")
-    if grid is not None:
-        cells = params.suite().cells()
-        for folder in prune_exports(params.paths, cells):
-            click.echo(f"removed {folder} (no longer in suite {params.active})")
-        atomic_write_json(grid, {"suite": params.active, "cells": [c.id for c in cells]})
+    if prune:
+        for path in prune_exports(params.paths, params.suite().cells()):
+            click.echo(f"removed {path} (no longer in suite {params.active})")
+    if stamp is not None:
+        atomic_write_text(stamp, "params.yaml passed `bench suite check`\n")
 
 
 @suite.command()

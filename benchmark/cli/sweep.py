@@ -97,7 +97,7 @@ def sweep(params_path, suite_name, models, datasets, splits, launcher, workers, 
     if dry_run:
         for job in jobs:
             after = f"   (after {', '.join(job.needs)})" if job.needs else ""
-            click.echo(f"bench {' '.join(job.argv())}{after}")
+            click.echo(f"{job.command()}{after}")
         click.echo(f"{len(jobs)} runs")
         return
     with sweep_errors(open_state, params.paths.results, chosen, jobs, launcher) as state:
