@@ -77,7 +77,7 @@ class QFM(DEIQT):
 
     def attach_teacher(self, teacher: DEIQT) -> None:
         """Use ``teacher`` (frozen here) for distillation and memory; it must match the student."""
-        for key in ("backbone", "img_size", "decoder_dim"):
+        for key in ("backbone", "img_size", "decoder_dim", "label_scale"):
             if getattr(teacher.config, key) != getattr(self.config, key):
                 raise ConfigError(f"the teacher's {key} is {getattr(teacher.config, key)!r}, the "
                                   f"student's {getattr(self.config, key)!r}; they must agree")
