@@ -299,3 +299,19 @@ def test_full_qfm_overfits_a_fixed_batch():
     assert last["stat_memory_size"] == 80  # (K + 1) batches × 2 sources × 8
     assert last["loss"] < first["loss"] / 20 and last["reg"] < first["reg"] / 20
     assert 0.9 < last["stat_gate_mean"] < 1.0
+
+
+def test_train_state_restores_memory_ema_teacher_and_frozen_keys(tmp_path):
+    model = tiny_qfm(preset="ema-teacher", match_space="frozen_imagenet_cls", perturb_target="both")
+    for _ in range(3):
+        model.loss(batch(), CTX)
+    torch.save(model.train_state(), tmp_path / "state.pt")
+    restored = QFM(model.config)
+    restored.load_state_dict(model.state_dict())
+    restored.load_train_state(torch.load(tmp_path / "state.pt", weights_only=True))
+    assert [e.ids.tolist() for e in restored._memory.queue] == \
+        [e.ids.tolist() for e in model._memory.queue] and len(restored._memory.queue) == 3
+    assert restored._memory.queue[0].patches.shape == (16, 16, 48)
+    assert sorted(restored._imagenet_keys) == list(range(8))
+    ours, theirs = restored._aux["teacher"].state_dict(), model._aux["teacher"].state_dict()
+    assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
