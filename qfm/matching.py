@@ -84,12 +84,13 @@ class Memory:
 
 
 def distances(anchors: torch.Tensor, keys: torch.Tensor, metric: str = "cosine") -> torch.Tensor:
-    """(B, M) distances in fp32: 1 − cosine similarity, or Euclidean."""
+    """(B, M) distances in fp32 (also under autocast): 1 − cosine similarity, or Euclidean."""
     anchors, keys = anchors.float(), keys.float()
-    if metric == "cosine":
-        return 1.0 - F.normalize(anchors, dim=1) @ F.normalize(keys, dim=1).T
-    if metric == "l2":
-        return torch.cdist(anchors, keys)
+    with torch.autocast(anchors.device.type, enabled=False):
+        if metric == "cosine":
+            return 1.0 - F.normalize(anchors, dim=1) @ F.normalize(keys, dim=1).T
+        if metric == "l2":
+            return torch.cdist(anchors, keys)
     raise ValueError(f"unknown match_metric {metric!r} ({', '.join(METRICS)})")
 
 

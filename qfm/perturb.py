@@ -58,8 +58,10 @@ def worst_direction(gradient: torch.Tensor, directions: torch.Tensor) -> torch.T
     pseudo-inverse of the Gram matrix stands in for a QR basis so that zero (invalid) directions
     drop out. For m = 1 this is sign(⟨∇, u⟩)·u.
     """
-    basis = directions.float().transpose(1, 2)  # (B, D, m)
-    gram = basis.transpose(1, 2) @ basis
-    coefficients = torch.linalg.pinv(gram) @ (basis.transpose(1, 2) @ gradient.float().unsqueeze(2))
-    projected = (basis @ coefficients).squeeze(2)
+    with torch.autocast(gradient.device.type, enabled=False):  # pinv has no half kernels
+        basis = directions.float().transpose(1, 2)  # (B, D, m)
+        gram = basis.transpose(1, 2) @ basis
+        coefficients = torch.linalg.pinv(gram) @ (basis.transpose(1, 2)
+                                                  @ gradient.float().unsqueeze(2))
+        projected = (basis @ coefficients).squeeze(2)
     return projected / projected.norm(dim=1, keepdim=True).clamp_min(1e-12)

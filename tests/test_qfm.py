@@ -315,3 +315,18 @@ def test_train_state_restores_memory_ema_teacher_and_frozen_keys(tmp_path):
     assert sorted(restored._imagenet_keys) == list(range(8))
     ours, theirs = restored._aux["teacher"].state_dict(), model._aux["teacher"].state_dict()
     assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
+
+
+@pytest.mark.parametrize("preset", ["full", "sam"])
+def test_objective_runs_under_bf16_autocast_with_fp32_matching(preset):
+    model = tiny_qfm(preset=preset, sam_dirs=2 if preset == "sam" else 1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model.loss(batch(), CTX)
+        assert distances_dtype() == torch.float32
+    assert torch.isfinite(out["loss"]) and out["adv"].item() > 0
+
+
+def distances_dtype() -> torch.dtype:
+    from qfm.matching import distances
+
+    return distances(torch.randn(3, 8), torch.randn(5, 8)).dtype
