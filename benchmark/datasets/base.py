@@ -9,6 +9,8 @@ table and never on a dataset's own format.
 
 from __future__ import annotations
 
+import os
+
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Literal, Sequence
@@ -150,12 +152,21 @@ def standard_table(
     return table[STANDARD_COLUMNS + list(extra)].reset_index(drop=True)
 
 
+def walk_files(folder: Path) -> list[Path]:
+    """Every file under ``folder``, sorted, following symbolic links: users commonly link a
+    dataset root to the storage that holds it (``Path.rglob`` would not enter such links)."""
+    found = []
+    for directory, _, files in os.walk(folder, followlinks=True):
+        found.extend(Path(directory) / name for name in files)
+    return sorted(found)
+
+
 def find_file(root: Path, name: str, dataset: str) -> Path:
     """Locate a label file by name anywhere under root (archives differ in wrapping folders)."""
     direct = root / name
     if direct.is_file():
         return direct
-    hits = sorted(p for p in root.rglob(Path(name).name) if p.is_file())
+    hits = [p for p in walk_files(root) if p.name == Path(name).name]
     if not hits:
         raise DatasetError(f"{dataset}: label file {name} not found under {root}")
     return hits[0]
@@ -170,7 +181,7 @@ def resolve_names(listed: Sequence[str], folder: Path, root: Path, dataset: str)
     """
     index: dict[str, list[Path]] = {}
     if folder.is_dir():
-        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        for path in walk_files(folder):
             index.setdefault(path.name.lower(), []).append(path)
     resolved = []
     for name in listed:
