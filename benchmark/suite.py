@@ -23,7 +23,7 @@ import yaml
 from benchmark.registry import UnknownNameError, dataset_registry, model_registry
 
 __all__ = ["SuiteError", "Paths", "Entry", "Cell", "Suite", "Params", "load_params",
-           "parse_params", "parse_indices", "switch_suite", "check_order", "TOP_KEYS", "SUITE_KEYS", "RUN_KEYS"]
+           "parse_params", "read_yaml", "parse_indices", "switch_suite", "check_order", "TOP_KEYS", "SUITE_KEYS", "RUN_KEYS"]
 
 TOP_KEYS = ("paths", "protocol", "models", "suites", "suite")
 SUITE_KEYS = ("datasets", "splits", "expect_splits", "run", "teacher", "models", "students")
@@ -34,6 +34,26 @@ NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # a stage name part and a fo
 
 class SuiteError(ValueError):
     """A params.yaml (or grid selection) mistake; the message names the key."""
+
+
+class _Yaml12Loader(yaml.SafeLoader):
+    """SafeLoader with YAML 1.2 booleans and exponents, the way DVC reads params.yaml.
+
+    DVC rewrites the file (``dvc exp run -S``) without quoting ``off`` or ``yes``, which are
+    strings in YAML 1.2 but booleans to PyYAML's 1.1 rules: ``amp: off`` must stay "off";
+    and ``lr: 1e-4`` is a number to DVC, so it is one here too.
+    """
+
+
+_Yaml12Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Yaml12Loader.add_implicit_resolver("tag:yaml.org,2002:bool",
+                                    re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                                    list("tTfF"))
+_Yaml12Loader.add_implicit_resolver("tag:yaml.org,2002:float",
+                                    re.compile(r"^[-+]?[0-9]+(?:\.[0-9]*)?[eE][-+]?[0-9]+$"),
+                                    list("-+0123456789"))
 
 
 @dataclass(frozen=True)
@@ -200,6 +220,11 @@ def check_order(suite: Suite, where: str, declared: bool = True) -> dict[str, tu
     return needs
 
 
+def read_yaml(text: str) -> Any:
+    """Parse YAML as DVC does (1.2 booleans and numbers), with a safe loader."""
+    return yaml.load(text, Loader=_Yaml12Loader)  # noqa: S506 - a SafeLoader subclass
+
+
 def load_params(path: Path | str = "params.yaml") -> Params:
     """Read and validate ``path``: structure, entries, suites, datasets; no model import."""
     path = Path(path)
@@ -212,7 +237,7 @@ def load_params(path: Path | str = "params.yaml") -> Params:
 
 def parse_params(text: str, path: Path) -> Params:
     try:
-        raw = yaml.safe_load(text)
+        raw = read_yaml(text)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         line = f" line {mark.line + 1}:" if mark else ""

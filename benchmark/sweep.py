@@ -36,6 +36,7 @@ __all__ = ["SweepError", "Job", "SlurmOptions", "SlurmTask", "plan_sweep", "Swee
            "pid_alive", "load_states", "sweep_id", "prune_exports"]
 
 STATUSES = ("done", "running", "failed", "pending")
+METRIC_KEYS = ("srcc", "plcc")  # what `dvc metrics show` lists per run and selection rule
 
 
 class SweepError(RuntimeError):
@@ -409,8 +410,8 @@ def export_run(record: dict, out: Path, metrics: Path) -> None:
     with atomic_dir(Path(out)) as tmp:
         for name in ("record.json", "predictions.csv"):
             shutil.copy2(source / name, tmp / name)
-    atomic_write_json(metrics, {rule: {"epoch": chosen["epoch"], **chosen["test"]}
-                                for rule, chosen in record["metrics"].items()})
+    atomic_write_json(metrics, {rule: {"epoch": chosen["epoch"], **{
+        k: chosen["test"][k] for k in METRIC_KEYS}} for rule, chosen in record["metrics"].items()})
 
 
 def prune_exports(paths: Paths, cells: list[Cell]) -> list[Path]:

@@ -208,3 +208,12 @@ def test_params_round_trip_through_a_plain_yaml_dump(tmp_path):
     text = yaml.safe_dump(data, sort_keys=False)
     params = parse_params(text, tmp_path / "params.yaml")
     assert params.active == "demo" and params.suite().splits == (0,)
+
+
+def test_params_are_read_as_dvc_reads_them(tmp_path):
+    # `dvc exp run -S` rewrites the file with YAML 1.2 scalars, unquoted
+    path = edited(tmp_path, 'amp: "off"', "amp: off")
+    path.write_text(path.read_text().replace("  deiqt: {}\n", "  deiqt: {lr: 1e-4, hflip: yes}\n"))
+    params = load_params(path)
+    assert params.suite().run["amp"] == "off"
+    assert params.entries["deiqt"] == {"lr": 0.0001, "hflip": "yes"}

@@ -232,7 +232,8 @@ def test_exports_copy_the_record_and_prune_what_left_the_grid(tmp_path, demo_roo
     assert json.loads((out / "record.json").read_text())["config_hash"] == record["config_hash"]
     values = json.loads(metrics.read_text())
     assert set(values) == {"val", "last", "test_oracle"}
-    assert values["val"]["srcc"] == record["metrics"]["val"]["test"]["srcc"]
+    assert values["val"] == {"epoch": 0, "srcc": record["metrics"]["val"]["test"]["srcc"],
+                             "plcc": record["metrics"]["val"]["test"]["plcc"]}
     stale = Cell("probe", "probe", "demo", 2)
     export_run(record, params.paths.export_dir(stale), params.paths.metrics_file(stale))
     removed = prune_exports(params.paths, [cell])
