@@ -26,13 +26,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-import submitit
-
 from benchmark.io import atomic_dir, atomic_write_json, canonical_json, sha256_bytes
 from benchmark.suite import Cell, Params, Paths, Suite, check_order
 
-__all__ = ["SweepError", "Job", "SlurmOptions", "SlurmTask", "plan_sweep", "SweepState",
-           "open_state", "run_local", "run_slurm", "export_run", "status_lines", "detect_gpus",
+__all__ = ["SweepError", "Job", "plan_sweep", "SweepState", "open_state", "run_local",
+           "export_run", "status_lines", "detect_gpus",
            "pid_alive", "load_states", "sweep_id", "prune_exports"]
 
 STATUSES = ("done", "running", "failed", "pending")
@@ -207,29 +205,29 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _ready(jobs: list[Job], state: SweepState, log: Callable[[str], None]) -> Iterator[Job]:
+def ready_jobs(jobs: list[Job], state: SweepState, log: Callable[[str], None]) -> Iterator[Job]:
     """Pending jobs whose needs are done; fails those whose needs failed, skips finished ones."""
     for job in jobs:
         if state.status(job.cell) != "pending":
             continue
         failed = [n for n in job.needs if state.status(n) == "failed"]
         if failed:
-            _finish(state, job, "failed", log, reason=f"needs {failed[0]}, which failed")
+            finish(state, job, "failed", log, reason=f"needs {failed[0]}, which failed")
             continue
         if any(state.status(n) != "done" for n in job.needs):
             continue
         try:
             done = job.finished()
         except Exception as error:  # noqa: BLE001 - a bad cell fails alone, with its reason
-            _finish(state, job, "failed", log, reason=_one_line(str(error)))
+            finish(state, job, "failed", log, reason=one_line(str(error)))
             continue
         if done:
-            _finish(state, job, "done", log, dir=done, reason="already done")
+            finish(state, job, "done", log, dir=done, reason="already done")
             continue
         yield job
 
 
-def _finish(state: SweepState, job: Job, status: str, echo, **info) -> None:
+def finish(state: SweepState, job: Job, status: str, echo, **info) -> None:
     state.set(job.cell, status, **info)
     counts = state.counts()
     detail = info.get("reason") or info.get("dir") or ""
@@ -237,7 +235,7 @@ def _finish(state: SweepState, job: Job, status: str, echo, **info) -> None:
         f"{counts['failed']} failed] {status} {job.cell}" + (f": {detail}" if detail else ""))
 
 
-def _one_line(text: str) -> str:
+def one_line(text: str) -> str:
     lines = [line.strip() for line in str(text).splitlines() if line.strip()]
     errors = [line for line in lines if line.startswith("Error:")]
     line = (errors or lines or ["no output"])[-1]
@@ -292,10 +290,10 @@ def run_local(jobs: list[Job], state: SweepState, workers: int = 1, gpus: list[s
         with _stop_on_signals():
             while True:
                 started = reaped = False
-                for job in _ready(jobs, state, log) if free else ():
+                for job in ready_jobs(jobs, state, log) if free else ():
                     slot = free.pop(0)
                     running[job.cell] = _spawn(job, slot, gpus, logs, state)
-                    _finish(state, job, "running", log, reason=None,
+                    finish(state, job, "running", log, reason=None,
                             gpu=gpus[slot % len(gpus)] if gpus else None)
                     started = True
                     if not free:
@@ -343,64 +341,10 @@ def _spawn(job: Job, slot: int, gpus: list[str], logs: Path, state: SweepState):
 
 def _settle(job: Job, code: int, state: SweepState, log) -> None:
     if code == 0:
-        _finish(state, job, "done", log, dir=job.finished(), reason=None)
+        finish(state, job, "done", log, dir=job.finished(), reason=None)
         return
     text = Path(state.cells[job.cell]["log"]).read_text(errors="replace")
-    _finish(state, job, "failed", log, reason=_one_line(text.split("\n$ bench ")[-1]))
-
-
-@dataclass(frozen=True)
-class SlurmOptions:
-    partition: str | None = None
-    time_min: int = 24 * 60
-    gpus: int = 1
-    cpus: int = 8
-    mem_gb: int | None = None
-    parallel: int = 16  # array tasks running at once
-    cluster: str | None = None  # None: slurm when available; "local" runs the same on this machine
-
-
-class SlurmTask(submitit.helpers.Checkpointable):
-    """A job as a submitit task; on preemption or timeout it is requeued and resumes."""
-
-    def __call__(self, job: Job) -> str:
-        return job.execute()["_dir"]
-
-
-def run_slurm(jobs: list[Job], state: SweepState, options: SlurmOptions = SlurmOptions(),
-              log: Callable[[str], None] = print, poll_s: float = 5.0) -> dict[str, int]:
-    """Submit ready jobs as job arrays (students once their teacher is done); wait for all."""
-    executor = submitit.AutoExecutor(folder=state.dir / "submitit", cluster=options.cluster)
-    executor.update_parameters(
-        name=f"bench-{state.data['id']}", timeout_min=options.time_min,
-        gpus_per_node=options.gpus, cpus_per_task=options.cpus, mem_gb=options.mem_gb,
-        slurm_partition=options.partition, slurm_array_parallelism=options.parallel)
-    running: dict[str, Any] = {}
-    by_cell = {job.cell: job for job in jobs}
-    while True:
-        ready = list(_ready(jobs, state, log))
-        if ready:
-            for job, submitted in zip(ready, executor.map_array(SlurmTask(), ready)):
-                running[job.cell] = submitted
-                _finish(state, job, "running", log, reason=None, job_id=submitted.job_id,
-                        log=str(submitted.paths.stdout))
-        for cell, submitted in list(running.items()):
-            if not submitted.done():
-                continue
-            del running[cell]
-            error = submitted.exception()
-            if error is None:
-                _finish(state, by_cell[cell], "done", log, dir=submitted.result(), reason=None)
-            else:
-                _finish(state, by_cell[cell], "failed", log, reason=_slurm_reason(error))
-        if not running and not ready:
-            return state.counts()
-        time.sleep(poll_s)
-
-
-def _slurm_reason(error: BaseException) -> str:
-    # a failed task's exception carries the worker's traceback; its last line is the cause
-    return _one_line(str(error))
+    finish(state, job, "failed", log, reason=one_line(text.split("\n$ bench ")[-1]))
 
 
 def export_run(record: dict, out: Path, metrics: Path) -> None:

@@ -18,9 +18,9 @@ from click.testing import CliRunner
 from benchmark.cli import main
 from benchmark.cli.run import parse_sets
 from benchmark.suite import Cell, load_params
-from benchmark.sweep import (Job, SlurmOptions, SlurmTask, SweepState, _spawn, detect_gpus,
-                             export_run, open_state, plan_sweep, prune_exports, run_slurm,
-                             status_lines)
+from benchmark.slurm import SlurmOptions, SlurmTask, run_slurm
+from benchmark.sweep import (Job, SweepState, _spawn, detect_gpus, export_run, open_state,
+                             plan_sweep, prune_exports, status_lines)
 
 REPO = Path(__file__).resolve().parents[1]
 VIT = {"backbone": "vit_tiny_patch16_224", "pretrained": "false", "img_size": 64,
@@ -218,6 +218,25 @@ def test_slurm_launcher_runs_arrays_through_submitit(tmp_path, demo_root):
         assert run_slurm(jobs, again, SlurmOptions(cluster="local"), lines.append) == counts
     assert sorted((state.dir / "submitit").iterdir()) == submitted
     assert json.loads(state.path.read_text())["cells"] == cells
+
+
+@pytest.mark.slow
+def test_a_task_cut_by_its_time_limit_is_requeued_and_resumes(tmp_path, demo_root):
+    import submitit
+
+    path = write_params(tmp_path, demo_root, {"deiqt": {**VIT, "epochs": 60}})
+    params = load_params(path)
+    job = plan_sweep(params, params.suite())[0]
+    executor = submitit.LocalExecutor(tmp_path / "submitit", max_num_timeout=20)
+    # a one-minute limit whose warning comes 12 s in: the task checkpoints and is requeued
+    executor.update_parameters(timeout_min=1, signal_delay_s=48)
+    submitted = executor.submit(SlurmTask(), job)
+    run_dir = Path(submitted.result())
+    output = submitted.stdout() + (submitted.stderr() or "")
+    assert "resuming after epoch" in output and "Requeued" in output
+    record = json.loads((run_dir / "record.json").read_text())
+    assert [h["epoch"] for h in record["history"]] == list(range(60))
+    assert not list(run_dir.parent.glob("*.partial"))
 
 
 def test_exports_copy_the_record_and_prune_what_left_the_grid(tmp_path, demo_root):

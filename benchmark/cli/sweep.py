@@ -52,6 +52,8 @@ def sweep_errors(function, *args, **kwargs):
 @click.option("--mem-gb", type=int, default=None, help="slurm: memory per task.")
 @click.option("--array-parallelism", type=int, default=16, show_default=True,
               help="slurm: array tasks running at once.")
+@click.option("--max-requeues", type=int, default=10, show_default=True,
+              help="slurm: times a task may hit --time and be requeued.")
 @click.option("--cluster", type=click.Choice(["slurm", "local", "debug"]), default=None,
               hidden=True, help="submitit executor (tests: local).")
 @click.option("--status", is_flag=True, help="Show progress (done/running/failed) and exit.")
@@ -59,7 +61,7 @@ def sweep_errors(function, *args, **kwargs):
 @user_errors
 def sweep(params_path, suite_name, models, datasets, splits, launcher, workers, gpus, device,
           partition, time_min, gpus_per_task, cpus_per_task, mem_gb, array_parallelism,
-          cluster, status, dry_run) -> None:
+          max_requeues, cluster, status, dry_run) -> None:
     """Run a grid of (entry, dataset, split) runs from params.yaml.
 
     Runs already finished (a record with the same config hash) are skipped; a sweep stopped
@@ -76,9 +78,8 @@ def sweep(params_path, suite_name, models, datasets, splits, launcher, workers, 
       bench sweep --suite paper --status
     """
     from benchmark.suite import load_params, parse_indices
-    from benchmark.sweep import (SlurmOptions, detect_gpus, load_states, open_state,
-                                 pid_alive, plan_sweep, run_local, run_slurm, status_lines,
-                                 sweep_id)
+    from benchmark.sweep import (detect_gpus, load_states, open_state, pid_alive, plan_sweep,
+                                 run_local, status_lines, sweep_id)
 
     params = sweep_errors(load_params, params_path)
     chosen = sweep_errors(params.suite, suite_name, _names(models), _names(datasets),
@@ -105,8 +106,10 @@ def sweep(params_path, suite_name, models, datasets, splits, launcher, workers, 
         if launcher == "local":
             sweep_errors(run_local, jobs, state, workers, detect_gpus(gpus), click.echo)
         else:
+            from benchmark.slurm import SlurmOptions, run_slurm
+
             options = SlurmOptions(partition, time_min, gpus_per_task, cpus_per_task, mem_gb,
-                                   array_parallelism, cluster)
+                                   array_parallelism, max_requeues, cluster)
             sweep_errors(run_slurm, jobs, state, options, click.echo)
         lines = status_lines(state.data)
     for line in lines:
