@@ -148,6 +148,13 @@ def test_student_waits_for_its_teacher_and_a_failed_teacher_fails_it(tmp_path, d
     (teacher,), (student,) = runs(results, "deiqt"), runs(results, "qfm")
     record = json.loads((student / "record.json").read_text())
     assert Path(record["prerequisites"]["deiqt"]["dir"]) == teacher
+    # `--set` on the command line and params.yaml read in-process give the same config hash:
+    # a DVC stage finds the sweep's run done
+    stage = CliRunner().invoke(main, ["suite", "run", "qfm", "demo", "0", "--params", str(path),
+                                      "--out", str(tmp_path / "out"),
+                                      "--metrics", str(tmp_path / "m.json")])
+    assert stage.exit_code == 0, stage.output
+    assert f"already done: {student / 'record.json'}" in stage.output
 
     path = write_params(tmp_path, demo_root, {"deiqt": {**VIT, "batch_size": 100000}},
                         {"qfm": {**VIT, "epochs": 2}})
