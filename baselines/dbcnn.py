@@ -51,7 +51,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from baselines.scnn import SCNN, load_scnn_features
+from baselines.scnn import SCNN, load_scnn_features, pretrain_scnn
 from benchmark.models import (ConfigError, IQAModel, ModelConfig, backbone_norm, create_backbone,
                               decay_groups)
 
@@ -111,6 +111,9 @@ def _content_stream(config: DBCNNConfig) -> tuple[nn.Sequential, int, nn.Module]
 
 class DBCNN(IQAModel):
     """VGG-16 content stream x S-CNN synthetic stream → bilinear pooling → linear score (B,)."""
+
+    #: ``bench pretrain --model dbcnn --out scnn.pt``: the S-CNN distortion-classification step
+    pretrain = staticmethod(pretrain_scnn)
 
     name = "dbcnn"
     Config = DBCNNConfig

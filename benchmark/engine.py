@@ -252,7 +252,7 @@ def fit(model: IQAModel, data: SplitData, config: Any, run: RunConfig, work_dir:
         train_set.set_epoch(epoch)
         loader = _loader(train_set, config.batch_size, run.workers, run.seed * 100003 + epoch, True)
         model.train()
-        tic, sums, count = time.perf_counter(), {}, 0
+        tic, sums = time.perf_counter(), {}
         bar = progress(total=steps, desc=f"epoch {epoch + 1}/{config.epochs}")
         for step_in_epoch, batch in enumerate(loader):
             if step_in_epoch >= steps:
@@ -275,10 +275,10 @@ def fit(model: IQAModel, data: SplitData, config: Any, run: RunConfig, work_dir:
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
-            for key, value in terms.items():
-                sums[key] = sums.get(key, 0.0) + float(value.detach())
-            count += 1
-            bar.set_postfix(loss=f"{sums['loss'] / count:.4g}")
+            for key, value in terms.items():  # a term absent from a step is not a zero there
+                total, seen = sums.get(key, (0.0, 0))
+                sums[key] = (total + float(value.detach()), seen + 1)
+            bar.set_postfix(loss=f"{sums['loss'][0] / sums['loss'][1]:.4g}")
             bar.update(1)
         bar.close()
         result.train_s += time.perf_counter() - tic
@@ -286,7 +286,7 @@ def fit(model: IQAModel, data: SplitData, config: Any, run: RunConfig, work_dir:
         scores = _evaluate(model, data, config, run, device, amp_dtype)
         result.eval_s += time.perf_counter() - tic
         entry = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"],
-                 "train": {k: v / max(count, 1) for k, v in sums.items()},
+                 "train": {k: total / seen for k, (total, seen) in sums.items()},
                  "val": all_metrics(data.to_unit(scores["val"]), data.val_units),
                  "test": all_metrics(data.to_unit(scores["test"]), data.test_units),
                  "time_s": round(time.perf_counter() - tic, 3)}

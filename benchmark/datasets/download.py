@@ -292,6 +292,8 @@ def fetch(dataset: Dataset, root: Path, password: bytes | None = None,
             except HostUnreachable as error:
                 result.pending.append(Pending(source, str(error)))
                 continue
+        elif not source.filename and any(s.access == "direct" for s in dataset.sources):
+            continue  # an information page beside direct files: nothing to place by hand
         else:
             result.pending.append(Pending(source, "needs to be placed by hand"))
             continue
