@@ -23,7 +23,8 @@ import yaml
 from benchmark.registry import UnknownNameError, dataset_registry, model_registry
 
 __all__ = ["SuiteError", "Paths", "Entry", "Cell", "Suite", "Params", "load_params",
-           "parse_params", "read_yaml", "parse_indices", "switch_suite", "check_order", "TOP_KEYS", "SUITE_KEYS", "RUN_KEYS"]
+           "parse_params", "read_yaml", "parse_indices", "switch_suite", "check_order",
+           "TOP_KEYS", "SUITE_KEYS", "RUN_KEYS"]
 
 TOP_KEYS = ("paths", "protocol", "models", "suites", "suite")
 SUITE_KEYS = ("datasets", "splits", "expect_splits", "run", "teacher", "models", "students")
@@ -92,7 +93,6 @@ class Cell:
     dataset: str
     split: int
     overrides: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
-    student: bool = False
 
     @property
     def id(self) -> str:
@@ -111,18 +111,9 @@ class Suite:
 
     def cells(self) -> list[Cell]:
         """Every cell, teachers' cells before their students' (entry, dataset, split order)."""
-        return [Cell(e.name, e.model, d, s, e.overrides, e.student)
+        return [Cell(e.name, e.model, d, s, e.overrides)
                 for e in sorted(self.entries, key=lambda e: e.student)
                 for d in self.datasets for s in self.splits]
-
-    def run_config(self, device: str | None = None):
-        """The engine's RunConfig from ``run`` (``threads`` is the process's, not the engine's)."""
-        from benchmark.engine import RunConfig
-
-        values = {k: v for k, v in self.run.items() if k != "threads"}
-        if device:
-            values["device"] = device
-        return RunConfig(progress=False, **values)
 
 
 @dataclass(frozen=True)

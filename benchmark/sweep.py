@@ -31,7 +31,8 @@ from benchmark.suite import Cell, Params, Paths, Suite, check_order
 
 __all__ = ["SweepError", "Job", "plan_sweep", "SweepState", "open_state", "run_local",
            "export_run", "status_lines", "detect_gpus",
-           "pid_alive", "load_states", "sweep_id", "prune_exports"]
+           "pid_alive", "load_states", "sweep_id", "prune_exports", "wrong_teacher",
+           "ready_jobs", "finish", "one_line"]
 
 STATUSES = ("done", "running", "failed", "pending")
 METRIC_KEYS = ("srcc", "plcc")  # what `dvc metrics show` lists per run and selection rule
@@ -82,15 +83,11 @@ class Job:
         return plan_run(self.model, self.dataset, self.split, Path(self.root), self.overrides,
                         self.run_config(), Path(self.results))
 
-    def finished(self) -> str | None:
-        """The record folder of this exact config, if it exists; None while a teacher is missing."""
+    def finished(self, plan: dict | None = None) -> str | None:
+        """The record folder of this exact config, if it exists."""
         from benchmark.records import find_record
-        from benchmark.runner import MissingPrerequisiteError
 
-        try:
-            plan = self.plan()
-        except MissingPrerequisiteError:
-            return None
+        plan = plan or self.plan()
         found = find_record(Path(self.results), plan["key"], plan["hash"])
         return str(found.parent) if found else None
 
@@ -104,6 +101,22 @@ class Job:
             torch.set_num_threads(self.threads)
         return run_one(self.model, self.dataset, self.split, Path(self.root), self.overrides,
                        self.run_config(), Path(self.results), resume=True, log=log)
+
+
+def wrong_teacher(plan: dict, teacher_record: Path) -> str | None:
+    """Why a student's planned run would not use ``teacher_record``'s run (None if it would).
+
+    The runner takes the newest finished run of the teacher's model, dataset and split; an
+    older config reused as "already done" loses to a newer one trained since.
+    """
+    from benchmark.records import load_record
+
+    teacher = load_record(teacher_record)
+    used = plan["prerequisites"].get(teacher["model"], {})
+    if used.get("config_hash") == teacher["config_hash"]:
+        return None
+    return (f"the newest {teacher['model']} run of {teacher['dataset']} split {teacher['split']} "
+            f"is {used.get('dir')}, not this grid's teacher {teacher['_dir']}: move it aside")
 
 
 def plan_sweep(params: Params, suite: Suite, device: str | None = None) -> list[Job]:
@@ -217,7 +230,12 @@ def ready_jobs(jobs: list[Job], state: SweepState, log: Callable[[str], None]) -
         if any(state.status(n) != "done" for n in job.needs):
             continue
         try:
-            done = job.finished()
+            plan = job.plan()
+            for need in job.needs:
+                problem = wrong_teacher(plan, Path(state.cells[need]["dir"]) / "record.json")
+                if problem:
+                    raise SweepError(problem)
+            done = job.finished(plan)
         except Exception as error:  # noqa: BLE001 - a bad cell fails alone, with its reason
             finish(state, job, "failed", log, reason=one_line(str(error)))
             continue

@@ -43,7 +43,7 @@ def test_repository_params_define_demo_paper_and_ablation():
     assert [c.entry for c in cells] == ["probe"] * 3 + ["brisque"] * 3 + ["deiqt"] * 3 + ["qfm"] * 3
     assert [c.split for c in cells[:3]] == [0, 1, 2]
     assert demo.teacher == "deiqt" and demo.teacher_model == "deiqt"
-    assert demo.run_config().device == "cpu" and demo.run["threads"] == 1
+    assert demo.run == {"device": "cpu", "seed": 0, "amp": "off", "threads": 1}
     paper = params.suite("paper")
     assert len(paper.datasets) == 8 and paper.splits == tuple(range(10))
     # QFM-IQM and every registered baseline

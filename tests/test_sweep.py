@@ -20,7 +20,7 @@ from benchmark.cli.run import parse_sets
 from benchmark.suite import Cell, load_params
 from benchmark.slurm import SlurmOptions, SlurmTask, run_slurm
 from benchmark.sweep import (Job, SweepState, _spawn, detect_gpus, export_run, open_state,
-                             plan_sweep, prune_exports, status_lines)
+                             plan_sweep, prune_exports, ready_jobs, status_lines)
 
 REPO = Path(__file__).resolve().parents[1]
 VIT = {"backbone": "vit_tiny_patch16_224", "pretrained": "false", "img_size": 64,
@@ -167,6 +167,21 @@ def test_student_waits_for_its_teacher_and_a_failed_teacher_fails_it(tmp_path, d
     assert status.returncode == 0
     assert status.stdout.splitlines()[0].endswith("2 runs: 0 done, 0 running, 2 failed, 0 pending")
     assert len(runs(results, "qfm")) == 1  # the failed grid started no second student
+
+
+def test_a_student_never_trains_against_another_teacher_than_the_grids(tmp_path, demo_root):
+    path = write_params(tmp_path, demo_root, {"deiqt": VIT}, {"qfm": VIT})
+    params = load_params(path)
+    jobs = plan_sweep(params, params.suite())
+    jobs[0].execute(log=lambda _: None)  # the grid's teacher
+    other = write_params(tmp_path, demo_root, {"deiqt": {**VIT, "lr": 1e-3}})
+    plan_sweep(load_params(other), load_params(other).suite())[0].execute(log=lambda _: None)
+    lines = []
+    with open_state(params.paths.results, params.suite(), jobs, "local") as state:
+        assert list(ready_jobs(jobs, state, lines.append)) == []
+    assert lines[0].endswith(": already done")
+    assert "failed qfm/demo/0: the newest deiqt run of demo split 0 is " in lines[1]
+    assert f"not this grid's teacher {state.cells['deiqt/demo/0']['dir']}: move it aside" in lines[1]
 
 
 def test_status_view_counts_and_failure_reasons():

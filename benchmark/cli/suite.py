@@ -96,9 +96,8 @@ def run(entry: str, dataset: str, split: int, params_path: Path, out: Path, metr
         teacher: Path | None) -> None:
     """Run one cell of the active suite and copy its record to --out (a DVC stage)."""
     from benchmark.cli.run import _guard
-    from benchmark.records import load_record
     from benchmark.suite import load_params
-    from benchmark.sweep import export_run, plan_sweep
+    from benchmark.sweep import export_run, plan_sweep, wrong_teacher
 
     params = sweep_errors(load_params, params_path)
     active = params.suite()
@@ -107,11 +106,9 @@ def run(entry: str, dataset: str, split: int, params_path: Path, out: Path, metr
     cell = sweep_errors(params.suite, active.name, [entry], [dataset], [split])
     job = sweep_errors(plan_sweep, params, cell)[0]
     if teacher is not None:
-        wanted = load_record(teacher / "record.json")
-        used = _guard(job.plan)["prerequisites"].get(wanted["model"], {})
-        if used.get("config_hash") != wanted["config_hash"]:
-            raise BenchError(f"the newest {wanted['model']} run of {dataset} split {split} "
-                             f"({used.get('dir')}) is not the pipeline's teacher ({wanted['_dir']})")
+        problem = wrong_teacher(_guard(job.plan), teacher / "record.json")
+        if problem:
+            raise BenchError(problem)
     record = _guard(job.execute, click.echo)
     export_run(record, out, metrics)
     test = record["metrics"]["val"]["test"]
