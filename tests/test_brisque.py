@@ -184,7 +184,7 @@ def graded():
 
 def test_registered_with_a_fit_config():
     cls = get_model_class("brisque")
-    assert cls is BRISQUE and cls.training == "fit"
+    assert cls is BRISQUE and cls.training_kind == "fit"
     config = config_from_dict(BRISQUEConfig, {"svr_c": [2, 8], "svr_epsilon": "0.2"})
     assert config.svr_c == (2, 8) and config.svr_epsilon == 0.2
     assert (config.train_crops, config.test_crops, config.epochs, config.label_scale) == \
