@@ -385,7 +385,7 @@ def _text(value: Any, where: str) -> str:
 
 
 def switch_suite(path: Path | str, name: str) -> Params:
-    """Point ``suite:`` at suite ``name`` (``suite: *name``), keeping every other line as written."""
+    """Point ``suite:`` at suite ``name`` (``suite: *name``); every other line stays."""
     from benchmark.io import atomic_write_text
 
     path = Path(path)

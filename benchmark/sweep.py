@@ -119,7 +119,8 @@ def wrong_teacher(plan: dict, teacher_record: Path) -> str | None:
             f"is {used.get('dir')}, not this grid's teacher {teacher['_dir']}: move it aside")
 
 
-def plan_sweep(params: Params, suite: Suite, device: str | None = None) -> list[Job]:
+def plan_sweep(params: Params, suite: Suite, device: str | None = None,
+               check_data: bool = True) -> list[Job]:
     """The grid as jobs in a valid order; everything is checked before anything runs."""
     from benchmark.datasets.prepare import load_prepared
     from benchmark.datasets.base import DatasetError
@@ -128,7 +129,7 @@ def plan_sweep(params: Params, suite: Suite, device: str | None = None) -> list[
     run = {k: v for k, v in suite.run.items() if k != "threads"}
     if device:
         run["device"] = device
-    for dataset in suite.datasets:
+    for dataset in suite.datasets if check_data else ():
         try:
             load_prepared(params.paths.dataset_root(dataset), dataset)
         except DatasetError as error:
@@ -199,7 +200,8 @@ def open_state(results: Path, suite: Suite, jobs: list[Job], launcher: str) -> I
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise SweepError(f"sweep {ident} is already running (lock {directory / 'lock'})") from None
+            raise SweepError(f"sweep {ident} is already running "
+                             f"(lock {directory / 'lock'})") from None
         path = directory / "state.json"
         data = json.loads(path.read_text()) if path.is_file() else {
             "id": ident, "suite": suite.name, "created": _now(), "cells": {}}
@@ -420,5 +422,6 @@ def pid_alive(state: dict) -> bool | None:
 
 
 def load_states(results: Path) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted((Path(results) / "sweeps").glob("*/state.json"))]
+    paths = sorted((Path(results) / "sweeps").glob("*/state.json"))
+    return [json.loads(path.read_text()) for path in paths]
 

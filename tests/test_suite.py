@@ -63,7 +63,7 @@ def test_suite_overrides_win_over_entry_hyper_parameters(tmp_path):
     path = edited(tmp_path, "  probe: {}\n", "  probe: {lr: 0.5, epochs: 9}\n")
     probe = load_params(path).suite().entries[0]
     assert probe.name == "probe" and probe.model == "probe"
-    assert probe.overrides["lr"] == 0.003  # the demo suite's own value
+    assert probe.overrides["lr"] == 0.01  # the demo suite's own value
     assert probe.overrides["epochs"] == 4
     assert probe.overrides["warmup_epochs"] == 0.5
     paper_probe = load_params(path).suite("paper").entries[1]
@@ -97,14 +97,17 @@ BAD = [
      "suites.demo.models.brisq: no entry 'brisq' under models"),
     ("\nsuite: *demo", "\nsuite: *nosuch", "found undefined alias"),
     ("\nsuite: *demo", "\nsuite: paper", "suite must alias a suite (suite: *paper)"),
-    ("\nsuite: *demo", "\nsuite: papers", "suite: unknown suite 'papers' (known: demo, paper, ablation)"),
+    ("\nsuite: *demo", "\nsuite: papers",
+     "suite: unknown suite 'papers' (known: demo, paper, ablation)"),
     ("paths:", "pathz:", "params.yaml: unknown key 'pathz'"),
-    ("run: {device: cpu, seed: 0,", "run: {device: cpu, sed: 0,", "suites.demo.run: unknown key 'sed'"),
+    ("run: {device: cpu, seed: 0,", "run: {device: cpu, sed: 0,",
+     "suites.demo.run: unknown key 'sed'"),
     ("splits: [0, 1, 2]", "splits: [0, 1, 12]", "suites.demo.splits: split 12 is not in 0..9"),
     ("expect_splits: 3", "expect_splits: 0", "suites.demo.expect_splits"),
     ("seeds: 0-9", "seeds: zero", "protocol.seeds: 'zero' is not a list like 0-9"),
     ("rounding: round", "rounding: ceil", "protocol: rounding must be 'round' or 'floor'"),
-    ("    teacher: deiqt\n    models:             #", "    teacher: probee\n    models:             #",
+    ("    teacher: deiqt\n    models:             #",
+     "    teacher: probee\n    models:             #",
      "suites.demo.teacher: 'probee' is not one of the suite's models"),
     ("  demo: &demo ", "  demo: &demo\n    colour: red\n  demo2: &demo2 ",
      "suites.demo: unknown key 'colour'"),
@@ -156,7 +159,8 @@ def test_use_switches_the_alias_and_nothing_else(tmp_path):
     result = bench("suite", "use", "paper", "--params", path)
     assert result.exit_code == 0, result.output
     assert "active suite: paper (8 datasets, 10 splits)" in result.output
-    changed = [(a, b) for a, b in zip(original.splitlines(), path.read_text().splitlines()) if a != b]
+    pairs = zip(original.splitlines(), path.read_text().splitlines())
+    changed = [(a, b) for a, b in pairs if a != b]
     assert changed == [("suite: *demo", "suite: *paper")]
     assert load_params(path).active == "paper"
     assert bench("suite", "use", "demo", "--params", path).exit_code == 0

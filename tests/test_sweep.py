@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -38,7 +37,8 @@ def write_params(tmp_path: Path, demo_root: Path, models: dict, students: dict |
     if not (tmp_path / "data" / "demo").exists():
         (tmp_path / "data" / "demo").symlink_to(demo_root)
     data["paths"] = {"data": str(tmp_path / "data"), "results": str(tmp_path / "results"),
-                     "pipeline": str(tmp_path / "results" / "dvc"), "report": str(tmp_path / "results")}
+                     "pipeline": str(tmp_path / "results" / "dvc"),
+                     "report": str(tmp_path / "results")}
     demo = data["suites"]["demo"]  # the same object as data["suite"]: dumped as an anchor
     demo.update(splits=list(splits), expect_splits=len(splits), models=models,
                 students=students or {})
@@ -181,7 +181,8 @@ def test_a_student_never_trains_against_another_teacher_than_the_grids(tmp_path,
         assert list(ready_jobs(jobs, state, lines.append)) == []
     assert lines[0].endswith(": already done")
     assert "failed qfm/demo/0: the newest deiqt run of demo split 0 is " in lines[1]
-    assert f"not this grid's teacher {state.cells['deiqt/demo/0']['dir']}: move it aside" in lines[1]
+    teacher = state.cells["deiqt/demo/0"]["dir"]
+    assert f"not this grid's teacher {teacher}: move it aside" in lines[1]
 
 
 def test_status_view_counts_and_failure_reasons():

@@ -34,7 +34,8 @@ def sweep_errors(function, *args, **kwargs):
 @params_option
 @click.option("--suite", "suite_name", default=None,
               help="A suite of params.yaml [default: the active one, `suite:`].")
-@click.option("--models", default=None, metavar="A,B", help="Entries to run instead of the suite's.")
+@click.option("--models", default=None, metavar="A,B",
+              help="Entries to run instead of the suite's.")
 @click.option("--datasets", default=None, metavar="A,B", help="Datasets instead of the suite's.")
 @click.option("--splits", default=None, metavar="0-9", help="Split indices instead of the suite's.")
 @click.option("--launcher", type=click.Choice(["local", "slurm"]), default="local",
@@ -82,14 +83,16 @@ def sweep(params_path, suite_name, models, datasets, splits, launcher, workers, 
                                  run_local, status_lines, sweep_id)
 
     params = sweep_errors(load_params, params_path)
-    chosen = sweep_errors(params.suite, suite_name, _names(models), _names(datasets),
-                          None if splits is None else parse_indices(splits, "--splits"))
+    indices = None if splits is None else sweep_errors(parse_indices, splits, "--splits")
+    chosen = sweep_errors(params.suite, suite_name, _names(models), _names(datasets), indices)
     if status:
         states = {s["id"]: s for s in load_states(params.paths.results)}
-        ident = sweep_errors(sweep_id, chosen, sweep_errors(plan_sweep, params, chosen, device))
-        shown = [states[ident]] if ident in states else list(states.values())
-        if not shown:
+        ident = sweep_id(chosen, sweep_errors(plan_sweep, params, chosen, device, check_data=False))
+        if not states:
             raise BenchError(f"no sweeps under {params.paths.results / 'sweeps'}")
+        if ident not in states:
+            click.echo(f"no sweep of this grid yet ({ident}); all sweeps:")
+        shown = [states[ident]] if ident in states else list(states.values())
         for state in shown:
             for line in status_lines(state, pid_alive(state)):
                 click.echo(line)
