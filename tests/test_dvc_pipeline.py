@@ -106,10 +106,13 @@ def test_repro_builds_the_report_then_does_nothing_then_reruns_one_model(tmp_pat
     assert plots.returncode == 0 and not json.loads(plots.stdout).get("errors")
 
     # the README's way to change one hyper-parameter: only BRISQUE, the check and the tables
-    changed = dvc(repo, "exp", "run", "-S", "+models.brisque.svr_epsilon=0.2")
+    changed = dvc(repo, "exp", "run", "-S", "++models.brisque.svr_c=[2.0]")
     assert changed.returncode == 0, changed.stdout + changed.stderr
     assert sorted(ran(changed)) == ["aggregate", "check", "report", "train@brisque-demo-0"]
-    assert len(list((repo / "results" / "runs" / "brisque" / "demo").glob("split0-*"))) == 2
+    brisque = sorted((repo / "results" / "runs" / "brisque" / "demo").glob("split0-*"))
+    assert len(brisque) == 2  # the entry's value won over the suite's grid
+    configs = [json.loads((d / "record.json").read_text())["config"]["svr_c"] for d in brisque]
+    assert sorted(configs) == [[2.0], [4.0]]
     # the teacher's recipe reaches its student too
     edit_params(repo, lambda data: data["suites"]["demo"]["models"]["deiqt"].update(epochs=2))
     changed = dvc(repo, "repro")

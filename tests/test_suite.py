@@ -59,13 +59,13 @@ def test_every_suite_resolves_with_teachers_before_students():
     assert load_params(PARAMS).check() == {"demo": 12, "paper": 720, "ablation": 420}
 
 
-def test_suite_overrides_win_over_entry_hyper_parameters(tmp_path):
+def test_entry_hyper_parameters_win_over_the_suites_adjustments(tmp_path):
     path = edited(tmp_path, "  probe: {}\n", "  probe: {lr: 0.5, epochs: 9}\n")
     probe = load_params(path).suite().entries[0]
     assert probe.name == "probe" and probe.model == "probe"
-    assert probe.overrides["lr"] == 0.01  # the demo suite's own value
-    assert probe.overrides["epochs"] == 4
-    assert probe.overrides["warmup_epochs"] == 0.5
+    assert probe.overrides["lr"] == 0.5 and probe.overrides["epochs"] == 9
+    assert probe.overrides["warmup_epochs"] == 0.5  # the demo suite's own value
+    assert probe.overrides["backbone"] == "test_efficientnet"
     paper_probe = load_params(path).suite("paper").entries[1]
     assert paper_probe.name == "probe" and paper_probe.overrides == {"lr": 0.5, "epochs": 9}
 
@@ -99,7 +99,7 @@ BAD = [
     ("\nsuite: *demo", "\nsuite: paper", "suite must alias a suite (suite: *paper)"),
     ("\nsuite: *demo", "\nsuite: papers",
      "suite: unknown suite 'papers' (known: demo, paper, ablation)"),
-    ("paths:", "pathz:", "params.yaml: unknown key 'pathz'"),
+    ("\npaths:", "\npathz:", "params.yaml: unknown key 'pathz'"),
     ("run: {device: cpu, seed: 0,", "run: {device: cpu, sed: 0,",
      "suites.demo.run: unknown key 'sed'"),
     ("splits: [0, 1, 2]", "splits: [0, 1, 12]", "suites.demo.splits: split 12 is not in 0..9"),
