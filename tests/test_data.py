@@ -1,0 +1,49 @@
+"""Decoded-image cache and crop datasets."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from benchmark import data
+from benchmark.data import DecodeSpec, ImageCache, TestCrops, TrainCrops
+
+
+@pytest.fixture(scope="module")
+def images(demo_root):
+    return sorted((demo_root / "distorted").glob("*.png"))[:6]
+
+
+def test_disk_cache_matches_memory_and_is_reused(images, tmp_path, monkeypatch):
+    spec = DecodeSpec(min_side=112)  # 96-px images reflect-padded to 112
+    memory = ImageCache(images, spec)
+    disk = ImageCache(images, spec, mode="disk", cache_dir=tmp_path)
+    assert all(np.array_equal(memory[i], disk[i]) for i in range(len(images)))
+    assert memory[0].shape == (112, 112, 3) and memory[0].dtype == np.uint8
+
+    def no_decoding(*_):
+        raise AssertionError("a cached image set was decoded again")
+
+    monkeypatch.setattr(data, "decode_image", no_decoding)
+    again = ImageCache(images, spec, mode="disk", cache_dir=tmp_path)
+    assert np.array_equal(again[5], memory[5])
+
+
+def test_resize_takes_height_then_width(images):
+    cache = ImageCache(images[:1], DecodeSpec(resize_hw=(40, 60)))
+    assert cache[0].shape == (40, 60, 3)
+
+
+def test_crops_are_seeded_per_epoch_and_identical_at_every_evaluation(images):
+    cache = ImageCache(images, DecodeSpec())
+    labels = np.arange(len(images), dtype=float)
+    train = TrainCrops(cache, labels, labels / 10, crop=32, n_crops=3, seed=1)
+    assert len(train) == 18 and train[7]["index"] == 1  # repetition: sample 7 is image 1
+    first = train[7]["image"]
+    assert np.array_equal(first, train[7]["image"])
+    train.set_epoch(1)
+    assert not np.array_equal(first, train[7]["image"])
+    test = TestCrops(cache, crop=32, n_crops=4, seed=1)
+    assert [test[i]["index"] for i in range(8)] == [0, 0, 0, 0, 1, 1, 1, 1]
+    assert np.array_equal(test[5]["image"], TestCrops(cache, 32, 4, seed=1)[5]["image"])
+    assert not np.array_equal(test[4]["image"], test[5]["image"])
