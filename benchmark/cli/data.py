@@ -43,17 +43,12 @@ def load_dataset(name: str, options: tuple[str, ...] = ()):
 
 def parse_seeds(text: str) -> tuple[int, ...]:
     """``0-9`` or ``0,3,5`` or a mix (``0-4,7``), in the order given, without repeats."""
-    seeds: list[int] = []
+    from benchmark.suite import SuiteError, parse_indices
+
     try:
-        for part in text.split(","):
-            low, sep, high = part.strip().partition("-")
-            span = range(int(low), int(high) + 1) if sep else [int(low)]
-            seeds += [seed for seed in span if seed not in seeds]
-    except ValueError:
-        raise BenchError(f"--seeds {text!r} is not a list like 0-9 or 0,3,5") from None
-    if not seeds:
-        raise BenchError(f"--seeds {text!r} names no seed")
-    return tuple(seeds)
+        return parse_indices(text, "--seeds")
+    except SuiteError as error:
+        raise BenchError(str(error)) from None
 
 
 def _plain(value):
