@@ -19,7 +19,7 @@ from PIL import Image
 
 from benchmark.io import atomic_dir, canonical_json, sha256_bytes
 
-__all__ = ["DecodeSpec", "ImageCache", "decode_image", "TrainCrops", "TestCrops", "collate"]
+__all__ = ["DecodeSpec", "ImageCache", "decode_image", "TrainCrops", "EvalCrops", "collate"]
 
 #: salt separating test-crop randomness from training randomness
 _TEST_STREAM = 7919
@@ -130,7 +130,7 @@ class TrainCrops(torch.utils.data.Dataset):
                 "label": self.labels[index], "unit": self.units[index], "index": index}
 
 
-class TestCrops(torch.utils.data.Dataset):
+class EvalCrops(torch.utils.data.Dataset):
     """``n_crops`` seeded random crops per image, contiguous, identical at every evaluation."""
 
     def __init__(self, cache: ImageCache, crop: int, n_crops: int, seed: int):

@@ -18,7 +18,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from benchmark.data import ImageCache, TestCrops, TrainCrops, collate
+from benchmark.data import ImageCache, EvalCrops, TrainCrops, collate
 from benchmark.io import atomic_write_bytes
 from benchmark.metrics import all_metrics
 from benchmark.models import IQAModel, TrainContext
@@ -153,7 +153,7 @@ def predict(model: IQAModel, cache: ImageCache, crop: int, n_crops: int, seed: i
     model.eval()
     outputs: list[torch.Tensor] = []
     head = model if fn == "forward" else getattr(model, fn)
-    for batch in _loader(TestCrops(cache, crop, n_crops, seed), batch_size, workers, None, False):
+    for batch in _loader(EvalCrops(cache, crop, n_crops, seed), batch_size, workers, None, False):
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             out = head(_to_input(batch["image"], device, channels_last))
         outputs.append(out.float().cpu())

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from benchmark import data
-from benchmark.data import DecodeSpec, ImageCache, TestCrops, TrainCrops
+from benchmark.data import DecodeSpec, ImageCache, EvalCrops, TrainCrops
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +43,7 @@ def test_crops_are_seeded_per_epoch_and_identical_at_every_evaluation(images):
     assert np.array_equal(first, train[7]["image"])
     train.set_epoch(1)
     assert not np.array_equal(first, train[7]["image"])
-    test = TestCrops(cache, crop=32, n_crops=4, seed=1)
+    test = EvalCrops(cache, crop=32, n_crops=4, seed=1)
     assert [test[i]["index"] for i in range(8)] == [0, 0, 0, 0, 1, 1, 1, 1]
-    assert np.array_equal(test[5]["image"], TestCrops(cache, 32, 4, seed=1)[5]["image"])
+    assert np.array_equal(test[5]["image"], EvalCrops(cache, 32, 4, seed=1)[5]["image"])
     assert not np.array_equal(test[4]["image"], test[5]["image"])
