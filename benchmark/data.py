@@ -9,6 +9,7 @@ workers, and a resumed run sees exactly the crops an uninterrupted one would.
 from __future__ import annotations
 
 import json
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,18 +131,26 @@ class TrainCrops(torch.utils.data.Dataset):
                 "label": self.labels[index], "unit": self.units[index], "index": index}
 
 
+def image_key(path: Path) -> int:
+    """A stable per-image seed from the file name, so an image gets the same evaluation crops
+    whichever set it is scored in (a run's test part, a cross-dataset set, ``bench score``)."""
+    return zlib.crc32(Path(path).name.encode())
+
+
 class EvalCrops(torch.utils.data.Dataset):
     """``n_crops`` seeded random crops per image, contiguous, identical at every evaluation."""
 
     def __init__(self, cache: ImageCache, crop: int, n_crops: int, seed: int):
         self.cache, self.crop, self.n_crops, self.seed = cache, crop, n_crops, seed
+        paths = getattr(cache, "paths", None)
+        self.keys = [image_key(p) for p in paths] if paths else list(range(len(cache)))
 
     def __len__(self) -> int:
         return len(self.cache) * self.n_crops
 
     def __getitem__(self, sample: int) -> dict:
         index, k = divmod(sample, self.n_crops)
-        rng = np.random.default_rng([self.seed, _TEST_STREAM, index, k])
+        rng = np.random.default_rng([self.seed, _TEST_STREAM, self.keys[index], k])
         patch = _crop(self.cache[index], self.crop, rng)
         return {"image": torch.from_numpy(np.ascontiguousarray(patch.transpose(2, 0, 1))),
                 "index": index}

@@ -23,7 +23,8 @@ from benchmark.io import atomic_write_bytes
 from benchmark.metrics import all_metrics
 from benchmark.models import IQAModel, TrainContext
 
-__all__ = ["RunConfig", "SplitData", "CheckpointError", "NonFiniteLossError", "fit", "predict", "resolve_device",
+__all__ = ["RunConfig", "SplitData", "CheckpointError", "NonFiniteLossError", "fit", "predict",
+           "extract", "resolve_device",
            "lr_factor", "save_checkpoint", "load_checkpoint"]
 
 
@@ -162,6 +163,18 @@ def predict(model: IQAModel, cache: ImageCache, crop: int, n_crops: int, seed: i
     stacked = torch.cat(outputs)
     per_image = stacked.view(len(cache), n_crops, *stacked.shape[1:]).mean(1)
     return per_image.numpy().astype(np.float64)
+
+
+def extract(model: IQAModel, paths: list[Path], crop: int, n_crops: int, device: torch.device,
+            fn: str = "forward", seed: int = 0, resize_hw: tuple[int, int] | None = None,
+            batch_size: int = 32) -> np.ndarray:
+    """:func:`predict` on image files: scores or ``features()`` averaged over seeded crops."""
+    from benchmark.data import DecodeSpec
+
+    if resize_hw is None:
+        resize_hw = getattr(getattr(model, "config", None), "resize_hw", None)
+    cache = ImageCache(list(paths), DecodeSpec(resize_hw, crop))
+    return predict(model, cache, crop, n_crops, seed, device, batch_size, fn=fn)
 
 
 def save_checkpoint(path: Path, payload: dict) -> None:

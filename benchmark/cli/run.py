@@ -118,21 +118,19 @@ def run(model, dataset, root, sets, results, seed, device, amp, workers, cache, 
 @user_errors
 def score(images, checkpoint, device) -> None:
     """Print a quality score per image with a trained model (model's label scale)."""
-    from benchmark.data import DecodeSpec, ImageCache
     from benchmark.datasets.prepare import decode_check
-    from benchmark.engine import predict, resolve_device
+    from benchmark.engine import extract, resolve_device
     from benchmark.runner import load_trained
 
     for path in images:
         reason = decode_check(path) if path.is_file() else f"{path}: no such image"
         if reason:
             raise BenchError(reason)
-    model, _ = _guard(load_trained, checkpoint)
+    model, record = _guard(load_trained, checkpoint)
     config = model.config
     target = resolve_device(device)
-    model.to(target)
-    cache = ImageCache(list(images), DecodeSpec(config.resize_hw, config.img_size))
-    scores = predict(model, cache, config.img_size, config.test_crops, 0, target)
+    scores = extract(model.to(target), list(images), config.img_size, config.test_crops, target,
+                     seed=record.get("seed", 0))
     for path, value in zip(images, scores):
         click.echo(f"{path}\t{value:.4f}")
 
