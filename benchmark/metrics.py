@@ -75,27 +75,28 @@ def fit_logistic(pred: np.ndarray, label: np.ndarray, params: int = 5) -> np.nda
         return slope * x + intercept
 
 
+def _mapped(pred, label, fit: int | None) -> tuple[np.ndarray, np.ndarray] | None:
+    """Cleaned (prediction, label), the prediction logistic-mapped when ``fit`` is 4 or 5."""
+    clean = _clean(pred, label)
+    if clean is None or fit is None:
+        return clean
+    pred, label = clean
+    return fit_logistic(pred, label, fit), label
+
+
 def plcc(pred, label, fit: int | None = None) -> float:
     """Pearson correlation on raw predictions, or after a 4-/5-parameter logistic mapping."""
-    clean = _clean(pred, label)
-    if clean is None:
+    mapped = _mapped(pred, label, fit)
+    if mapped is None or np.ptp(mapped[0]) == 0:
         return float("nan")
-    pred, label = clean
-    if fit is not None:
-        pred = fit_logistic(pred, label, fit)
-        if np.ptp(pred) == 0:
-            return float("nan")
-    return float(stats.pearsonr(pred, label).statistic)
+    return float(stats.pearsonr(*mapped).statistic)
 
 
 def rmse(pred, label, fit: int | None = None) -> float:
-    clean = _clean(pred, label)
-    if clean is None:
+    mapped = _mapped(pred, label, fit)
+    if mapped is None:
         return float("nan")
-    pred, label = clean
-    if fit is not None:
-        pred = fit_logistic(pred, label, fit)
-    return float(np.sqrt(np.mean((pred - label) ** 2)))
+    return float(np.sqrt(np.mean((mapped[0] - mapped[1]) ** 2)))
 
 
 def all_metrics(pred, label) -> dict[str, float]:
