@@ -8,7 +8,7 @@ import click
 
 from benchmark.cli.options import BenchError, user_errors
 
-__all__ = ["models", "run", "score", "profile", "pretrain", "parse_sets"]
+__all__ = ["models", "run", "score", "profile", "pretrain", "parse_sets", "guarded"]
 
 
 def parse_sets(pairs: tuple[str, ...]) -> dict:
@@ -36,7 +36,7 @@ def _run_errors():
             FileNotFoundError)
 
 
-def _guard(function, *args, **kwargs):
+def guarded(function, *args, **kwargs):
     try:
         return function(*args, **kwargs)
     except _run_errors() as error:
@@ -102,7 +102,7 @@ def run(model, dataset, root, sets, results, seed, device, amp, workers, cache, 
     from benchmark.runner import run_one
 
     run_config = make_run_config(seed, device, amp, workers, cache, use_compile, quiet)
-    record = _guard(run_one, model, dataset, split, root or Path("data") / dataset,
+    record = guarded(run_one, model, dataset, split, root or Path("data") / dataset,
                     parse_sets(sets), run_config, results, force=force, resume=resume)
     for rule, chosen in record["metrics"].items():
         test = chosen["test"]
@@ -126,7 +126,7 @@ def score(images, checkpoint, device) -> None:
         reason = decode_check(path) if path.is_file() else f"{path}: no such image"
         if reason:
             raise BenchError(reason)
-    model, record = _guard(load_trained, checkpoint)
+    model, record = guarded(load_trained, checkpoint)
     config = model.config
     target = resolve_device(device)
     scores = extract(model.to(target), list(images), config.img_size, config.test_crops, target,
@@ -152,7 +152,7 @@ def profile(model, sets, device, amp, batch_size, steps, workers, use_compile) -
     overrides = parse_sets(sets)
     if batch_size:
         overrides["batch_size"] = batch_size
-    report = _guard(profile_model, model, overrides, device, amp, steps, workers, use_compile)
+    report = guarded(profile_model, model, overrides, device, amp, steps, workers, use_compile)
     for key, value in report.items():
         click.echo(f"{key:28s} {value}")
 
@@ -166,9 +166,9 @@ def pretrain(model, out, sets) -> None:
     """Run a model's own pre-training step (DBCNN's SCNN distortion classifier)."""
     from benchmark.models import get_model_class
 
-    cls = _guard(get_model_class, model)
+    cls = guarded(get_model_class, model)
     step = getattr(cls, "pretrain", None)
     if step is None:
         raise BenchError(f"model {model!r} has no pre-training step")
-    facts = _guard(step, out, **parse_sets(sets))
+    facts = guarded(step, out, **parse_sets(sets))
     click.echo(f"wrote {out}" + (f"  {facts}" if facts else ""))

@@ -95,7 +95,7 @@ def use(name: str, params_path: Path) -> None:
 def run(entry: str, dataset: str, split: int, params_path: Path, out: Path, metrics: Path,
         teacher: Path | None) -> None:
     """Run one cell of the active suite and copy its record to --out (a DVC stage)."""
-    from benchmark.cli.run import _guard
+    from benchmark.cli.run import guarded
     from benchmark.suite import load_params
     from benchmark.sweep import export_run, plan_sweep, wrong_teacher
 
@@ -106,10 +106,10 @@ def run(entry: str, dataset: str, split: int, params_path: Path, out: Path, metr
     cell = sweep_errors(params.suite, active.name, [entry], [dataset], [split])
     job = sweep_errors(plan_sweep, params, cell)[0]
     if teacher is not None:
-        problem = wrong_teacher(_guard(job.plan), teacher / "record.json")
+        problem = wrong_teacher(guarded(job.plan), teacher / "record.json")
         if problem:
             raise BenchError(problem)
-    record = _guard(job.execute, click.echo)
+    record = guarded(job.execute, click.echo)
     export_run(record, out, metrics)
     test = record["metrics"]["val"]["test"]
     click.echo(f"{entry} {dataset} split {split}: test SRCC {test['srcc']:.4f} "
