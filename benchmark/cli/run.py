@@ -37,6 +37,7 @@ def _run_errors():
 
 
 def guarded(function, *args, **kwargs):
+    """Call ``function``; the run errors users cause become one-line messages."""
     try:
         return function(*args, **kwargs)
     except _run_errors() as error:
