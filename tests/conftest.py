@@ -12,6 +12,14 @@ from benchmark.registry import dataset_registry
 from benchmark.splits import SplitProtocol
 
 
+def pytest_configure(config) -> None:
+    """CI passes $BENCH_SHARED_DATA relative to the checkout (../shared/data); tests link its
+    files from temporary folders, where a relative path would dangle, so make it absolute."""
+    value = os.environ.get("BENCH_SHARED_DATA", "")
+    if value:
+        os.environ["BENCH_SHARED_DATA"] = str(Path(value).resolve())
+
+
 @pytest.fixture(scope="session")
 def demo_root(tmp_path_factory) -> Path:
     """The demo dataset, generated and prepared with three split seeds."""
