@@ -63,6 +63,15 @@ class Source:
     note: str = ""
 
 
+PYIQA_DATASETS_URL = "https://huggingface.co/datasets/chaofengc/IQA-PyTorch-Datasets"
+
+
+def pyiqa_mirror(filename: str, size_bytes: int | None, note: str) -> Source:
+    """pyiqa's Hugging Face archive of a dataset: listed for information, never fetched."""
+    return Source(name="pyiqa mirror", url=PYIQA_DATASETS_URL, access="mirror",
+                  filename=filename, size_bytes=size_bytes, note=note)
+
+
 class Dataset:
     """Declaration of one IQA dataset. Subclass, fill the class attributes, implement parse."""
 

@@ -24,6 +24,7 @@ from benchmark.datasets.base import (
     DatasetError,
     Source,
     find_file,
+    pyiqa_mirror,
     resolve_names,
     standard_table,
 )
@@ -165,14 +166,8 @@ class Csiq(Dataset):
             size_bytes=26_310,
             note="third-party 866-line '<name> <dmos>' list (no std) read by HyperIQA/DEIQT/pyiqa",
         ),
-        Source(
-            name="pyiqa mirror",
-            url="https://huggingface.co/datasets/chaofengc/IQA-PyTorch-Datasets",
-            access="mirror",
-            filename="csiq.tgz",
-            size_bytes=379_062_485,
-            note="third-party copy, extracts to CSIQ/src_imgs and CSIQ/dst_imgs (probably flat)",
-        ),
+        pyiqa_mirror("csiq.tgz", 379_062_485,
+                     "third-party copy, extracts to CSIQ/src_imgs and CSIQ/dst_imgs (probably flat)"),
     )
     layout = """\
 src_imgs/        1600.png, aerial_city.png, ... (30 references)

@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from benchmark.datasets.base import Dataset, DatasetError, Source, find_file, standard_table
+from benchmark.datasets.base import (Dataset, DatasetError, Source, find_file, pyiqa_mirror,
+                                     standard_table)
 
 __all__ = ["Kadid"]
 
@@ -71,14 +72,8 @@ class Kadid(Dataset):
             note="no form (page: https://database.mmsp-kn.de/kadid-10k-database.html); "
             "size from a third-party note, not verified",
         ),
-        Source(
-            name="pyiqa mirror",
-            url="https://huggingface.co/datasets/chaofengc/IQA-PyTorch-Datasets",
-            access="mirror",
-            filename="kadid10k.tgz",
-            size_bytes=3_070_000_000,
-            note="third-party copy, extracts to kadid10k/images",
-        ),
+        pyiqa_mirror("kadid10k.tgz", 3_070_000_000,
+                     "third-party copy, extracts to kadid10k/images"),
     )
     layout = """\
 kadid10k/

@@ -19,7 +19,8 @@ import numpy as np
 import pandas as pd
 import scipy.io
 
-from benchmark.datasets.base import Dataset, DatasetError, Source, find_file, standard_table
+from benchmark.datasets.base import (Dataset, DatasetError, Source, find_file, pyiqa_mirror,
+                                     standard_table)
 
 __all__ = ["Live"]
 
@@ -114,14 +115,8 @@ class Live(Dataset):
             "needed for the default label='realigned' (found anywhere under the root; "
             "HyperIQA/DEIQT keep it next to dmos.mat)",
         ),
-        Source(
-            name="pyiqa mirror",
-            url="https://huggingface.co/datasets/chaofengc/IQA-PyTorch-Datasets",
-            access="mirror",
-            filename="live.tgz",
-            size_bytes=721_000_000,
-            note="third-party copy, extracts to LIVEIQA_release2/; may lack the .mat files",
-        ),
+        pyiqa_mirror("live.tgz", 721_000_000,
+                     "third-party copy, extracts to LIVEIQA_release2/; may lack the .mat files"),
     )
     layout = """\
 databaserelease2/

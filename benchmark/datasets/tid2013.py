@@ -23,6 +23,7 @@ from benchmark.datasets.base import (
     DatasetError,
     Source,
     find_file,
+    pyiqa_mirror,
     resolve_names,
     standard_table,
 )
@@ -94,14 +95,8 @@ class Tid2013(Dataset):
             note="RAR: the Python standard library cannot unpack it; extract it with unrar, "
             "7z or bsdtar (page: http://www.ponomarenko.info/tid2013.htm)",
         ),
-        Source(
-            name="pyiqa mirror",
-            url="https://huggingface.co/datasets/chaofengc/IQA-PyTorch-Datasets",
-            access="mirror",
-            filename="tid2013.tgz",
-            size_bytes=1_230_000_000,
-            note="third-party copy, extracts to tid2013/distorted_images and reference_images",
-        ),
+        pyiqa_mirror("tid2013.tgz", 1_230_000_000,
+                     "third-party copy, extracts to tid2013/distorted_images and reference_images"),
     )
     layout = """\
 distorted_images/     3,000 BMPs, iXX_YY_Z.bmp (case varies)
