@@ -26,8 +26,10 @@ Parameters. ``train_maniqa.py`` logs 135,747,530 (computed here from the officia
 21,582,952 of them cannot affect the score: each official ``SwinTransformer`` builds a 3×3/2
 ``downsample`` convolution it never calls (5,309,184 + 1,327,488), and the ViT runs its blocks
 10–11, final norm and 1000-class head (14,175,744 + 1,536 + 769,000) only to discard their
-output. This module drops those, so it has exactly the other 114,164,578 (ViT to block 9:
-71,630,592; MANIQA's own layers: 42,533,986).
+output. With ``official_layers=True`` (the default) this module builds them too, unused, so its
+parameter count and module inventory equal the official model's; ``official_layers=False``
+drops them and keeps exactly the other 114,164,578 (ViT to block 9: 71,630,592; MANIQA's own
+layers: 42,533,986). The score is the same either way.
 
 Recipe (``train_maniqa.py``): Adam, lr 1e-5, weight decay 1e-5, batch 8, 300 epochs,
 MSE on scores min-max normalised to [0, 1] (``label_scale="unit"``), inputs normalised with
@@ -78,8 +80,11 @@ class ScaleSwinStage(nn.Module):
     """SSTB: ``depths`` layers of Swin blocks + 3×3 conv + ReLU, each added back scaled."""
 
     def __init__(self, dim: int, resolution: int, depths: tuple[int, ...], heads: tuple[int, ...],
-                 window: int, dim_mlp: int, scale: float, drop: float, drop_path: float):
+                 window: int, dim_mlp: int, scale: float, drop: float, drop_path: float,
+                 official_layers: bool = False):
         super().__init__()
+        if official_layers:  # built by the official SwinTransformer, never called
+            self.unused_downsample = nn.Conv2d(dim, dim, 3, 2, 1)
         self.scale = scale
         self.dropout = nn.Dropout(drop)
         rates = torch.linspace(0, drop_path, sum(depths)).tolist()
@@ -133,6 +138,8 @@ class MANIQAConfig(ModelConfig):
     scale: float = 0.8
     drop: float = 0.1
     drop_path: float = 0.1
+    #: also build the official layers that never reach the score (see the module docstring)
+    official_layers: bool = True
 
     dataset_overrides = {"koniq": {"resize_hw": (224, 224), "test_crops": 1}}
 
@@ -144,7 +151,9 @@ class MANIQA(IQAModel):
 
     def __init__(self, config: MANIQAConfig):
         super().__init__(config)
-        self.backbone = create_backbone(config.backbone, config.pretrained, num_classes=0,
+        # the official ViT keeps its 1000-class head; forward stops at the last tap either way
+        self.backbone = create_backbone(config.backbone, config.pretrained,
+                                        num_classes=1000 if config.official_layers else 0,
                                         img_size=config.img_size)
         self.set_input_norm(config.mean, config.std)
         grid = self.backbone.patch_embed.grid_size
@@ -153,12 +162,14 @@ class MANIQA(IQAModel):
         if max(config.block_indices) >= len(self.backbone.blocks):
             raise ConfigError(f"block_indices {config.block_indices} exceed the "
                               f"{len(self.backbone.blocks)} blocks of {config.backbone}")
-        # blocks after the last tapped one, the final norm and the head never reach the score
-        self.backbone.prune_intermediate_layers(list(config.block_indices), prune_norm=True)
+        if not config.official_layers:
+            # blocks after the last tapped one, the final norm and the head never reach the score
+            self.backbone.prune_intermediate_layers(list(config.block_indices), prune_norm=True)
         side, width = grid[0], self.backbone.embed_dim
         stage = dict(resolution=side, depths=config.depths, heads=config.num_heads,
                      window=config.window_size, dim_mlp=config.dim_mlp, scale=config.scale,
-                     drop=config.drop, drop_path=config.drop_path)
+                     drop=config.drop, drop_path=config.drop_path,
+                     official_layers=config.official_layers)
         tabs = [TransposedAttention(side * side, config.drop) for _ in range(2 * config.num_tab)]
         self.tab1 = nn.ModuleList(tabs[:config.num_tab])
         self.conv1 = nn.Conv2d(width * len(config.block_indices), width, 1)

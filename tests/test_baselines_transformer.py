@@ -176,8 +176,9 @@ def test_musiq_overfits_a_fixed_batch(one_thread):
 def test_maniqa_paper_model_params_and_forward():
     total, unused = maniqa_official_params()
     assert total == 135_747_530  # what train_maniqa.py logs
+    assert n_params(MANIQA(MANIQAConfig(official_layers=False))) == total - unused == 114_164_578
     model = MANIQA(MANIQAConfig()).eval()
-    assert n_params(model) == total - unused == 114_164_578
+    assert n_params(model) == total  # the default builds the official, never-used layers too
     with torch.no_grad():  # the one full-size ViT-B/8 forward of this file
         score = model(torch.rand(1, 3, 224, 224))
     assert score.shape == (1,) and bool(torch.isfinite(score).all()) and float(score) >= 0
