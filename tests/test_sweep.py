@@ -247,10 +247,13 @@ def test_slurm_launcher_runs_arrays_through_submitit(tmp_path, demo_root):
 def test_a_task_cut_by_its_time_limit_is_requeued_and_resumes(tmp_path, demo_root):
     import submitit
 
-    path = write_params(tmp_path, demo_root, {"deiqt": {**VIT, "epochs": 60}})
+    # long enough (about 20 s on an idle 2-core machine) that the 12 s warning always lands
+    # mid-run; requeues are plentiful so a loaded machine still finishes
+    epochs = 150
+    path = write_params(tmp_path, demo_root, {"deiqt": {**VIT, "epochs": epochs}})
     params = load_params(path)
     job = plan_sweep(params, params.suite())[0]
-    executor = submitit.LocalExecutor(tmp_path / "submitit", max_num_timeout=20)
+    executor = submitit.LocalExecutor(tmp_path / "submitit", max_num_timeout=60)
     # a one-minute limit whose warning comes 12 s in: the task checkpoints and is requeued
     executor.update_parameters(timeout_min=1, signal_delay_s=48)
     submitted = executor.submit(SlurmTask(), job)
@@ -258,7 +261,7 @@ def test_a_task_cut_by_its_time_limit_is_requeued_and_resumes(tmp_path, demo_roo
     output = submitted.stdout() + (submitted.stderr() or "")
     assert "resuming after epoch" in output and "Requeued" in output
     record = json.loads((run_dir / "record.json").read_text())
-    assert [h["epoch"] for h in record["history"]] == list(range(60))
+    assert [h["epoch"] for h in record["history"]] == list(range(epochs))
     assert not list(run_dir.parent.glob("*.partial"))
 
 
