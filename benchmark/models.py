@@ -52,7 +52,7 @@ class ModelConfig:
 
     backbone: str = "vit_small_patch16_224"
     pretrained: str = "false"  # "true" | "false" | "offline-lite0" | path to a weights file
-    img_size: int = 224  # training/test crop side
+    img_size: int = 224  # crop side; 0 = whole images (all of one size, e.g. via resize_hw)
     resize_hw: tuple[int, int] | None = None  # resize (height, width) before cropping; None = native
     epochs: int = 9
     batch_size: int = 48

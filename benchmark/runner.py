@@ -24,7 +24,8 @@ from benchmark.engine import (CheckpointError, RunConfig, SplitData, fit, load_c
                               resolve_device, save_checkpoint)
 from benchmark.io import atomic_write_json, atomic_write_text
 from benchmark.metrics import HIGHER_IS_BETTER, all_metrics
-from benchmark.models import FitModel, IQAModel, config_from_dict, config_to_dict, get_model_class
+from benchmark.models import (ConfigError, FitModel, IQAModel, config_from_dict, config_to_dict,
+                              get_model_class)
 from benchmark.records import (RECORD_SCHEMA, SELECTION_RULES, RunKey, config_hash, find_record,
                                git_state, latest_record, load_record, package_versions, run_dir)
 from benchmark.registry import dataset_registry
@@ -100,6 +101,8 @@ def _split_data(plan: dict, run: RunConfig, results: Path) -> SplitData:
     caches = {part: ImageCache([prepared.image_path(i) for i in images], spec, run.cache,
                                results / "cache" / "images")
               for part, images in plan["parts"].items()}
+    if config.img_size <= 0 and plan["cls"].training_kind == "gradient":
+        _require_one_size(caches)
     label_column = "score_unit" if unit_scale else "score"
     units = {part: table.loc[images, "score_unit"].to_numpy(float)
              for part, images in plan["parts"].items()}
@@ -109,6 +112,22 @@ def _split_data(plan: dict, run: RunConfig, results: Path) -> SplitData:
         val_labels=table.loc[plan["parts"]["val"], label_column].to_numpy(float),
         train_units=units["train"], val_units=units["val"], test_units=units["test"],
         to_unit=(lambda x: np.asarray(x)) if unit_scale else (lambda x: a * np.asarray(x) + b))
+
+
+def _require_one_size(caches: dict[str, ImageCache]) -> None:
+    """``img_size`` 0 feeds whole images to the engine, which stack into a batch only at one
+    size (a fit model such as BRISQUE takes them one by one)."""
+    first = None
+    for cache in caches.values():
+        for index, path in enumerate(cache.paths):
+            shape = cache[index].shape[:2]
+            if first is None:
+                first = (path, shape)
+            elif shape != first[1]:
+                raise ConfigError(
+                    f"img_size 0 feeds whole images, but {first[0].name} is {first[1][0]}x"
+                    f"{first[1][1]} and {path.name} is {shape[0]}x{shape[1]}: set "
+                    f"resize_hw=[H, W] or a crop size img_size>0")
 
 
 def _fit_without_sgd(model: FitModel, data: SplitData, config, work_dir: Path):
