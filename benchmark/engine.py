@@ -218,6 +218,18 @@ def _evaluate(model, data: SplitData, config, run: RunConfig, device, amp_dtype)
     return scores
 
 
+def _init_from_features(model: IQAModel, data: SplitData, config, run: RunConfig, device,
+                        amp_dtype, log: Callable[[str], None]) -> None:
+    # only models that override the hook pay for the extra pass over the training images
+    if type(model).init_from_features is IQAModel.init_from_features:
+        return
+    features = predict(model, data.train, config.img_size, config.test_crops, run.seed, device,
+                       config.batch_size, run.workers, amp_dtype, run.channels_last, fn="features")
+    message = model.init_from_features(features, np.asarray(data.train_labels, dtype=np.float64))
+    if message:
+        log(message)
+
+
 def fit(model: IQAModel, data: SplitData, config: Any, run: RunConfig, work_dir: Path,
         resume: bool = False, log: Callable[[str], None] = print) -> FitResult:
     """Train with the engine's loop, evaluating val and test at every epoch end."""
@@ -257,6 +269,10 @@ def fit(model: IQAModel, data: SplitData, config: Any, run: RunConfig, work_dir:
         preds = {k: [np.asarray(v, dtype=np.float64) for v in state["preds"][k]] for k in preds}
         result.train_s, result.eval_s = state["train_s"], state["eval_s"]
         log(f"resuming after epoch {state['epoch']} from {checkpoint_path}")
+    if start_epoch == 0:
+        tic = time.perf_counter()
+        _init_from_features(model, data, config, run, device, amp_dtype, log)
+        result.train_s += time.perf_counter() - tic
     label_range = float(np.ptp(data.train_labels)) if len(data.train_labels) else 1.0
     progress = _progress(run.progress)
     for epoch in range(start_epoch, config.epochs):

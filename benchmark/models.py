@@ -177,6 +177,13 @@ class IQAModel(nn.Module):
     def attach_prerequisites(self, checkpoints: dict[str, Path]) -> None:
         """Receive the checkpoint paths of :meth:`prerequisites` before training starts."""
 
+    def init_from_features(self, features: Any, labels: Any) -> str | None:
+        """Called once before the first epoch with the frozen ``features()`` of the training
+        images (N, D; averaged over the test crops) and their labels on the training scale, so
+        a model may fit its head in closed form before fine-tuning (LP-FT). Returns a line for
+        the log, or None when it did nothing; resumed runs skip it (the head is checkpointed)."""
+        return None
+
     def train_state(self) -> dict[str, Any]:
         """Non-parameter training state to checkpoint (e.g. QFM's memory); tensors only."""
         return {}

@@ -75,7 +75,12 @@ def test_interrupted_run_resumes_to_identical_metrics(demo_root, tmp_path, monke
     partial = next((tmp_path / "resumed/runs/probe/demo").glob("*.partial"))
     assert torch.load(partial / "checkpoint.pt", weights_only=True)["epoch"] == 0
     monkeypatch.setattr(probe, "loss", original_loss)
+    head_fits = []
+    original_init = probe.init_from_features
+    monkeypatch.setattr(probe, "init_from_features",
+                        lambda self, *a: head_fits.append(1) or original_init(self, *a))
     resumed = _run(demo_root, tmp_path / "resumed", resume=True)
+    assert head_fits == []  # the checkpointed head is fine-tuned already: no refit on resume
     exact = ("srcc", "krcc", "plcc", "rmse")
     for ours, theirs in zip(resumed["history"], reference["history"]):
         assert ours["train"]["loss"] == theirs["train"]["loss"]
@@ -106,6 +111,69 @@ def test_nan_loss_names_epoch_and_step_and_keeps_the_checkpoint(demo_root, tmp_p
         _run(demo_root, tmp_path)
     partial = next((tmp_path / "runs/probe/demo").glob("*.partial"))
     assert torch.load(partial / "checkpoint.pt", weights_only=True)["epoch"] == 0
+
+
+def test_probe_head_starts_from_ridge_on_the_training_features(demo_root, tmp_path, monkeypatch):
+    probe = get_model_class("probe")
+    seen = []
+    original_init = probe.init_from_features
+
+    def recording(self, features, labels):
+        seen.append((features.shape, labels.copy()))
+        message = original_init(self, features, labels)
+        predicted = self.head(torch.as_tensor(features, dtype=torch.float32)).squeeze(1)
+        seen.append(float(((predicted.detach().numpy() - labels) ** 2).mean()))
+        return message
+
+    monkeypatch.setattr(probe, "init_from_features", recording)
+    record = _run(demo_root, tmp_path)
+    (shape, labels), fitted_mse = seen
+    assert shape == (record["data"]["n_train"], 96)  # test_resnet's pooled width
+    # the closed-form head beats predicting the mean on its own training images
+    assert fitted_mse < 0.9 * labels.var()
+
+
+def test_ridge_init_recovers_a_linear_score_and_random_init_leaves_the_head():
+    import numpy as np
+
+    probe = get_model_class("probe")
+    rng = np.random.default_rng(0)
+    model = probe(probe.Config(backbone="test_resnet"))
+    features = rng.normal(size=(300, model.num_features))
+    labels = features @ rng.normal(size=model.num_features) / 10 + 0.3
+    assert "alpha" in model.init_from_features(features, labels)
+    predicted = model.head(torch.as_tensor(features, dtype=torch.float32)).squeeze(1).detach()
+    assert np.abs(predicted.numpy() - labels).max() < 0.05
+    assert float(model.head.bias.detach()) == pytest.approx(0.3, abs=0.02)
+    plain = probe(probe.Config(backbone="test_resnet", head_init="random"))
+    before = plain.head.weight.clone()
+    assert plain.init_from_features(features, labels) is None
+    assert torch.equal(plain.head.weight, before)
+    with pytest.raises(ConfigError, match="head_init must be 'ridge' or 'random', got 'lsq'"):
+        probe(probe.Config(backbone="test_resnet", head_init="lsq"))
+
+
+def test_whole_images_of_two_sizes_are_refused_before_anything_is_written(tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "mixed"
+    (root / "img").mkdir(parents=True)
+    rows = ["image,score"]
+    for index in range(20):
+        size = (40, 40) if index % 2 else (48, 40)
+        Image.new("RGB", size, (index * 10, 0, 0)).save(root / "img" / f"{index:02d}.png")
+        rows.append(f"img/{index:02d}.png,{index}")
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    prepared = CliRunner().invoke(main, ["data", "prepare", "generic", "--root", str(root)])
+    assert prepared.exit_code == 0, prepared.output
+    result = _cli("--model", "probe", "--dataset", "generic", "--split", "0", "--root", str(root),
+                  "--results", str(tmp_path / "results"), "--set", "img_size=0",
+                  "--set", "backbone=test_resnet")
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "img_size 0 feeds whole images" in lines[0], result.output
+    assert "is 40x48" in lines[0] and "is 40x40" in lines[0]
+    assert not (tmp_path / "results" / "runs").exists()
 
 
 def test_step_schedule_is_deiqts():
