@@ -40,9 +40,9 @@ backbone's; :meth:`HyperIQA.group_lr_factor` replays the code's per-epoch rule o
 (groups carry a ``part`` key, ``backbone`` or ``hyper``). The engine must apply it; with a plain
 constant schedule the hyper network stays at 2e-4.
 
-Differences from the original, so results are labelled honestly: the engine's AdamW (decoupled
-decay, none on biases and norms) replaces Adam with L2 decay, and keeps its moments where the
-code builds a fresh optimiser every epoch; that rebuild also drops the hyper network from the
+Differences from the original, so results are labelled honestly: Adam with L2 decay as in the
+code, but none on biases and norms, and its moments are kept where the code builds a fresh
+optimiser every epoch; that rebuild also drops the hyper network from the
 optimiser after the first epoch, because its parameters were a spent ``filter`` iterator
 (SSL92/hyperIQA issue #32), so the released code trains the hyper network for one epoch only.
 We train it for all epochs with the schedule as the code writes it. Test crops are seeded.
@@ -83,6 +83,7 @@ class HyperIQAConfig(ModelConfig):
     lr: float = 2e-4  # the hyper network's: 2e-5 x lr_ratio 10
     backbone_lr_scale: float = 0.1  # ResNet + LDA at 2e-5
     weight_decay: float = 5e-4
+    optimizer: str = "adam"
     warmup_epochs: float = 0.0
     schedule: str = "constant"  # the per-group rule is group_lr_factor
     clip_grad: float = 0.0

@@ -120,6 +120,7 @@ class MANIQAConfig(ModelConfig):
     batch_size: int = 8
     lr: float = 1e-5
     weight_decay: float = 1e-5
+    optimizer: str = "adam"  # with L2 decay, as the official code (none on biases and norms here)
     warmup_epochs: float = 0.0
     schedule: str = "cosine"
     clip_grad: float = 0.0

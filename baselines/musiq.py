@@ -26,9 +26,8 @@ the official shapes (stem 84,544; patch projection 6,291,840; embeddings and [CL
 
 Recipe (paper, Sec. 4.1): SGD with momentum 0.9, cosine decay from lr 2e-4 (KonIQ-10k),
 2e-3 (SPAQ), 1e-4 (LIVE Challenge); batch 96 on KonIQ-10k, 128 elsewhere; L1 loss on the
-raw MOS; inputs scaled to [-1, 1]; the model is first pretrained on ImageNet. The engine's
-optimiser is AdamW, so the lr is the paper's SGD lr used under AdamW. The paper gives no
-epoch count; 30 is this benchmark's choice.
+raw MOS; inputs scaled to [-1, 1]; the model is first pretrained on ImageNet. The paper gives
+no epoch count; 30 is this benchmark's choice.
 
 Harness note. The engine feeds fixed-size crops, so ``img_size`` is 384: a crop is then a
 "native" image of 12×12 patches and its 384-scale copy is the crop itself. Training on full
@@ -145,6 +144,7 @@ class MUSIQConfig(ModelConfig):
     batch_size: int = 96
     lr: float = 2e-4
     weight_decay: float = 0.0
+    optimizer: str = "sgd"  # momentum 0.9 (ModelConfig's default)
     warmup_epochs: float = 0.0
     schedule: str = "cosine"
     clip_grad: float = 0.0

@@ -24,7 +24,7 @@ from benchmark.metrics import all_metrics
 from benchmark.models import IQAModel, TrainContext
 
 __all__ = ["RunConfig", "SplitData", "CheckpointError", "NonFiniteLossError", "fit", "predict",
-           "extract", "resolve_device",
+           "extract", "resolve_device", "build_optimizer",
            "lr_factor", "save_checkpoint", "load_checkpoint"]
 
 
@@ -218,6 +218,19 @@ def _evaluate(model, data: SplitData, config, run: RunConfig, device, amp_dtype)
     return scores
 
 
+def build_optimizer(groups: list[dict], config: Any) -> torch.optim.Optimizer:
+    """The config's optimiser over the model's groups. A group's ``weight_decay`` is decoupled
+    under AdamW and an L2 term in the gradient under Adam and SGD, as the originals using those
+    optimisers have it."""
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.999), eps=1e-8)
+    if config.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=config.lr, betas=(0.9, 0.999), eps=1e-8)
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum)
+    raise ValueError(f"unknown optimizer {config.optimizer!r}")
+
+
 def _init_from_features(model: IQAModel, data: SplitData, config, run: RunConfig, device,
                         amp_dtype, log: Callable[[str], None]) -> None:
     # only models that override the hook pay for the extra pass over the training images
@@ -239,7 +252,7 @@ def fit(model: IQAModel, data: SplitData, config: Any, run: RunConfig, work_dir:
     model.to(device)
     if run.channels_last:
         model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(model.param_groups(), lr=config.lr, betas=(0.9, 0.999), eps=1e-8)
+    optimizer = build_optimizer(model.param_groups(), config)
     train_set = TrainCrops(data.train, data.train_labels, data.train_units, config.img_size,
                            config.train_crops, run.seed, config.hflip)
     steps = len(train_set) // config.batch_size

@@ -29,6 +29,7 @@ __all__ = [
     "FitModel",
     "TrainContext",
     "ConfigError",
+    "OPTIMIZERS",
     "config_from_dict",
     "config_to_dict",
     "get_model_class",
@@ -40,6 +41,10 @@ __all__ = [
     "regression_loss",
     "decay_groups",
 ]
+
+
+#: what ``ModelConfig.optimizer`` may name; the engine builds it (``benchmark.engine``)
+OPTIMIZERS = ("adamw", "adam", "sgd")
 
 
 class ConfigError(ValueError):
@@ -59,6 +64,8 @@ class ModelConfig:
     lr: float = 2e-4
     backbone_lr_scale: float = 1.0  # the backbone's lr is lr × this
     weight_decay: float = 0.05
+    optimizer: str = "adamw"  # adamw | adam | sgd (weight decay: decoupled | L2 | L2)
+    momentum: float = 0.9  # sgd only
     warmup_epochs: float = 3.0
     schedule: str = "step"  # step | cosine | constant
     step_epochs: float = 3.0  # step schedule: decay by `gamma` every this many epochs
@@ -140,6 +147,9 @@ class IQAModel(nn.Module):
 
     def __init__(self, config: ModelConfig):
         super().__init__()
+        if config.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, "
+                              f"got {config.optimizer!r}")
         self.config = config
         self.register_buffer("input_mean", torch.zeros(1, 3, 1, 1), persistent=False)
         self.register_buffer("input_std", torch.ones(1, 3, 1, 1), persistent=False)
@@ -220,7 +230,7 @@ def regression_loss(prediction: torch.Tensor, target: torch.Tensor, kind: str) -
 def decay_groups(module: nn.Module, lr: float, weight_decay: float,
                  backbone: nn.Module | None = None, backbone_lr: float | None = None,
                  no_decay_names: tuple[str, ...] = ("pos_embed", "cls_token")) -> list[dict]:
-    """AdamW groups: no decay on 1-D parameters and on embeddings (timm's convention)."""
+    """Optimiser groups: no decay on 1-D parameters and on embeddings (timm's convention)."""
     backbone_ids = {id(p) for p in backbone.parameters()} if backbone is not None else set()
     groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
     for name, parameter in module.named_parameters():

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from benchmark.data import DecodeSpec, ImageCache, TrainCrops, collate
-from benchmark.engine import _amp_dtype, _to_input, resolve_device
+from benchmark.engine import _amp_dtype, _to_input, build_optimizer, resolve_device
 from benchmark.models import TrainContext
 from benchmark.runner import resolve_config
 
@@ -73,7 +73,7 @@ def profile_model(name: str, overrides: dict, device_name: str = "auto", amp: st
     batch = {k: v.to(device) for k, v in cpu_batch.items()}
     batch["image"] = _to_input(cpu_batch["image"], device, True)
     ctx = TrainContext(0, 0, steps, 1.0, device)
-    optimizer = torch.optim.AdamW(model.param_groups(), lr=config.lr)
+    optimizer = build_optimizer(model.param_groups(), config)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 

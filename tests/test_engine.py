@@ -176,6 +176,26 @@ def test_whole_images_of_two_sizes_are_refused_before_anything_is_written(tmp_pa
     assert not (tmp_path / "results" / "runs").exists()
 
 
+@pytest.mark.parametrize("name, after_one_step", [("adamw", 0.99), ("adam", 0.9), ("sgd", 0.99)])
+def test_optimizer_decays_the_way_its_name_says(name, after_one_step):
+    from benchmark.engine import build_optimizer
+
+    # zero loss gradient, so the step is the decay alone: decoupled under AdamW (p·lr·wd), an
+    # L2 gradient under Adam (normalised to a full lr step) and SGD (p·lr·wd)
+    weight = torch.nn.Parameter(torch.ones(1))
+    config = get_model_class("probe").Config(optimizer=name, lr=0.1, weight_decay=0.1)
+    optimizer = build_optimizer([{"params": [weight], "weight_decay": 0.1}], config)
+    weight.grad = torch.zeros(1)
+    optimizer.step()
+    assert float(weight.detach()) == pytest.approx(after_one_step, abs=1e-6)
+
+
+def test_each_baseline_defaults_to_its_papers_optimizer():
+    expected = {"deiqt": "adamw", "qfm": "adamw", "probe": "adamw", "hyperiqa": "adam",
+                "tres": "adam", "maniqa": "adam", "musiq": "sgd", "dbcnn": "adamw"}
+    assert {name: get_model_class(name).Config.optimizer for name in expected} == expected
+
+
 def test_step_schedule_is_deiqts():
     deiqt_like = get_model_class("probe").Config(lr=2e-4, warmup_lr=2e-7, warmup_epochs=3,
                                                  schedule="step", step_epochs=3, gamma=0.1)
@@ -216,6 +236,8 @@ def _cli(*args):
      "'epochs' expects int"),
     (["--model", "probe", "--dataset", "demo", "--split", "0", "--set", "backbone=resnet9000"],
      "unknown timm backbone"),
+    (["--model", "probe", "--dataset", "demo", "--split", "0", "--set", "optimizer=lion"],
+     "optimizer must be one of adamw, adam, sgd, got 'lion'"),
 ])
 def test_bad_run_input_is_one_line_and_writes_nothing(demo_root, tmp_path, args, fragment):
     result = _cli(*args, "--root", str(demo_root), "--results", str(tmp_path / "results"))
