@@ -106,11 +106,15 @@ def _crop(array: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
 
 class TrainCrops(torch.utils.data.Dataset):
     """DEIQT's repetition protocol: every image appears ``n_crops`` times per epoch, each
-    with its own random crop (and flip); call :meth:`set_epoch` before each epoch."""
+    with its own random crop (and flip); call :meth:`set_epoch` before each epoch.
+
+    Each key in ``extra_crops`` holds a further independent crop (and flip) of the same image,
+    drawn after the main one, so asking for it leaves the main crop unchanged."""
 
     def __init__(self, cache: ImageCache, labels: np.ndarray, units: np.ndarray, crop: int,
-                 n_crops: int, seed: int, hflip: bool = True):
+                 n_crops: int, seed: int, hflip: bool = True, extra_crops: tuple[str, ...] = ()):
         self.cache, self.crop, self.n_crops, self.seed, self.hflip = cache, crop, n_crops, seed, hflip
+        self.extra_crops = tuple(extra_crops)
         self.labels = np.asarray(labels, dtype=np.float32)
         self.units = np.asarray(units, dtype=np.float32)
         self.epoch = 0
@@ -124,11 +128,17 @@ class TrainCrops(torch.utils.data.Dataset):
     def __getitem__(self, sample: int) -> dict:
         index = sample % len(self.cache)
         rng = np.random.default_rng([self.seed, self.epoch, sample])
+        item = {"image": self._view(index, rng), "label": self.labels[index],
+                "unit": self.units[index], "index": index}
+        for key in self.extra_crops:
+            item[key] = self._view(index, rng)
+        return item
+
+    def _view(self, index: int, rng: np.random.Generator) -> torch.Tensor:
         patch = _crop(self.cache[index], self.crop, rng)
         if self.hflip and rng.random() < 0.5:
             patch = patch[:, ::-1]
-        return {"image": torch.from_numpy(np.ascontiguousarray(patch.transpose(2, 0, 1))),
-                "label": self.labels[index], "unit": self.units[index], "index": index}
+        return torch.from_numpy(np.ascontiguousarray(patch.transpose(2, 0, 1)))
 
 
 def image_key(path: Path) -> int:
@@ -157,8 +167,9 @@ class EvalCrops(torch.utils.data.Dataset):
 
 
 def collate(samples: list[dict]) -> dict:
-    batch = {"image": torch.stack([s["image"] for s in samples]),
-             "index": torch.tensor([s["index"] for s in samples], dtype=torch.long)}
+    batch = {key: torch.stack([s[key] for s in samples])
+             for key, value in samples[0].items() if torch.is_tensor(value)}
+    batch["index"] = torch.tensor([s["index"] for s in samples], dtype=torch.long)
     for key in ("label", "unit"):
         if key in samples[0]:
             batch[key] = torch.tensor(np.array([s[key] for s in samples]), dtype=torch.float32)

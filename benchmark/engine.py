@@ -253,8 +253,9 @@ def fit(model: IQAModel, data: SplitData, config: Any, run: RunConfig, work_dir:
     if run.channels_last:
         model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model.param_groups(), config)
+    views = ("image", *model.extra_crops())
     train_set = TrainCrops(data.train, data.train_labels, data.train_units, config.img_size,
-                           config.train_crops, run.seed, config.hflip)
+                           config.train_crops, run.seed, config.hflip, extra_crops=views[1:])
     steps = len(train_set) // config.batch_size
     if steps == 0:
         raise ValueError(f"batch_size {config.batch_size} exceeds the {len(train_set)} training "
@@ -299,7 +300,7 @@ def fit(model: IQAModel, data: SplitData, config: Any, run: RunConfig, work_dir:
         for step_in_epoch, batch in enumerate(loader):
             if step_in_epoch >= steps:
                 break
-            batch["image"] = _to_input(batch["image"], device, run.channels_last)
+            batch.update({view: _to_input(batch[view], device, run.channels_last) for view in views})
             batch = {k: v.to(device) for k, v in batch.items()}
             ctx = TrainContext(epoch, epoch * steps + step_in_epoch, steps, label_range, device)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):

@@ -187,6 +187,11 @@ class IQAModel(nn.Module):
     def attach_prerequisites(self, checkpoints: dict[str, Path]) -> None:
         """Receive the checkpoint paths of :meth:`prerequisites` before training starts."""
 
+    def extra_crops(self) -> tuple[str, ...]:
+        """Batch keys the training loader fills with further independent crops of each
+        sample's image (QFM-IQM's ``teacher_input=new_crop`` asks for ``teacher_image``)."""
+        return ()
+
     def init_from_features(self, features: Any, labels: Any) -> str | None:
         """Called once before the first epoch with the frozen ``features()`` of the training
         images (N, D; averaged over the test crops) and their labels on the training scale, so

@@ -146,6 +146,9 @@ class QFM(DEIQT):
         return {"loss": total, **terms,
                 **{f"stat_{k}": v.detach().float() for k, v in stats.items()}}
 
+    def extra_crops(self) -> tuple[str, ...]:
+        return ("teacher_image",) if self.config.teacher_input == "new_crop" else ()
+
     def _teacher_outputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor | None]:
         cfg = self.config
         if "teacher" not in self._aux:

@@ -47,3 +47,17 @@ def test_crops_are_seeded_per_epoch_and_identical_at_every_evaluation(images):
     assert [test[i]["index"] for i in range(8)] == [0, 0, 0, 0, 1, 1, 1, 1]
     assert np.array_equal(test[5]["image"], EvalCrops(cache, 32, 4, seed=1)[5]["image"])
     assert not np.array_equal(test[4]["image"], test[5]["image"])
+
+
+def test_an_extra_crop_is_independent_and_leaves_the_main_crop_unchanged(images):
+    cache = ImageCache(images, DecodeSpec())
+    labels = np.arange(len(images), dtype=float)
+    plain = TrainCrops(cache, labels, labels, crop=32, n_crops=2, seed=3)
+    paired = TrainCrops(cache, labels, labels, crop=32, n_crops=2, seed=3,
+                        extra_crops=("teacher_image",))
+    for sample in range(len(plain)):
+        assert np.array_equal(plain[sample]["image"], paired[sample]["image"])
+        assert not np.array_equal(paired[sample]["image"], paired[sample]["teacher_image"])
+    batch = data.collate([paired[0], paired[1]])
+    assert batch["teacher_image"].shape == batch["image"].shape == (2, 3, 32, 32)
+    assert "teacher_image" not in data.collate([plain[0], plain[1]])

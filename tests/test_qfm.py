@@ -330,3 +330,33 @@ def distances_dtype() -> torch.dtype:
     from qfm.matching import distances
 
     return distances(torch.randn(3, 8), torch.randn(5, 8)).dtype
+
+
+def test_new_crop_teacher_sees_an_independent_crop_of_the_same_image(demo_root, tmp_path,
+                                                                     monkeypatch):
+    import math
+
+    from benchmark.engine import RunConfig
+    from benchmark.runner import run_one
+
+    recipe = {**TINY, "epochs": 1, "train_crops": 1, "test_crops": 1, "batch_size": 32,
+              "warmup_epochs": 0.0}
+    quiet = {"run": RunConfig(progress=False), "results": tmp_path, "log": lambda _: None}
+    run_one("deiqt", "demo", 0, demo_root, recipe, **quiet)
+    pairs = []
+    original = QFM._teacher_outputs
+
+    def recording(self, batch):
+        pairs.append((batch["image"].clone(), batch.get("teacher_image")))
+        return original(self, batch)
+
+    monkeypatch.setattr(QFM, "_teacher_outputs", recording)
+    record = run_one("qfm", "demo", 0, demo_root, {**recipe, "teacher_input": "new_crop"}, **quiet)
+    assert math.isfinite(record["history"][0]["train"]["loss"])
+    student, teacher = pairs[0]
+    assert teacher is not None and teacher.shape == student.shape
+    # an independent crop of each image: no sample of the batch sees the student's pixels
+    assert all(not torch.equal(s, t) for s, t in zip(student, teacher))
+    pairs.clear()
+    run_one("qfm", "demo", 0, demo_root, recipe, **quiet)
+    assert pairs[0][1] is None  # same_crop: the loader draws no second crop
