@@ -35,7 +35,8 @@ Recipe (``train_maniqa.py``): Adam, lr 1e-5, weight decay 1e-5, batch 8, 300 epo
 MSE on scores min-max normalised to [0, 1] (``label_scale="unit"``), inputs normalised with
 mean = std = 0.5, one random 224 crop per image per epoch, horizontal flips with probability
 0.7 (the engine flips with 0.5). The official ``CosineAnnealingLR(T_max=50)`` is stepped
-every batch, so its lr cycles every 100 batches; the engine's cosine spans the whole run.
+every batch, so its lr cycles every 100 batches; ``schedule="cosine_periodic"`` with
+``cycle_steps=50`` replays it (``"cosine"`` spans the whole run instead).
 Evaluation averages five crops (four corners and centre; the engine draws five seeded
 crops); only ``predict_one_image.py`` averages 20. On KonIQ-10k the official loader first
 resizes every image to 224×224 (bicubic; the engine's resize is bilinear) and evaluates one
@@ -122,7 +123,8 @@ class MANIQAConfig(ModelConfig):
     weight_decay: float = 1e-5
     optimizer: str = "adam"  # with L2 decay, as the official code (none on biases and norms here)
     warmup_epochs: float = 0.0
-    schedule: str = "cosine"
+    schedule: str = "cosine_periodic"  # the official T_max=50, stepped every batch
+    cycle_steps: int = 50
     clip_grad: float = 0.0
     train_crops: int = 1
     test_crops: int = 5

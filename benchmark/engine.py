@@ -97,7 +97,8 @@ def _amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
 
 
 def lr_factor(step: int, steps_per_epoch: int, config: Any) -> float:
-    """Multiplier of the base lr at a global step: linear warm-up, then step/cosine/constant.
+    """Multiplier of the base lr at a global step: linear warm-up, then step, cosine over the
+    run, periodic cosine or constant.
 
     With DEIQT's recipe this is timm's StepLRScheduler as the official code uses it: warm-up
     from ``warmup_lr`` over ``warmup_epochs``, then ×gamma every ``step_epochs`` counted from 0.
@@ -114,7 +115,11 @@ def lr_factor(step: int, steps_per_epoch: int, config: Any) -> float:
     if config.schedule == "cosine":
         total = max(1, config.epochs * steps_per_epoch - warmup)
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup) / total)))
-    raise ValueError(f"unknown schedule {config.schedule!r} (step, cosine, constant)")
+    if config.schedule == "cosine_periodic":
+        # torch's CosineAnnealingLR stepped every batch past T_max: down to 0, back up, repeat
+        return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, config.cycle_steps)))
+    raise ValueError(f"unknown schedule {config.schedule!r} (step, cosine, cosine_periodic, "
+                     f"constant)")
 
 
 def _loader(dataset, batch_size: int, workers: int, shuffle_seed: int | None, drop_last: bool):

@@ -30,6 +30,7 @@ __all__ = [
     "TrainContext",
     "ConfigError",
     "OPTIMIZERS",
+    "SCHEDULES",
     "config_from_dict",
     "config_to_dict",
     "get_model_class",
@@ -43,8 +44,9 @@ __all__ = [
 ]
 
 
-#: what ``ModelConfig.optimizer`` may name; the engine builds it (``benchmark.engine``)
+#: what ``ModelConfig.optimizer`` and ``schedule`` may name; the engine builds them
 OPTIMIZERS = ("adamw", "adam", "sgd")
+SCHEDULES = ("step", "cosine", "cosine_periodic", "constant")
 
 
 class ConfigError(ValueError):
@@ -67,9 +69,10 @@ class ModelConfig:
     optimizer: str = "adamw"  # adamw | adam | sgd (weight decay: decoupled | L2 | L2)
     momentum: float = 0.9  # sgd only
     warmup_epochs: float = 3.0
-    schedule: str = "step"  # step | cosine | constant
+    schedule: str = "step"  # step | cosine | cosine_periodic | constant
     step_epochs: float = 3.0  # step schedule: decay by `gamma` every this many epochs
     gamma: float = 0.1
+    cycle_steps: int = 50  # cosine_periodic: steps from full lr to 0 (torch's T_max, per batch)
     warmup_lr: float = 2e-7
     clip_grad: float = 5.0  # global norm; 0 disables
     train_crops: int = 10  # random crops per image per epoch (dataset repetition)
@@ -147,9 +150,10 @@ class IQAModel(nn.Module):
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        if config.optimizer not in OPTIMIZERS:
-            raise ConfigError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, "
-                              f"got {config.optimizer!r}")
+        for key, allowed in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES)):
+            if getattr(config, key) not in allowed:
+                raise ConfigError(f"{key} must be one of {', '.join(allowed)}, "
+                                  f"got {getattr(config, key)!r}")
         self.config = config
         self.register_buffer("input_mean", torch.zeros(1, 3, 1, 1), persistent=False)
         self.register_buffer("input_std", torch.ones(1, 3, 1, 1), persistent=False)

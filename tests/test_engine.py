@@ -196,6 +196,19 @@ def test_each_baseline_defaults_to_its_papers_optimizer():
     assert {name: get_model_class(name).Config.optimizer for name in expected} == expected
 
 
+def test_periodic_cosine_is_torchs_cosine_annealing_stepped_per_batch():
+    config = get_model_class("maniqa").Config()
+    assert (config.schedule, config.cycle_steps, config.warmup_epochs) == ("cosine_periodic", 50, 0)
+    weight = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.Adam([weight], lr=config.lr)
+    reference = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=50, eta_min=0)
+    for step in range(260):
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(
+            config.lr * lr_factor(step, 7, config), abs=1e-12), step
+        optimizer.step()
+        reference.step()
+
+
 def test_step_schedule_is_deiqts():
     deiqt_like = get_model_class("probe").Config(lr=2e-4, warmup_lr=2e-7, warmup_epochs=3,
                                                  schedule="step", step_epochs=3, gamma=0.1)
@@ -238,6 +251,8 @@ def _cli(*args):
      "unknown timm backbone"),
     (["--model", "probe", "--dataset", "demo", "--split", "0", "--set", "optimizer=lion"],
      "optimizer must be one of adamw, adam, sgd, got 'lion'"),
+    (["--model", "probe", "--dataset", "demo", "--split", "0", "--set", "schedule=cosin"],
+     "schedule must be one of step, cosine, cosine_periodic, constant, got 'cosin'"),
 ])
 def test_bad_run_input_is_one_line_and_writes_nothing(demo_root, tmp_path, args, fragment):
     result = _cli(*args, "--root", str(demo_root), "--results", str(tmp_path / "results"))
