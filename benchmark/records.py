@@ -81,11 +81,14 @@ def iter_records(results: Path) -> Iterator[dict[str, Any]]:
         yield load_record(path)
 
 
-def latest_record(results: Path, key: RunKey) -> Path | None:
-    """The newest finished record of a key whatever its hash (for prerequisites)."""
-    pattern = f"runs/{key.model}/{key.dataset}/split{key.split}-*/record.json"
-    found = sorted(Path(results).glob(pattern), key=lambda p: p.stat().st_mtime)
-    return found[-1] if found else None
+def latest_record(results: Path, key: RunKey, hash_prefix: str = "") -> Path | None:
+    """The newest finished record of a key whose config hash starts with ``hash_prefix``
+    (any hash when empty): how a run finds its prerequisites."""
+    pattern = f"runs/{key.model}/{key.dataset}/split{key.split}-{hash_prefix[:10]}*/record.json"
+    # the folder name holds the hash's first 10 digits; a longer prefix needs the record
+    found = [path for path in Path(results).glob(pattern)
+             if len(hash_prefix) <= 10 or load_record(path)["config_hash"].startswith(hash_prefix)]
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None
 
 
 def package_versions() -> dict[str, str]:

@@ -56,8 +56,12 @@ def unit_mapping(table: pd.DataFrame) -> tuple[float, float]:
 
 
 def plan_run(model: str, dataset: str, split: int, root: Path, overrides: dict | None = None,
-             run: RunConfig = RunConfig(), results: Path = Path("results")) -> dict[str, Any]:
-    """Everything that identifies a run, without training: config, hash, paths, parts."""
+             run: RunConfig = RunConfig(), results: Path = Path("results"),
+             pins: dict[str, str] | None = None) -> dict[str, Any]:
+    """Everything that identifies a run, without training: config, hash, paths, parts.
+
+    A prerequisite is the newest finished run of its model on the same dataset and split, or,
+    when ``pins`` maps its model to a config-hash prefix, the newest run with that prefix."""
     name = dataset_registry().canonical(dataset)
     prepared = load_prepared(root, name)
     split_file = load_split_file(prepared.split_path)
@@ -65,8 +69,17 @@ def plan_run(model: str, dataset: str, split: int, root: Path, overrides: dict |
     cls, config = resolve_config(model, name, overrides)
     key = RunKey(cls.name, name, split)
     prerequisites = {}
+    pins = pins or {}
+    unknown = sorted(set(pins) - set(cls.prerequisites(config)))
+    if unknown:
+        raise ConfigError(f"{cls.name} needs no {unknown[0]} run, so it cannot be pinned "
+                          f"(prerequisites: {', '.join(cls.prerequisites(config)) or 'none'})")
     for needed in cls.prerequisites(config):
-        record_path = latest_record(results, RunKey(needed, name, split))
+        record_path = latest_record(results, RunKey(needed, name, split), pins.get(needed, ""))
+        if record_path is None and needed in pins:
+            raise MissingPrerequisiteError(
+                f"no finished {needed} run on {name} split {split} has a config hash starting "
+                f"with {pins[needed]!r} under {Path(results) / 'runs' / needed / name}")
         if record_path is None:
             raise MissingPrerequisiteError(
                 f"{cls.name} on {name} split {split} needs a finished {needed} run first: "
@@ -156,10 +169,11 @@ def _fit_without_sgd(model: FitModel, data: SplitData, config, work_dir: Path):
 
 def run_one(model: str, dataset: str, split: int, root: Path, overrides: dict | None = None,
             run: RunConfig = RunConfig(), results: Path = Path("results"), force: bool = False,
-            resume: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
+            resume: bool = False, log: Callable[[str], None] = print,
+            pins: dict[str, str] | None = None) -> dict[str, Any]:
     """Train and evaluate one run; returns its record (an existing one when already done)."""
     results = Path(results)
-    plan = plan_run(model, dataset, split, root, overrides, run, results)
+    plan = plan_run(model, dataset, split, root, overrides, run, results, pins)
     final_dir: Path = plan["dir"]
     existing = find_record(results, plan["key"], plan["hash"])
     if existing and not force:

@@ -360,3 +360,40 @@ def test_new_crop_teacher_sees_an_independent_crop_of_the_same_image(demo_root, 
     pairs.clear()
     run_one("qfm", "demo", 0, demo_root, recipe, **quiet)
     assert pairs[0][1] is None  # same_crop: the loader draws no second crop
+
+
+def test_prerequisite_pin_picks_an_older_teacher_and_bad_pins_fail_in_one_line(demo_root,
+                                                                                tmp_path):
+    from click.testing import CliRunner
+
+    from benchmark.cli import main
+    from benchmark.engine import RunConfig
+    from benchmark.runner import run_one
+
+    recipe = {**TINY, "epochs": 1, "train_crops": 1, "test_crops": 1, "batch_size": 32,
+              "warmup_epochs": 0.0}
+    quiet = {"run": RunConfig(progress=False), "results": tmp_path, "log": lambda _: None}
+    older = run_one("deiqt", "demo", 0, demo_root, recipe, **quiet)
+    newer = run_one("deiqt", "demo", 0, demo_root, {**recipe, "lr": 1e-4}, **quiet)
+    default = run_one("qfm", "demo", 0, demo_root, recipe, **quiet)
+    assert default["prerequisites"]["deiqt"]["config_hash"] == newer["config_hash"]
+    pinned = run_one("qfm", "demo", 0, demo_root, recipe, **quiet,
+                     pins={"deiqt": older["config_hash"][:8]})
+    assert pinned["prerequisites"]["deiqt"]["config_hash"] == older["config_hash"]
+    assert pinned["config_hash"] != default["config_hash"]  # the teacher is part of the identity
+
+    def cli(*args):
+        return CliRunner().invoke(main, ["run", "--dataset", "demo", "--split", "0", "--root",
+                                         str(demo_root), "--results", str(tmp_path), "--quiet",
+                                         *args])
+
+    for args, fragment in [
+        (["--model", "qfm", "--prerequisite", "deiqt=abcdef12"],
+         "no finished deiqt run on demo split 0 has a config hash starting with 'abcdef12'"),
+        (["--model", "qfm", "--prerequisite", "deiqt=xyz"], "expected MODEL=HASH"),
+        (["--model", "probe", "--prerequisite", f"deiqt={older['config_hash'][:8]}"],
+         "probe needs no deiqt run, so it cannot be pinned"),
+    ]:
+        result = cli(*args)
+        lines = result.output.strip().splitlines()
+        assert result.exit_code == 1 and len(lines) == 1 and fragment in lines[0], result.output

@@ -44,6 +44,17 @@ def guarded(function, *args, **kwargs):
         raise BenchError(str(error).splitlines()[0]) from None
 
 
+def _parse_pins(pins: tuple[str, ...]) -> dict[str, str]:
+    parsed = {}
+    for text in pins:
+        model, _, prefix = text.partition("=")
+        if not model or len(prefix) < 6 or any(c not in "0123456789abcdef" for c in prefix):
+            raise BenchError(f"--prerequisite {text!r}: expected MODEL=HASH with at least 6 hex "
+                             f"digits of the run's config hash (its folder's suffix)")
+        parsed[model] = prefix
+    return parsed
+
+
 @click.command()
 @user_errors
 def models() -> None:
@@ -96,15 +107,19 @@ def make_run_config(seed, device, amp, workers, cache, use_compile, quiet, max_s
 @click.option("--split", type=int, required=True, help="Split index (0..9 by default).")
 @click.option("--force", is_flag=True, help="Rerun even if a record with this config exists.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its last checkpoint.")
+@click.option("--prerequisite", "pins", multiple=True, metavar="MODEL=HASH",
+              help="Use the MODEL run (e.g. QFM-IQM's deiqt teacher) whose config hash starts "
+                   "with HASH, not the newest one (repeatable).")
 @user_errors
 def run(model, dataset, root, sets, results, seed, device, amp, workers, cache, use_compile,
-        quiet, split, force, resume) -> None:
+        quiet, split, force, resume, pins) -> None:
     """Train and evaluate one (model, dataset, split) and write its run record."""
     from benchmark.runner import run_one
 
     run_config = make_run_config(seed, device, amp, workers, cache, use_compile, quiet)
     record = guarded(run_one, model, dataset, split, root or Path("data") / dataset,
-                    parse_sets(sets), run_config, results, force=force, resume=resume)
+                    parse_sets(sets), run_config, results, force=force, resume=resume,
+                    pins=_parse_pins(pins))
     for rule, chosen in record["metrics"].items():
         test = chosen["test"]
         click.echo(f"{rule:12s} epoch {chosen['epoch']:3d}  test SRCC {test['srcc']:.4f}  "
