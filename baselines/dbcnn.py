@@ -22,24 +22,24 @@ holds exactly these layers.
 
 Recipe (``DBCNN.py``): two stages per split, MSE on raw labels, batch 8, weight decay 5e-4.
 Stage 1 trains the FC only, streams frozen, SGD (momentum 0.9) at 1e-3 for 50 epochs; stage 2
-fine-tunes everything with Adam at 1e-5 for 50 epochs, starting from stage 1's FC. Train crops:
-LIVE 432, LIVE Challenge 448, CSIQ/TID2013 whole images; test on whole images; random
-horizontal flips. ``stage`` selects what a run does:
+fine-tunes everything with Adam at 1e-5 for 50 epochs, starting from stage 1's FC; each stage
+builds its own optimiser (``head_optimizer``, then ``optimizer``). Train crops: LIVE 432, LIVE
+Challenge 448, CSIQ/TID2013 whole images; test on whole images; random horizontal flips. ``stage`` selects what a run does:
 
 - ``"head"``: stage 1 only (streams frozen; ``head_lr``);
 - ``"all"``: stage 2 only (everything at ``lr``), from a fresh FC;
 - ``"both"`` (default): ``head_epochs`` epochs of stage 1, then ``epochs - head_epochs`` of
-  stage 2, in one run. The switch needs two engine hooks: ``on_epoch_start(epoch)`` freezes or
-  unfreezes the streams, and ``group_lr_factor(part, epoch)`` scales each parameter group's lr
-  (groups carry a ``part`` key: ``head`` or ``streams``). Without the second hook the FC keeps
-  ``head_lr`` in stage 2.
+  stage 2, in one run. The switch needs three engine hooks: ``on_epoch_start(epoch)`` freezes
+  or unfreezes the streams, ``optimizer_stage(epoch)`` makes the engine build a fresh
+  optimiser at the switch, and ``group_lr_factor(part, epoch)`` scales each parameter group's
+  lr (groups carry a ``part`` key: ``head`` or ``streams``). Without the last hook the FC
+  keeps ``head_lr`` in stage 2.
 
-Differences from the original, so results are labelled honestly: the engine's optimiser (AdamW,
-decoupled weight decay, none on biases) replaces SGD-with-momentum and Adam with L2 decay, and
-its moments carry over the stage switch (the original builds a new optimiser); stage 2 starts
-from stage 1's last FC, not the one with the best *test* SRCC; square crops replace whole images
-(``dataset_overrides``: CSIQ's 512 crop is the whole image; TID2013/KADID take 384, the largest
-square) and the test image is ``test_crops`` crops, not the whole image.
+Differences from the original, so results are labelled honestly: no weight decay on biases
+(the original decays every parameter); stage 2 starts from stage 1's last FC, not the one with
+the best *test* SRCC; square crops replace whole images (``dataset_overrides``: CSIQ's 512 crop
+is the whole image; TID2013/KADID take 384, the largest square) and the test image is
+``test_crops`` crops, not the whole image.
 """
 
 from __future__ import annotations
@@ -52,8 +52,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from baselines.scnn import SCNN, load_scnn_features, pretrain_scnn
-from benchmark.models import (ConfigError, IQAModel, ModelConfig, backbone_norm, create_backbone,
-                              decay_groups)
+from benchmark.models import (OPTIMIZERS, ConfigError, IQAModel, ModelConfig, backbone_norm,
+                              create_backbone, decay_groups)
 
 __all__ = ["DBCNN", "DBCNNConfig", "STAGES"]
 
@@ -70,11 +70,13 @@ class DBCNNConfig(ModelConfig):
     stage: str = "both"  # head | all | both
     head_epochs: int = 50  # stage 1's length when stage="both"
     head_lr: float = 1e-3  # stage 1's lr (FC only)
+    head_optimizer: str = "sgd"  # stage 1's (momentum 0.9); stage 2 uses `optimizer`
     img_size: int = 448  # LIVE Challenge crop; LIVE in dataset_overrides
     epochs: int = 100  # all epochs of the run: 50 + 50 for "both"
     batch_size: int = 8
     lr: float = 1e-5  # stage 2's lr (everything)
     weight_decay: float = 5e-4
+    optimizer: str = "adam"  # stage 2's
     warmup_epochs: float = 0.0
     schedule: str = "constant"
     clip_grad: float = 0.0
@@ -93,6 +95,9 @@ class DBCNNConfig(ModelConfig):
         if self.stage not in STAGES:
             raise ConfigError(f"config key 'stage' expects one of {', '.join(STAGES)}, "
                               f"got {self.stage!r}")
+        if self.head_optimizer not in OPTIMIZERS:
+            raise ConfigError(f"config key 'head_optimizer' expects one of "
+                              f"{', '.join(OPTIMIZERS)}, got {self.head_optimizer!r}")
         if self.stage == "both" and not 0 < self.head_epochs < self.epochs:
             raise ConfigError(f"stage 'both' needs 0 < head_epochs < epochs, got head_epochs "
                               f"{self.head_epochs} and epochs {self.epochs}")
@@ -185,6 +190,13 @@ class DBCNN(IQAModel):
         """Stage "both": streams frozen for the first ``head_epochs`` epochs, then trained."""
         if self.config.stage == "both":
             self._freeze_streams(epoch < self.config.head_epochs)
+
+    def optimizer_stage(self, epoch: int) -> str:
+        """Stage 1 (the head) runs on ``head_optimizer``, stage 2 on ``optimizer``; the engine
+        builds a fresh one at the switch, as the original builds a new solver per stage."""
+        c = self.config
+        in_head_stage = c.stage == "head" or (c.stage == "both" and epoch < c.head_epochs)
+        return c.head_optimizer if in_head_stage else c.optimizer
 
     def group_lr_factor(self, part: str, epoch: int) -> float:
         """Multiplier of a group's lr at ``epoch``: "both" moves the FC to ``lr`` in stage 2."""

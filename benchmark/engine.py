@@ -132,15 +132,18 @@ def _loader(dataset, batch_size: int, workers: int, shuffle_seed: int | None, dr
         pin_memory=False, persistent_workers=False)
 
 
-def _group_schedules(model: IQAModel, optimizer, steps: int, config: Any) -> list[Callable]:
+def _group_schedules(model: IQAModel, optimizer, steps: int, config: Any,
+                     offset: int = 0) -> list[Callable]:
     """One lr multiplier per parameter group: the recipe's schedule times the model's own
-    per-part factor (HyperIQA's hyper-network decay, DBCNN's stage switch)."""
+    per-part factor (HyperIQA's hyper-network decay, DBCNN's stage switch). ``offset`` is the
+    global step at which ``optimizer`` took over (a stage's fresh optimiser counts from 0)."""
     part_factor = getattr(model, "group_lr_factor", None)
 
     def schedule(part: str) -> Callable[[int], float]:
         if part_factor is None:
-            return lambda step: lr_factor(step, steps, config)
-        return lambda step: lr_factor(step, steps, config) * part_factor(part, step // steps)
+            return lambda step: lr_factor(step + offset, steps, config)
+        return lambda step: (lr_factor(step + offset, steps, config)
+                             * part_factor(part, (step + offset) // steps))
 
     return [schedule(group.get("part", "")) for group in optimizer.param_groups]
 
@@ -223,17 +226,31 @@ def _evaluate(model, data: SplitData, config, run: RunConfig, device, amp_dtype)
     return scores
 
 
-def build_optimizer(groups: list[dict], config: Any) -> torch.optim.Optimizer:
-    """The config's optimiser over the model's groups. A group's ``weight_decay`` is decoupled
-    under AdamW and an L2 term in the gradient under Adam and SGD, as the originals using those
-    optimisers have it."""
-    if config.optimizer == "adamw":
+def build_optimizer(groups: list[dict], config: Any,
+                    name: str | None = None) -> torch.optim.Optimizer:
+    """The optimiser ``name`` (default: the config's) over the model's groups. A group's
+    ``weight_decay`` is decoupled under AdamW and an L2 term in the gradient under Adam and
+    SGD, as the originals using those optimisers have it."""
+    name = name or config.optimizer
+    if name == "adamw":
         return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.999), eps=1e-8)
-    if config.optimizer == "adam":
+    if name == "adam":
         return torch.optim.Adam(groups, lr=config.lr, betas=(0.9, 0.999), eps=1e-8)
-    if config.optimizer == "sgd":
+    if name == "sgd":
         return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum)
-    raise ValueError(f"unknown optimizer {config.optimizer!r}")
+    raise ValueError(f"unknown optimizer {name!r}")
+
+
+def _stage_optimizer(model: IQAModel, config: Any, steps: int, epoch: int):
+    """A fresh optimiser and schedule for the optimiser stage ``epoch`` belongs to, as the
+    originals that construct a new optimiser per stage do; returns (name, optimizer, scheduler)."""
+    name = model.optimizer_stage(epoch)
+    first = epoch
+    while first > 0 and model.optimizer_stage(first - 1) == name:
+        first -= 1
+    optimizer = build_optimizer(model.param_groups(), config, name)
+    schedules = _group_schedules(model, optimizer, steps, config, offset=first * steps)
+    return name, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedules)
 
 
 def _init_from_features(model: IQAModel, data: SplitData, config, run: RunConfig, device,
@@ -257,7 +274,6 @@ def fit(model: IQAModel, data: SplitData, config: Any, run: RunConfig, work_dir:
     model.to(device)
     if run.channels_last:
         model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(model.param_groups(), config)
     views = ("image", *model.extra_crops())
     train_set = TrainCrops(data.train, data.train_labels, data.train_units, config.img_size,
                            config.train_crops, run.seed, config.hflip, extra_crops=views[1:])
@@ -267,7 +283,8 @@ def fit(model: IQAModel, data: SplitData, config: Any, run: RunConfig, work_dir:
                          f"crops: lower batch_size")
     if run.max_steps_per_epoch:
         steps = min(steps, run.max_steps_per_epoch)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _group_schedules(model, optimizer, steps, config))
+    # built before on_epoch_start(0), so a model that freezes parts there still lists them
+    optimizer_name, optimizer, scheduler = _stage_optimizer(model, config, steps, 0)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     step_fn = torch.compile(model) if run.compile else model
     result, start_epoch = FitResult(), 0
@@ -279,6 +296,9 @@ def fit(model: IQAModel, data: SplitData, config: Any, run: RunConfig, work_dir:
             raise CheckpointError(f"{checkpoint_path} belongs to model {state.get('model')!r} with "
                                   f"another config; cannot resume {model.name} from it")
         model.load_state_dict(state["state_dict"])
+        if model.optimizer_stage(state["epoch"]) != optimizer_name:
+            optimizer_name, optimizer, scheduler = _stage_optimizer(model, config, steps,
+                                                                    state["epoch"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
@@ -297,6 +317,8 @@ def fit(model: IQAModel, data: SplitData, config: Any, run: RunConfig, work_dir:
     for epoch in range(start_epoch, config.epochs):
         if hasattr(model, "on_epoch_start"):
             model.on_epoch_start(epoch)
+        if model.optimizer_stage(epoch) != optimizer_name:
+            optimizer_name, optimizer, scheduler = _stage_optimizer(model, config, steps, epoch)
         train_set.set_epoch(epoch)
         loader = _loader(train_set, config.batch_size, run.workers, run.seed * 100003 + epoch, True)
         model.train()

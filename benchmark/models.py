@@ -191,6 +191,12 @@ class IQAModel(nn.Module):
     def attach_prerequisites(self, checkpoints: dict[str, Path]) -> None:
         """Receive the checkpoint paths of :meth:`prerequisites` before training starts."""
 
+    def optimizer_stage(self, epoch: int) -> str:
+        """The optimiser (one of ``OPTIMIZERS``) for ``epoch``. Where it changes between two
+        epochs the engine builds a fresh one, as originals that construct an optimiser per
+        training stage do (DBCNN: SGD for the head, then Adam for everything)."""
+        return self.config.optimizer
+
     def extra_crops(self) -> tuple[str, ...]:
         """Batch keys the training loader fills with further independent crops of each
         sample's image (QFM-IQM's ``teacher_input=new_crop`` asks for ``teacher_image``)."""

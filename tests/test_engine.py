@@ -190,9 +190,59 @@ def test_optimizer_decays_the_way_its_name_says(name, after_one_step):
     assert float(weight.detach()) == pytest.approx(after_one_step, abs=1e-6)
 
 
+def test_an_optimizer_stage_switch_builds_a_fresh_optimizer_and_resumes_exactly(
+        demo_root, tmp_path, monkeypatch):
+    from benchmark import engine
+
+    probe = get_model_class("probe")
+    # DBCNN's shape of recipe: SGD for the first epoch, then a fresh Adam
+    monkeypatch.setattr(probe, "optimizer_stage",
+                        lambda self, epoch: "sgd" if epoch < 1 else "adam")
+    built = []
+    original_build = engine.build_optimizer
+
+    def recording(groups, config, name=None):
+        optimizer = original_build(groups, config, name)
+        built.append(type(optimizer).__name__)
+        return optimizer
+
+    monkeypatch.setattr(engine, "build_optimizer", recording)
+    straight = _run(demo_root, tmp_path / "straight")
+    assert built == ["SGD", "Adam"]
+    original_loss = probe.loss
+
+    def killed_in_the_adam_stage(self, batch, ctx):
+        if ctx.epoch == 2 and ctx.step == 2 * ctx.steps_per_epoch + 1:
+            raise KeyboardInterrupt
+        return original_loss(self, batch, ctx)
+
+    monkeypatch.setattr(probe, "loss", killed_in_the_adam_stage)
+    with pytest.raises(KeyboardInterrupt):
+        _run(demo_root, tmp_path / "resumed")
+    monkeypatch.setattr(probe, "loss", original_loss)
+    built.clear()
+    resumed = _run(demo_root, tmp_path / "resumed", resume=True)
+    assert built == ["SGD", "Adam"]  # epoch 0's optimiser, then the checkpoint's stage
+    assert [h["test"]["srcc"] for h in resumed["history"]] == \
+        [h["test"]["srcc"] for h in straight["history"]]
+    assert [h["lr"] for h in resumed["history"]] == [h["lr"] for h in straight["history"]]
+
+
+def test_dbcnn_runs_sgd_on_the_head_then_adam_on_everything():
+    from baselines.dbcnn import DBCNN, DBCNNConfig
+
+    both = DBCNN(DBCNNConfig(backbone="vgg11", pretrained="false", head_epochs=2, epochs=4))
+    assert [both.optimizer_stage(e) for e in range(4)] == ["sgd", "sgd", "adam", "adam"]
+    head = DBCNN(DBCNNConfig(backbone="vgg11", pretrained="false", stage="head"))
+    everything = DBCNN(DBCNNConfig(backbone="vgg11", pretrained="false", stage="all"))
+    assert head.optimizer_stage(60) == "sgd" and everything.optimizer_stage(0) == "adam"
+    with pytest.raises(ConfigError, match="'head_optimizer' expects one of adamw, adam, sgd"):
+        DBCNNConfig(head_optimizer="rmsprop")
+
+
 def test_each_baseline_defaults_to_its_papers_optimizer():
     expected = {"deiqt": "adamw", "qfm": "adamw", "probe": "adamw", "hyperiqa": "adam",
-                "tres": "adam", "maniqa": "adam", "musiq": "sgd", "dbcnn": "adamw"}
+                "tres": "adam", "maniqa": "adam", "musiq": "sgd", "dbcnn": "adam"}
     assert {name: get_model_class(name).Config.optimizer for name in expected} == expected
 
 
