@@ -24,7 +24,8 @@ Recipe (``DBCNN.py``): two stages per split, MSE on raw labels, batch 8, weight 
 Stage 1 trains the FC only, streams frozen, SGD (momentum 0.9) at 1e-3 for 50 epochs; stage 2
 fine-tunes everything with Adam at 1e-5 for 50 epochs, starting from stage 1's FC; each stage
 builds its own optimiser (``head_optimizer``, then ``optimizer``). Train crops: LIVE 432, LIVE
-Challenge 448, CSIQ/TID2013 whole images; test on whole images; random horizontal flips. ``stage`` selects what a run does:
+Challenge 448, CSIQ/TID2013 whole images; test on whole images; random horizontal flips.
+``stage`` selects what a run does:
 
 - ``"head"``: stage 1 only (streams frozen; ``head_lr``);
 - ``"all"``: stage 2 only (everything at ``lr``), from a fresh FC;
@@ -35,11 +36,10 @@ Challenge 448, CSIQ/TID2013 whole images; test on whole images; random horizonta
   lr (groups carry a ``part`` key: ``head`` or ``streams``). Without the last hook the FC
   keeps ``head_lr`` in stage 2.
 
-Differences from the original, so results are labelled honestly: no weight decay on biases
-(the original decays every parameter); stage 2 starts from stage 1's last FC, not the one with
-the best *test* SRCC; square crops replace whole images (``dataset_overrides``: CSIQ's 512 crop
-is the whole image; TID2013/KADID take 384, the largest square) and the test image is
-``test_crops`` crops, not the whole image.
+Differences from the original, so results are labelled honestly: stage 2 starts from stage
+1's last FC, not the one with the best *test* SRCC; square crops replace whole images
+(``dataset_overrides``: CSIQ's 512 crop is the whole image; TID2013/KADID take 384, the
+largest square) and the test image is ``test_crops`` crops, not the whole image.
 """
 
 from __future__ import annotations
@@ -77,6 +77,7 @@ class DBCNNConfig(ModelConfig):
     lr: float = 1e-5  # stage 2's lr (everything)
     weight_decay: float = 5e-4
     optimizer: str = "adam"  # stage 2's
+    decay_all: bool = True  # both solvers get net.parameters() with the weight decay
     warmup_epochs: float = 0.0
     schedule: str = "constant"
     clip_grad: float = 0.0
@@ -177,14 +178,16 @@ class DBCNN(IQAModel):
 
     def param_groups(self) -> list[dict]:
         c = self.config
-        head = [{**g, "part": "head"} for g in decay_groups(self.fc, c.head_lr, c.weight_decay)]
+        head = [{**g, "part": "head"}
+                for g in decay_groups(self.fc, c.head_lr, c.weight_decay, decay_all=c.decay_all)]
         if c.stage == "head":
             return head
         if c.stage == "all":
-            return [{**g, "part": "all"} for g in decay_groups(self, c.lr, c.weight_decay)]
+            return [{**g, "part": "all"}
+                    for g in decay_groups(self, c.lr, c.weight_decay, decay_all=c.decay_all)]
         streams = nn.ModuleList([self.content, self.synthetic])
         return head + [{**g, "part": "streams"}
-                       for g in decay_groups(streams, c.lr, c.weight_decay)]
+                       for g in decay_groups(streams, c.lr, c.weight_decay, decay_all=c.decay_all)]
 
     def on_epoch_start(self, epoch: int) -> None:
         """Stage "both": streams frozen for the first ``head_epochs`` epochs, then trained."""

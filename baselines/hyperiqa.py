@@ -40,9 +40,9 @@ backbone's; :meth:`HyperIQA.group_lr_factor` replays the code's per-epoch rule o
 (groups carry a ``part`` key, ``backbone`` or ``hyper``). The engine must apply it; with a plain
 constant schedule the hyper network stays at 2e-4.
 
-Differences from the original, so results are labelled honestly: Adam with L2 decay as in the
-code, but none on biases and norms, and its moments are kept where the code builds a fresh
-optimiser every epoch; that rebuild also drops the hyper network from the
+Differences from the original, so results are labelled honestly: Adam with L2 decay on every
+parameter as in the code, but its moments are kept where the code builds a fresh optimiser
+every epoch; that rebuild also drops the hyper network from the
 optimiser after the first epoch, because its parameters were a spent ``filter`` iterator
 (SSL92/hyperIQA issue #32), so the released code trains the hyper network for one epoch only.
 We train it for all epochs with the schedule as the code writes it. Test crops are seeded.
@@ -84,6 +84,7 @@ class HyperIQAConfig(ModelConfig):
     backbone_lr_scale: float = 0.1  # ResNet + LDA at 2e-5
     weight_decay: float = 5e-4
     optimizer: str = "adam"
+    decay_all: bool = True
     warmup_epochs: float = 0.0
     schedule: str = "constant"  # the per-group rule is group_lr_factor
     clip_grad: float = 0.0
@@ -208,9 +209,11 @@ class HyperIQA(IQAModel):
         c = self.config
         backbone = nn.ModuleList([self.backbone, self.lda])  # the code's `res`
         groups = [{**g, "part": "backbone"} for g in
-                  decay_groups(backbone, c.lr * c.backbone_lr_scale, c.weight_decay)]
+                  decay_groups(backbone, c.lr * c.backbone_lr_scale, c.weight_decay,
+                               decay_all=c.decay_all)]
         return groups + [{**g, "part": "hyper"}
-                         for g in decay_groups(self.hyper, c.lr, c.weight_decay)]
+                         for g in decay_groups(self.hyper, c.lr, c.weight_decay,
+                                               decay_all=c.decay_all)]
 
     def group_lr_factor(self, part: str, epoch: int) -> float:
         """The code's per-epoch rule: hyper lr ÷10 every 6 epochs, 10x ratio gone after epoch 9."""

@@ -121,7 +121,8 @@ class MANIQAConfig(ModelConfig):
     batch_size: int = 8
     lr: float = 1e-5
     weight_decay: float = 1e-5
-    optimizer: str = "adam"  # with L2 decay, as the official code (none on biases and norms here)
+    optimizer: str = "adam"  # with L2 decay on every parameter, as the official code
+    decay_all: bool = True
     warmup_epochs: float = 0.0
     schedule: str = "cosine_periodic"  # the official T_max=50, stepped every batch
     cycle_steps: int = 50

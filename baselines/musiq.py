@@ -291,4 +291,5 @@ class MUSIQ(IQAModel):
 
     def param_groups(self) -> list[dict]:
         return decay_groups(self, self.config.lr, self.config.weight_decay,
+                            decay_all=self.config.decay_all,
                             no_decay_names=("pos_embed", "scale_embed", "cls_token"))

@@ -86,5 +86,6 @@ class Probe(IQAModel):
                 f"(alpha {ridge.alpha_:.3g} by leave-one-out)")
 
     def param_groups(self) -> list[dict]:
-        return decay_groups(self, self.config.lr, self.config.weight_decay, backbone=self.backbone,
-                            backbone_lr=self.config.lr * self.config.backbone_lr_scale)
+        c = self.config
+        return decay_groups(self, c.lr, c.weight_decay, backbone=self.backbone,
+                            backbone_lr=c.lr * c.backbone_lr_scale, decay_all=c.decay_all)

@@ -35,9 +35,9 @@ Recipe (``run.sh`` for ResNet-50; ``args.py``): Adam at 2e-5 with weight decay 5
 test, random horizontal and vertical flips, L1 on raw labels; KonIQ resized to 512x384
 (height x width), FLIVE to 512x512 before cropping.
 
-Differences from the original, so results are labelled honestly: Adam with L2 decay as in the
-code, but none on biases and norms, and its moments are kept where the code builds a new
-optimiser at each drop; the code divides the lr only three times (so FLIVE's epochs 4 and 5 share
+Differences from the original, so results are labelled honestly: Adam with L2 decay on every
+parameter as in the code, but its moments are kept where the code builds a new optimiser at
+each drop; the code divides the lr only three times (so FLIVE's epochs 4 and 5 share
 one rate) while the engine's step schedule keeps dividing; the code's forward passes every image
 and its flip through the backbone twice each (four passes per step, the inner flipped pass
 without the 0.1 dropout), here once each, the detached targets carrying dropout; vertical flips
@@ -72,6 +72,7 @@ class TReSConfig(ModelConfig):
     lr: float = 2e-5
     weight_decay: float = 5e-4
     optimizer: str = "adam"
+    decay_all: bool = True
     warmup_epochs: float = 0.0
     schedule: str = "step"
     step_epochs: float = 1.0  # --droplr 1

@@ -66,6 +66,7 @@ class ModelConfig:
     lr: float = 2e-4
     backbone_lr_scale: float = 1.0  # the backbone's lr is lr × this
     weight_decay: float = 0.05
+    decay_all: bool = False  # true: decay biases and norms too, as originals passing parameters()
     optimizer: str = "adamw"  # adamw | adam | sgd (weight decay: decoupled | L2 | L2)
     momentum: float = 0.9  # sgd only
     warmup_epochs: float = 3.0
@@ -181,7 +182,8 @@ class IQAModel(nn.Module):
         return {"loss": regression_loss(prediction, batch["label"], self.config.loss)}
 
     def param_groups(self) -> list[dict[str, Any]]:
-        return decay_groups(self, self.config.lr, self.config.weight_decay)
+        return decay_groups(self, self.config.lr, self.config.weight_decay,
+                            decay_all=self.config.decay_all)
 
     @classmethod
     def prerequisites(cls, config: ModelConfig) -> list[str]:
@@ -244,14 +246,17 @@ def regression_loss(prediction: torch.Tensor, target: torch.Tensor, kind: str) -
 
 def decay_groups(module: nn.Module, lr: float, weight_decay: float,
                  backbone: nn.Module | None = None, backbone_lr: float | None = None,
-                 no_decay_names: tuple[str, ...] = ("pos_embed", "cls_token")) -> list[dict]:
-    """Optimiser groups: no decay on 1-D parameters and on embeddings (timm's convention)."""
+                 no_decay_names: tuple[str, ...] = ("pos_embed", "cls_token"),
+                 decay_all: bool = False) -> list[dict]:
+    """Optimiser groups: no decay on 1-D parameters and on embeddings (timm's convention), or
+    decay on every parameter with ``decay_all`` (originals that hand ``parameters()`` to
+    Adam or SGD with a weight decay)."""
     backbone_ids = {id(p) for p in backbone.parameters()} if backbone is not None else set()
     groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
     for name, parameter in module.named_parameters():
         if not parameter.requires_grad:
             continue
-        decay = parameter.ndim > 1 and not any(key in name for key in no_decay_names)
+        decay = decay_all or (parameter.ndim > 1 and not any(key in name for key in no_decay_names))
         groups.setdefault((decay, id(parameter) in backbone_ids), []).append(parameter)
     result = []
     for (decay, in_backbone), params in sorted(groups.items()):

@@ -150,7 +150,8 @@ def test_dbcnn_config_checks():
 
 def test_dbcnn_stage_groups():
     head = _meta("dbcnn", stage="head")
-    assert [g["part"] for g in head.param_groups()] == ["head", "head"]
+    # the original's solvers decay every parameter: weight and bias share one group
+    assert [(g["part"], g["weight_decay"]) for g in head.param_groups()] == [("head", 5e-4)]
     assert not any(p.requires_grad for p in head.content.parameters())
     everything = _meta("dbcnn", stage="all")
     assert sum(len(g["params"]) for g in everything.param_groups()) == 2 + 26 + 36

@@ -244,6 +244,21 @@ def test_each_baseline_defaults_to_its_papers_optimizer():
     expected = {"deiqt": "adamw", "qfm": "adamw", "probe": "adamw", "hyperiqa": "adam",
                 "tres": "adam", "maniqa": "adam", "musiq": "sgd", "dbcnn": "adam"}
     assert {name: get_model_class(name).Config.optimizer for name in expected} == expected
+    # the Adam/SGD originals hand every parameter, biases and norms included, to the optimiser
+    decays_all = {name for name in expected if get_model_class(name).Config.decay_all}
+    assert decays_all == {"hyperiqa", "dbcnn", "maniqa", "tres"}
+
+
+def test_decay_all_puts_biases_and_norms_under_weight_decay():
+    from benchmark.models import decay_groups
+
+    module = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.LayerNorm(3))
+    default = {g["weight_decay"]: sum(p.numel() for p in g["params"])
+               for g in decay_groups(module, 1e-3, 0.1)}
+    assert default == {0.1: 12, 0.0: 3 + 3 + 3}  # only the Linear weight decays
+    everything = decay_groups(module, 1e-3, 0.1, decay_all=True)
+    assert [(g["weight_decay"], sum(p.numel() for p in g["params"])) for g in everything] == \
+        [(0.1, 12 + 3 + 3 + 3)]
 
 
 def test_periodic_cosine_is_torchs_cosine_annealing_stepped_per_batch():
