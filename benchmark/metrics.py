@@ -81,6 +81,10 @@ def _mapped(pred, label, fit: int | None) -> tuple[np.ndarray, np.ndarray] | Non
     if clean is None or fit is None:
         return clean
     pred, label = clean
+    if pred.size <= fit:  # curve_fit refuses more parameters than points
+        warnings.warn(f"a {fit}-parameter logistic needs more than {fit} samples, got "
+                      f"{pred.size}; returning NaN", RuntimeWarning, stacklevel=3)
+        return None
     return fit_logistic(pred, label, fit), label
 
 

@@ -47,6 +47,18 @@ def test_degenerate_inputs_give_nan_with_a_warning():
     assert all(np.isnan(v) for k, v in values.items() if k != "rmse")
 
 
+def test_a_logistic_with_as_many_parameters_as_samples_is_nan_not_a_crash():
+    pred, label = [0.1, 0.4, 0.35, 0.9], [1.0, 2.0, 3.0, 4.0]
+    with pytest.warns(RuntimeWarning, match="5-parameter logistic needs more than 5 samples, got 4"):
+        assert np.isnan(metrics.plcc(pred, label, fit=5))
+    with pytest.warns(RuntimeWarning, match="4-parameter logistic needs more than 4 samples"):
+        assert np.isnan(metrics.rmse(pred, label, fit=4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        values = metrics.all_metrics(pred, label)  # a 4-image test split: raw metrics survive
+    assert values["srcc"] == pytest.approx(0.8) and np.isnan(values["plcc_l5"])
+
+
 def test_length_mismatch_is_an_error():
     with pytest.raises(ValueError, match="lengths differ"):
         metrics.srcc([1, 2, 3], [1, 2])
