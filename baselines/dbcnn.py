@@ -37,9 +37,9 @@ Challenge 448, CSIQ/TID2013 whole images; test on whole images; random horizonta
   keeps ``head_lr`` in stage 2.
 
 Differences from the original, so results are labelled honestly: stage 2 starts from stage
-1's last FC, not the one with the best *test* SRCC; square crops replace whole images
-(``dataset_overrides``: CSIQ's 512 crop is the whole image; TID2013/KADID take 384, the
-largest square) and the test image is ``test_crops`` crops, not the whole image.
+1's last FC, not the one with the best *test* SRCC. Training crops and whole-image testing
+follow the code (``img_size`` 0 in ``dataset_overrides`` trains on whole images;
+``test_img_size`` 0 tests on them).
 """
 
 from __future__ import annotations
@@ -82,14 +82,15 @@ class DBCNNConfig(ModelConfig):
     schedule: str = "constant"
     clip_grad: float = 0.0
     train_crops: int = 1
+    test_img_size: int | None = 0  # whole test images, one per batch, as the original
     test_crops: int = 1
     loss: str = "mse"
 
     dataset_overrides: ClassVar[dict[str, dict[str, Any]]] = {
         "live": {"img_size": 432},
-        "csiq": {"img_size": 512},  # the whole 512x512 image, as the original trains
-        "tid2013": {"img_size": 384},  # whole 512x384 images in the original; largest square
-        "kadid": {"img_size": 384},  # not in the original; same image size as TID2013
+        "csiq": {"img_size": 0},  # whole images (all 512x512), as the original trains
+        "tid2013": {"img_size": 0},  # whole images (all 512x384), as the original trains
+        "kadid": {"img_size": 0},  # not in the original; whole images like TID2013
     }
 
     def __post_init__(self) -> None:

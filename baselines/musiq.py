@@ -29,10 +29,11 @@ Recipe (paper, Sec. 4.1): SGD with momentum 0.9, cosine decay from lr 2e-4 (KonI
 raw MOS; inputs scaled to [-1, 1]; the model is first pretrained on ImageNet. The paper gives
 no epoch count; 30 is this benchmark's choice.
 
-Harness note. The engine feeds fixed-size crops, so ``img_size`` is 384: a crop is then a
-"native" image of 12×12 patches and its 384-scale copy is the crop itself. Training on full
+Harness note. The engine trains on fixed-size crops, so ``img_size`` is 384: a crop is then
+a "native" image of 12×12 patches and its 384-scale copy is the crop itself. Training on full
 native images (the paper's setting) needs a loader that passes a list of (3, H_i, W_i)
-tensors, which :meth:`MUSIQ.forward` accepts.
+tensors, which :meth:`MUSIQ.forward` accepts. Testing scores each full-size image, as the
+paper does (``test_img_size=0``: whole images, one per batch when their sizes differ).
 
 Weights. No timm weights exist for MUSIQ: ``backbone`` must be ``"musiq"`` and
 ``pretrained`` is ``"false"`` (random init as the official initialisers) or the path of a
@@ -149,7 +150,8 @@ class MUSIQConfig(ModelConfig):
     schedule: str = "cosine"
     clip_grad: float = 0.0
     train_crops: int = 1
-    test_crops: int = 5
+    test_img_size: int | None = 0  # the paper scores each full-size image
+    test_crops: int = 1
     label_scale: str = "raw"
     loss: str = "l1"
     mean: tuple[float, float, float] | None = (0.5, 0.5, 0.5)  # [0, 1] → [-1, 1]

@@ -21,7 +21,7 @@ import torch
 from benchmark.data import ImageCache, EvalCrops, TrainCrops, collate
 from benchmark.io import atomic_write_bytes
 from benchmark.metrics import all_metrics
-from benchmark.models import IQAModel, TrainContext
+from benchmark.models import IQAModel, TrainContext, eval_crop
 
 __all__ = ["RunConfig", "SplitData", "CheckpointError", "NonFiniteLossError", "fit", "predict",
            "extract", "resolve_device", "build_optimizer",
@@ -158,10 +158,13 @@ def predict(model: IQAModel, cache: ImageCache, crop: int, n_crops: int, seed: i
             device: torch.device, batch_size: int = 64, workers: int = 0,
             amp_dtype: torch.dtype | None = None, channels_last: bool = False,
             fn: str = "forward") -> np.ndarray:
-    """Per-image outputs averaged over ``n_crops`` seeded crops: scores (N,) or features (N, D)."""
+    """Per-image outputs averaged over ``n_crops`` seeded crops: scores (N,) or features (N, D).
+    ``crop`` 0 takes whole images, one per batch when their sizes differ."""
     model.eval()
     outputs: list[torch.Tensor] = []
     head = model if fn == "forward" else getattr(model, fn)
+    if crop <= 0 and len({cache[i].shape for i in range(len(cache))}) > 1:
+        batch_size = n_crops
     for batch in _loader(EvalCrops(cache, crop, n_crops, seed), batch_size, workers, None, False):
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             out = head(_to_input(batch["image"], device, channels_last))
@@ -221,7 +224,7 @@ def _select(history: list[dict]) -> dict[str, dict]:
 def _evaluate(model, data: SplitData, config, run: RunConfig, device, amp_dtype) -> dict:
     scores = {}
     for part, cache in (("val", data.val), ("test", data.test)):
-        scores[part] = predict(model, cache, config.img_size, config.test_crops, run.seed, device,
+        scores[part] = predict(model, cache, eval_crop(config), config.test_crops, run.seed, device,
                                config.batch_size, run.workers, amp_dtype, run.channels_last)
     return scores
 

@@ -33,6 +33,7 @@ __all__ = [
     "SCHEDULES",
     "config_from_dict",
     "config_to_dict",
+    "eval_crop",
     "get_model_class",
     "list_models",
     "create_backbone",
@@ -60,6 +61,7 @@ class ModelConfig:
     backbone: str = "vit_small_patch16_224"
     pretrained: str = "false"  # "true" | "false" | "offline-lite0" | path to a weights file
     img_size: int = 224  # crop side; 0 = whole images (all of one size, e.g. via resize_hw)
+    test_img_size: int | None = None  # test crop side; None = img_size; 0 = whole images
     resize_hw: tuple[int, int] | None = None  # resize (height, width) before cropping; None = native
     epochs: int = 9
     batch_size: int = 48
@@ -122,6 +124,11 @@ def config_from_dict(cls: type, values: dict[str, Any]) -> Any:
         )
     kwargs = {k: _coerce(known[k].type, v, k) for k, v in values.items() if v is not None}
     return cls(**kwargs)
+
+
+def eval_crop(config: ModelConfig) -> int:
+    """The crop side used at evaluation (0: whole images)."""
+    return config.img_size if config.test_img_size is None else config.test_img_size
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:

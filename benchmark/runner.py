@@ -115,7 +115,7 @@ def _split_data(plan: dict, run: RunConfig, results: Path) -> SplitData:
                                results / "cache" / "images")
               for part, images in plan["parts"].items()}
     if config.img_size <= 0 and plan["cls"].training_kind == "gradient":
-        _require_one_size(caches)
+        _require_one_size(caches["train"])
     label_column = "score_unit" if unit_scale else "score"
     units = {part: table.loc[images, "score_unit"].to_numpy(float)
              for part, images in plan["parts"].items()}
@@ -127,20 +127,18 @@ def _split_data(plan: dict, run: RunConfig, results: Path) -> SplitData:
         to_unit=(lambda x: np.asarray(x)) if unit_scale else (lambda x: a * np.asarray(x) + b))
 
 
-def _require_one_size(caches: dict[str, ImageCache]) -> None:
-    """``img_size`` 0 feeds whole images to the engine, which stack into a batch only at one
-    size (a fit model such as BRISQUE takes them one by one)."""
-    first = None
-    for cache in caches.values():
-        for index, path in enumerate(cache.paths):
-            shape = cache[index].shape[:2]
-            if first is None:
-                first = (path, shape)
-            elif shape != first[1]:
-                raise ConfigError(
-                    f"img_size 0 feeds whole images, but {first[0].name} is {first[1][0]}x"
-                    f"{first[1][1]} and {path.name} is {shape[0]}x{shape[1]}: set "
-                    f"resize_hw=[H, W] or a crop size img_size>0")
+def _require_one_size(train: ImageCache) -> None:
+    """``img_size`` 0 trains on whole images, which stack into a batch only at one size
+    (evaluation takes mixed sizes one by one, and so does a fit model such as BRISQUE)."""
+    for index, path in enumerate(train.paths):
+        shape = train[index].shape[:2]
+        if index == 0:
+            first = (path, shape)
+        elif shape != first[1]:
+            raise ConfigError(
+                f"img_size 0 trains on whole images, but {first[0].name} is {first[1][0]}x"
+                f"{first[1][1]} and {path.name} is {shape[0]}x{shape[1]}: set "
+                f"resize_hw=[H, W] or a crop size img_size>0")
 
 
 def _fit_without_sgd(model: FitModel, data: SplitData, config, work_dir: Path):

@@ -153,7 +153,7 @@ def test_ridge_init_recovers_a_linear_score_and_random_init_leaves_the_head():
         probe(probe.Config(backbone="test_resnet", head_init="lsq"))
 
 
-def test_whole_images_of_two_sizes_are_refused_before_anything_is_written(tmp_path):
+def test_whole_images_of_two_sizes_train_never_but_test_one_by_one(tmp_path):
     from PIL import Image
 
     root = tmp_path / "mixed"
@@ -166,14 +166,40 @@ def test_whole_images_of_two_sizes_are_refused_before_anything_is_written(tmp_pa
     (root / "labels.csv").write_text("\n".join(rows) + "\n")
     prepared = CliRunner().invoke(main, ["data", "prepare", "generic", "--root", str(root)])
     assert prepared.exit_code == 0, prepared.output
-    result = _cli("--model", "probe", "--dataset", "generic", "--split", "0", "--root", str(root),
-                  "--results", str(tmp_path / "results"), "--set", "img_size=0",
-                  "--set", "backbone=test_resnet")
+    common = ("--model", "probe", "--dataset", "generic", "--split", "0", "--root", str(root),
+              "--results", str(tmp_path / "results"), "--set", "backbone=test_resnet")
+    result = _cli(*common, "--set", "img_size=0")
     assert result.exit_code == 1
     lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and "img_size 0 feeds whole images" in lines[0], result.output
+    assert len(lines) == 1 and "img_size 0 trains on whole images" in lines[0], result.output
     assert "is 40x48" in lines[0] and "is 40x40" in lines[0]
     assert not (tmp_path / "results" / "runs").exists()
+    tested_whole = _cli(*common, "--set", "img_size=32", "--set", "test_img_size=0",
+                        "--set", "epochs=1", "--set", "batch_size=8")
+    assert tested_whole.exit_code == 0, tested_whole.output
+    run_dir = next((tmp_path / "results" / "runs" / "probe" / "generic").glob("split0-*"))
+    predictions = pd.read_csv(run_dir / "predictions.csv")
+    # 20 images: 16 for training (14 train + 2 val) and 4 for test, each scored whole
+    assert predictions["part"].value_counts().to_dict() == {"test": 4, "val": 2}
+    assert predictions["pred_last"].notna().all()
+
+
+def test_whole_image_evaluation_scores_each_image_as_if_alone(demo_root):
+    import numpy as np
+
+    from benchmark.data import DecodeSpec, ImageCache
+    from benchmark.engine import predict
+
+    paths = sorted((demo_root / "distorted").glob("*.png"))[:3]
+    cache = ImageCache(paths, DecodeSpec())
+    cache._arrays[1] = cache._arrays[1][:80, :64]  # a second size among them
+    torch.manual_seed(0)
+    model = get_model_class("probe")(get_model_class("probe").Config(backbone="test_resnet"))
+    scores = predict(model, cache, crop=0, n_crops=2, seed=0, device=torch.device("cpu"))
+    with torch.no_grad():
+        alone = [float(model(torch.from_numpy(cache[i].transpose(2, 0, 1).copy())[None].float()
+                             / 255)) for i in range(3)]
+    assert np.allclose(scores, alone, atol=1e-5)
 
 
 @pytest.mark.parametrize("name, after_one_step", [("adamw", 0.99), ("adam", 0.9), ("sgd", 0.99)])
@@ -247,6 +273,9 @@ def test_each_baseline_defaults_to_its_papers_optimizer():
     # the Adam/SGD originals hand every parameter, biases and norms included, to the optimiser
     decays_all = {name for name in expected if get_model_class(name).Config.decay_all}
     assert decays_all == {"hyperiqa", "dbcnn", "maniqa", "tres"}
+    # their papers score whole test images
+    whole = {name for name in expected if get_model_class(name).Config.test_img_size == 0}
+    assert whole == {"dbcnn", "musiq"}
 
 
 def test_decay_all_puts_biases_and_norms_under_weight_decay():

@@ -16,6 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from benchmark.metrics import all_metrics
+from benchmark.models import get_model_class
 from synthetic_runs import write_run, write_suite
 
 CELLS = {("deiqt", "livec"): (0.87, 10), ("deiqt", "koniq"): (0.91, 10), ("deiqt", "live"): (0.95, 7),
@@ -230,6 +231,9 @@ def test_cross_evaluation_records(tmp_path, monkeypatch):
     calls = []
 
     class Stub:
+        # the trained model's own config decides the evaluation crops
+        config = get_model_class("deiqt").Config(img_size=224, test_crops=2)
+
         def to(self, device):
             return self
 

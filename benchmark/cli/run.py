@@ -136,6 +136,7 @@ def score(images, checkpoint, device) -> None:
     """Print a quality score per image with a trained model (model's label scale)."""
     from benchmark.datasets.prepare import decode_check
     from benchmark.engine import extract, resolve_device
+    from benchmark.models import eval_crop
     from benchmark.runner import load_trained
 
     for path in images:
@@ -145,7 +146,7 @@ def score(images, checkpoint, device) -> None:
     model, record = guarded(load_trained, checkpoint)
     config = model.config
     target = resolve_device(device)
-    scores = extract(model.to(target), list(images), config.img_size, config.test_crops, target,
+    scores = extract(model.to(target), list(images), eval_crop(config), config.test_crops, target,
                      seed=record.get("seed", 0))
     for path, value in zip(images, scores):
         click.echo(f"{path}\t{value:.4f}")

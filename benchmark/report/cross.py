@@ -102,6 +102,7 @@ def evaluate_cross(model: str, train: str, test: str, root_test: Path, results: 
     """Score every split model of ``model`` trained on ``train`` on all images of ``test``."""
     from benchmark.datasets.prepare import load_prepared
     from benchmark.engine import extract, resolve_device
+    from benchmark.models import eval_crop
     from benchmark.registry import dataset_registry
     from benchmark.runner import load_trained
 
@@ -122,9 +123,8 @@ def evaluate_cross(model: str, train: str, test: str, root_test: Path, results: 
         tic = time.perf_counter()
         source = Path(record["_dir"])
         trained, _ = load_trained(source, CHECKPOINTS[rule])
-        run_config = record["config"]
-        pred = extract(trained.to(torch_device), paths, run_config["img_size"],
-                       run_config["test_crops"], torch_device, fn="forward")
+        pred = extract(trained.to(torch_device), paths, eval_crop(trained.config),
+                       trained.config.test_crops, torch_device, fn="forward")
         a, b = unit_map(pd.read_csv(source / "predictions.csv"), rule)
         pred = np.asarray(pred, dtype=np.float64)
         metrics = all_metrics(a * pred + b, units)

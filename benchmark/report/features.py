@@ -91,11 +91,12 @@ def backbone_features(name: str, pretrained: str, selection: Selection, crop: in
 def checkpoint_features(path: Path, selection: Selection,
                         device: str = "cpu") -> tuple[np.ndarray, dict[str, Any]]:
     """F1/F2: a trained model's ``features()`` (last epoch of a run directory by default)."""
+    from benchmark.models import eval_crop
     from benchmark.runner import load_trained
 
     model, record = load_trained(Path(path))
     config = model.config
-    return _extract(model, selection, config.img_size, config.test_crops, device), record
+    return _extract(model, selection, eval_crop(config), config.test_crops, device), record
 
 
 def distance_report(sources: Mapping[str, np.ndarray], selection: Selection, synthetic: bool,
