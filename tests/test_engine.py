@@ -235,6 +235,11 @@ def test_an_optimizer_stage_switch_builds_a_fresh_optimizer_and_resumes_exactly(
     monkeypatch.setattr(engine, "build_optimizer", recording)
     straight = _run(demo_root, tmp_path / "straight")
     assert built == ["SGD", "Adam"]
+    # the fresh optimiser continues the run's schedule; it does not warm up again
+    config = probe.Config(**TINY)
+    steps = straight["data"]["n_train"] * TINY["train_crops"] // TINY["batch_size"]
+    assert [h["lr"] for h in straight["history"]] == pytest.approx(
+        [TINY["lr"] * lr_factor((epoch + 1) * steps, steps, config) for epoch in range(3)])
     original_loss = probe.loss
 
     def killed_in_the_adam_stage(self, batch, ctx):
