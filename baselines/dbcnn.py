@@ -53,7 +53,7 @@ from torch.nn import functional as F
 
 from baselines.scnn import SCNN, load_scnn_features, pretrain_scnn
 from benchmark.models import (OPTIMIZERS, ConfigError, IQAModel, ModelConfig, backbone_norm,
-                              create_backbone, decay_groups)
+                              check_choices, create_backbone, decay_groups)
 
 __all__ = ["DBCNN", "DBCNNConfig", "STAGES"]
 
@@ -94,12 +94,8 @@ class DBCNNConfig(ModelConfig):
     }
 
     def __post_init__(self) -> None:
-        if self.stage not in STAGES:
-            raise ConfigError(f"config key 'stage' expects one of {', '.join(STAGES)}, "
-                              f"got {self.stage!r}")
-        if self.head_optimizer not in OPTIMIZERS:
-            raise ConfigError(f"config key 'head_optimizer' expects one of "
-                              f"{', '.join(OPTIMIZERS)}, got {self.head_optimizer!r}")
+        super().__post_init__()
+        check_choices(self, {"stage": STAGES, "head_optimizer": OPTIMIZERS})
         if self.stage == "both" and not 0 < self.head_epochs < self.epochs:
             raise ConfigError(f"stage 'both' needs 0 < head_epochs < epochs, got head_epochs "
                               f"{self.head_epochs} and epochs {self.epochs}")

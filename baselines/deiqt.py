@@ -108,6 +108,7 @@ class DEIQTConfig(ModelConfig):
     }
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if isinstance(self.backbone_kwargs, str):  # from `--set backbone_kwargs={...}`
             try:
                 parsed = json.loads(self.backbone_kwargs) if self.backbone_kwargs else {}

@@ -97,6 +97,7 @@ class HyperIQAConfig(ModelConfig):
     }
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.img_size != _CROP:
             raise ConfigError(f"HyperIQA takes {_CROP}x{_CROP} crops only (its hyper network "
                               f"reshapes a {_GRID}x{_GRID} map), got img_size {self.img_size}")

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from benchmark.models import (ConfigError, IQAModel, ModelConfig, backbone_norm, create_backbone,
-                              decay_groups)
+from benchmark.models import (IQAModel, ModelConfig, backbone_norm, check_choices,
+                              create_backbone, decay_groups)
 
 __all__ = ["Probe", "ProbeConfig"]
 
@@ -45,6 +45,10 @@ class ProbeConfig(ModelConfig):
     loss: str = "mse"
     head_init: str = "ridge"  # ridge (closed form on frozen features, then fine-tune) | random
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_choices(self, {"head_init": ("ridge", "random")})
+
 
 class Probe(IQAModel):
     name = "probe"
@@ -53,8 +57,6 @@ class Probe(IQAModel):
 
     def __init__(self, config: ProbeConfig):
         super().__init__(config)
-        if config.head_init not in ("ridge", "random"):
-            raise ConfigError(f"head_init must be 'ridge' or 'random', got {config.head_init!r}")
         self.backbone = create_backbone(config.backbone, config.pretrained, num_classes=0)
         self.set_input_norm(*backbone_norm(self.backbone, config))
         self.head = nn.Linear(self.backbone.num_features, 1)

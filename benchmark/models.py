@@ -29,6 +29,7 @@ __all__ = [
     "FitModel",
     "TrainContext",
     "ConfigError",
+    "check_choices",
     "OPTIMIZERS",
     "SCHEDULES",
     "config_from_dict",
@@ -48,10 +49,21 @@ __all__ = [
 #: what ``ModelConfig.optimizer`` and ``schedule`` may name; the engine builds them
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULES = ("step", "cosine", "cosine_periodic", "constant")
+#: every config key restricted to named values, checked when a config is built
+_CHOICES = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "label_scale": ("raw", "unit"),
+            "loss": ("smoothl1", "l1", "mse")}
 
 
 class ConfigError(ValueError):
     """An unknown config key or a value of the wrong type; names the key."""
+
+
+def check_choices(config: Any, choices: dict[str, tuple[str, ...]]) -> None:
+    """Raise :class:`ConfigError` naming the first key whose value is not one of its choices."""
+    for key, allowed in choices.items():
+        if getattr(config, key) not in allowed:
+            raise ConfigError(f"config key {key!r} expects one of {', '.join(allowed)}, "
+                              f"got {getattr(config, key)!r}")
 
 
 @dataclass(frozen=True)
@@ -88,6 +100,9 @@ class ModelConfig:
 
     #: per-dataset recipe overrides from the paper (e.g. DEIQT's batch size per dataset)
     dataset_overrides: ClassVar[dict[str, dict[str, Any]]] = {}
+
+    def __post_init__(self) -> None:  # subclasses that add checks call this first
+        check_choices(self, _CHOICES)
 
 
 def _coerce(field_type: Any, value: Any, key: str) -> Any:
@@ -158,10 +173,6 @@ class IQAModel(nn.Module):
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        for key, allowed in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES)):
-            if getattr(config, key) not in allowed:
-                raise ConfigError(f"{key} must be one of {', '.join(allowed)}, "
-                                  f"got {getattr(config, key)!r}")
         self.config = config
         self.register_buffer("input_mean", torch.zeros(1, 3, 1, 1), persistent=False)
         self.register_buffer("input_std", torch.ones(1, 3, 1, 1), persistent=False)

@@ -109,8 +109,6 @@ def _split_data(plan: dict, run: RunConfig, results: Path) -> SplitData:
     spec = DecodeSpec(resize_hw=config.resize_hw, min_side=config.img_size)
     a, b = unit_mapping(prepared.table)
     unit_scale = config.label_scale == "unit"
-    if config.label_scale not in ("raw", "unit"):
-        raise ValueError(f"label_scale must be 'raw' or 'unit', got {config.label_scale!r}")
     caches = {part: ImageCache([prepared.image_path(i) for i in images], spec, run.cache,
                                results / "cache" / "images")
               for part, images in plan["parts"].items()}

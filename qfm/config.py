@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from baselines.deiqt import DEIQTConfig
-from benchmark.models import ConfigError
+from benchmark.models import ConfigError, check_choices
 from qfm.gate import GATE_FORMS, GATE_INITS
 from qfm.matching import FALLBACKS, METRICS, SELECT_MODES
 from qfm.perturb import PERTURB_FORMS
@@ -84,10 +84,7 @@ class QFMConfig(DEIQTConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for key, allowed in _CHOICES.items():
-            if getattr(self, key) not in allowed:
-                raise ConfigError(f"config key {key!r} is {getattr(self, key)!r}; "
-                                  f"expected one of {', '.join(allowed)}")
+        check_choices(self, _CHOICES)
         if self.teacher == "none" and self.uses_teacher():
             raise ConfigError("teacher=none, but kd_loss, memory_sources or match_space needs a "
                               "teacher (set kd_loss=none, memory_sources=student, "

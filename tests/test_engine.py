@@ -149,8 +149,8 @@ def test_ridge_init_recovers_a_linear_score_and_random_init_leaves_the_head():
     before = plain.head.weight.clone()
     assert plain.init_from_features(features, labels) is None
     assert torch.equal(plain.head.weight, before)
-    with pytest.raises(ConfigError, match="head_init must be 'ridge' or 'random', got 'lsq'"):
-        probe(probe.Config(backbone="test_resnet", head_init="lsq"))
+    with pytest.raises(ConfigError, match="'head_init' expects one of ridge, random, got 'lsq'"):
+        probe.Config(head_init="lsq")
 
 
 def test_whole_images_of_two_sizes_train_never_but_test_one_by_one(tmp_path):
@@ -349,9 +349,11 @@ def _cli(*args):
     (["--model", "probe", "--dataset", "demo", "--split", "0", "--set", "backbone=resnet9000"],
      "unknown timm backbone"),
     (["--model", "probe", "--dataset", "demo", "--split", "0", "--set", "optimizer=lion"],
-     "optimizer must be one of adamw, adam, sgd, got 'lion'"),
+     "config key 'optimizer' expects one of adamw, adam, sgd, got 'lion'"),
     (["--model", "probe", "--dataset", "demo", "--split", "0", "--set", "schedule=cosin"],
-     "schedule must be one of step, cosine, cosine_periodic, constant, got 'cosin'"),
+     "config key 'schedule' expects one of step, cosine, cosine_periodic, constant, got 'cosin'"),
+    (["--model", "probe", "--dataset", "demo", "--split", "0", "--set", "loss=huber"],
+     "config key 'loss' expects one of smoothl1, l1, mse, got 'huber'"),
 ])
 def test_bad_run_input_is_one_line_and_writes_nothing(demo_root, tmp_path, args, fragment):
     result = _cli(*args, "--root", str(demo_root), "--results", str(tmp_path / "results"))
