@@ -43,6 +43,9 @@ class SplitProtocol:
     seeds: tuple[int, ...] = tuple(range(10))
     train_fraction: float = 0.8  # of the groups, train+val side
     val_fraction: float = 0.1  # of the train+val groups, carved out for model selection
+    #: at least this many validation groups (when val_fraction > 0): SRCC over one or two
+    #: contents ranks contents, not quality, and makes validation-based selection noise
+    min_val_groups: int = 3
     #: HyperIQA/DEIQT use round(0.8·N); pyiqa uses int() for reference splits
     rounding: Literal["round", "floor"] = "round"
     official: bool = False  # use the dataset's official split (KonIQ, LIVEFB) instead
@@ -52,6 +55,8 @@ class SplitProtocol:
             raise ValueError(f"train_fraction must lie in (0, 1), got {self.train_fraction}")
         if not 0 <= self.val_fraction < 1:
             raise ValueError(f"val_fraction must lie in [0, 1), got {self.val_fraction}")
+        if self.min_val_groups < 1:
+            raise ValueError(f"min_val_groups must be at least 1, got {self.min_val_groups}")
         if self.rounding not in ("round", "floor"):
             raise ValueError(f"rounding must be 'round' or 'floor', got {self.rounding!r}")
 
@@ -76,7 +81,7 @@ def make_split(groups: pd.Series, seed: int, protocol: SplitProtocol) -> pd.Seri
                      len(unique) - 1)
     n_val = _count(protocol.val_fraction * n_trainval, protocol.rounding)
     if protocol.val_fraction > 0:
-        n_val = min(max(n_val, 1), n_trainval - 1)
+        n_val = min(max(n_val, protocol.min_val_groups), n_trainval - 1)
     part = {g: "train" for g in order[: n_trainval - n_val]}
     part.update({g: "val" for g in order[n_trainval - n_val : n_trainval]})
     part.update({g: "test" for g in order[n_trainval:]})

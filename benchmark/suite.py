@@ -29,7 +29,7 @@ __all__ = ["SuiteError", "Paths", "Entry", "Cell", "Suite", "Params", "load_para
 TOP_KEYS = ("paths", "protocol", "models", "suites", "suite")
 SUITE_KEYS = ("datasets", "splits", "expect_splits", "run", "teacher", "models", "students")
 RUN_KEYS = ("device", "seed", "amp", "compile", "workers", "cache", "threads")
-PROTOCOL_KEYS = ("seeds", "rounding", "val_fraction")
+PROTOCOL_KEYS = ("seeds", "rounding", "val_fraction", "min_val_groups")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # a stage name part and a folder name
 
 
@@ -332,7 +332,8 @@ def _protocol(protocol: dict, where: str) -> None:
     from benchmark.splits import SplitProtocol
 
     try:
-        SplitProtocol(rounding=protocol["rounding"], val_fraction=float(protocol["val_fraction"]))
+        SplitProtocol(rounding=protocol["rounding"], val_fraction=float(protocol["val_fraction"]),
+                      min_val_groups=int(protocol["min_val_groups"]))
     except (TypeError, ValueError) as error:
         raise SuiteError(f"{where}: protocol: {error}") from None
 

@@ -22,9 +22,12 @@ def test_groups_are_disjoint_and_sizes_exact():
         groups = {p: set(table.loc[parts == p, "group"]) for p in ("train", "val", "test")}
         assert not groups["train"] & groups["test"]
         assert not groups["val"] & (groups["train"] | groups["test"])
-        # 25 refs: round(0.8·25) = 20 train+val, round(0.1·20) = 2 val, 5 test
-        assert [len(groups[p]) for p in ("train", "val", "test")] == [18, 2, 5]
+        # 25 refs: round(0.8·25) = 20 train+val, round(0.1·20) = 2 val raised to the
+        # protocol's min_val_groups = 3, 5 test
+        assert [len(groups[p]) for p in ("train", "val", "test")] == [17, 3, 5]
         assert (parts == "test").sum() == 5 * 120
+    assert [(make_split(table["group"], 0, SplitProtocol(min_val_groups=1)) == p).sum() // 120
+            for p in ("train", "val", "test")] == [18, 2, 5]
 
 
 def test_authentic_rounding_matches_the_papers():

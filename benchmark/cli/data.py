@@ -170,12 +170,15 @@ def verify(name: str, root: Path, options: tuple[str, ...]) -> None:
               show_default=True, help="Training groups: round(0.8 N) (HyperIQA/DEIQT) or int().")
 @click.option("--val-fraction", type=float, default=0.1, show_default=True,
               help="Share of the training groups held out for model selection (0: none).")
+@click.option("--min-val-groups", type=int, default=3, show_default=True,
+              help="Hold out at least this many groups for validation (when a fraction is set).")
 @click.option("--decode/--no-decode", default=True, show_default=True,
               help="Fully decode every image before writing anything.")
 @option_option
 @user_errors
 def prepare(name: str, root: Path, allow_missing: bool, official: bool, seeds: str,
-            rounding: str, val_fraction: float, decode: bool, options: tuple[str, ...]) -> None:
+            rounding: str, val_fraction: float, min_val_groups: int, decode: bool,
+            options: tuple[str, ...]) -> None:
     """Write the standard table and the seeded splits of NAME to <root>/bench/."""
     from benchmark.datasets.prepare import PREPARED_DIR
     from benchmark.datasets.prepare import prepare as prepare_dataset
@@ -184,7 +187,8 @@ def prepare(name: str, root: Path, allow_missing: bool, official: bool, seeds: s
     dataset = load_dataset(name, options)
     try:
         protocol = SplitProtocol(seeds=parse_seeds(seeds), rounding=rounding,
-                                 val_fraction=val_fraction, official=official)
+                                 val_fraction=val_fraction, min_val_groups=min_val_groups,
+                                 official=official)
         prepared = prepare_dataset(dataset, root, protocol, allow_missing=allow_missing,
                                    decode=decode)
     except ValueError as error:  # split protocol: bad fraction, too few groups, no official split
