@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 from scipy.stats import spearmanr
@@ -18,14 +19,14 @@ from benchmark.datasets.demo import (
     REFERENCES,
     SIZE,
     Demo,
-    pseudo_mos,
+    ssim_score,
 )
 from benchmark.datasets.prepare import prepare
 from benchmark.registry import dataset_registry
 from benchmark.splits import SplitProtocol
 
-N_REFS, N_TYPES, N_LEVELS = 12, 5, 5
-N_IMAGES = N_REFS * N_TYPES * N_LEVELS  # 300
+N_REFS, N_TYPES, N_LEVELS = 19, 5, 5
+N_IMAGES = N_REFS * N_TYPES * N_LEVELS  # 475
 
 
 @pytest.fixture(scope="module")
@@ -102,10 +103,16 @@ def test_signal_spread_within_each_type(table):
 
 
 def test_labels_match_the_stored_images(root, table):
+    labels = pd.read_csv(root / LABEL_FILE)
     references = {ref: Image.open(root / "reference" / f"{ref}.png") for ref in REFERENCES}
-    for image, ref, score in table[["image", "group", "score"]].itertuples(index=False):
+    for image, ref, ssim in labels[["image", "ref", "ssim"]].itertuples(index=False):
         with Image.open(root / image) as distorted:
-            assert pseudo_mos(references[ref], distorted) == pytest.approx(score, abs=1e-3)
+            assert ssim_score(references[ref], distorted) == pytest.approx(ssim, abs=1e-3)
+    # the label is the condition's mean SSIM score: one value per (distortion, level)
+    condition = labels.groupby(["distortion", "level"])
+    assert (condition["pseudo_mos"].nunique() == 1).all()
+    assert np.allclose(condition["pseudo_mos"].first(), condition["ssim"].mean(), atol=1e-3)
+    assert table["score"].to_numpy() == pytest.approx(labels["pseudo_mos"].to_numpy())
 
 
 def test_prepare_gives_group_disjoint_splits_of_exact_size(root, table, tmp_path):
@@ -115,9 +122,10 @@ def test_prepare_gives_group_disjoint_splits_of_exact_size(root, table, tmp_path
     assert len(split_file["splits"]) == 10
     group_of = dict(zip(table["image"], table["group"]))
     for split in split_file["splits"]:
-        # 12 refs: round(0.8*12)=10 train+val, round(0.1*10)=1 of them val, 2 test
+        # 19 refs: round(0.8*19)=15 train+val, of them round(0.1*15)=2 raised to the protocol's
+        # min_val_groups=3 for validation, 4 test
         sizes = {part: len(split[part]) for part in ("train", "val", "test")}
-        assert sizes == {"train": 225, "val": 25, "test": 50}
+        assert sizes == {"train": 300, "val": 75, "test": 100}
         groups = {part: {group_of[i] for i in split[part]} for part in ("train", "val", "test")}
         assert not groups["train"] & groups["val"]
         assert not groups["train"] & groups["test"]
