@@ -46,6 +46,9 @@ class RunConfig:
     compile: bool = False
     channels_last: bool = True
     workers: int = 0
+    #: CPU threads (torch.set_num_threads); 0 = torch's default. Recorded as the count used:
+    #: on a CPU it moves a result in its last bits, and a noisy recipe by more (README)
+    threads: int = 0
     cache: str = "memory"  # memory | disk
     progress: bool = True
     max_steps_per_epoch: int = 0  # 0 = full epochs; profiling and smoke tests cap it

@@ -31,7 +31,7 @@ from benchmark.records import (RECORD_SCHEMA, SELECTION_RULES, RunKey, config_ha
 from benchmark.registry import dataset_registry
 from benchmark.splits import load_split_file, split_images
 
-__all__ = ["MissingPrerequisiteError", "resolve_config", "plan_run", "run_one", "load_trained",
+__all__ = ["MissingPrerequisiteError", "dataset_recipe", "resolve_config", "plan_run", "run_one", "load_trained",
            "unit_mapping"]
 
 
@@ -39,9 +39,19 @@ class MissingPrerequisiteError(RuntimeError):
     """A run needs another run first (QFM-IQM needs its DEIQT teacher)."""
 
 
+def dataset_recipe(cls: type[IQAModel], dataset: str) -> dict[str, Any]:
+    """What ``dataset`` changes in ``cls``'s paper recipe: the paper's per-dataset settings,
+    then the dataset's own recipe for the model (the demo's CPU-sized ones). A name that is
+    not a registered dataset (``bench profile``'s synthetic set) declares nothing."""
+    registry = dataset_registry()
+    declared = (registry.get(dataset).model_recipes.get(cls.name, {})
+                if dataset in registry.names() else {})
+    return {**cls.Config.dataset_overrides.get(dataset, {}), **declared}
+
+
 def resolve_config(model: str, dataset: str, overrides: dict[str, Any] | None = None):
     cls = get_model_class(model)
-    values = {**cls.Config.dataset_overrides.get(dataset, {}), **(overrides or {})}
+    values = {**dataset_recipe(cls, dataset), **(overrides or {})}
     resolver = getattr(cls, "resolve_config", None)
     return cls, (resolver(values) if resolver else config_from_dict(cls.Config, values))
 
@@ -170,16 +180,29 @@ def run_one(model: str, dataset: str, split: int, root: Path, overrides: dict | 
     """Train and evaluate one run; returns its record (an existing one when already done)."""
     results = Path(results)
     plan = plan_run(model, dataset, split, root, overrides, run, results, pins)
-    final_dir: Path = plan["dir"]
     existing = find_record(results, plan["key"], plan["hash"])
     if existing and not force:
         log(f"already done: {existing}")
         return load_record(existing)
     device = resolve_device(run.device)
-    run = RunConfig(**{**asdict(run), "device": str(device)})
-    cls, config = plan["cls"], plan["config"]
     import torch
 
+    previous_threads = torch.get_num_threads()
+    if run.threads:
+        torch.set_num_threads(run.threads)
+    try:
+        run = RunConfig(**{**asdict(run), "device": str(device), "threads": torch.get_num_threads()})
+        return _train(plan, run, device, results, resume, log)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _train(plan: dict, run: RunConfig, device, results: Path, resume: bool,
+           log: Callable[[str], None]) -> dict:
+    import torch
+
+    final_dir: Path = plan["dir"]
+    cls, config = plan["cls"], plan["config"]
     torch.manual_seed(run.seed)  # the initial weights are part of the seeded run
     instance: IQAModel = cls(config)  # bad configs fail here, before anything is written
     instance.attach_prerequisites(
@@ -187,6 +210,8 @@ def run_one(model: str, dataset: str, split: int, root: Path, overrides: dict | 
     started = time.perf_counter()
     data = _split_data(plan, run, results)
     decode_s = time.perf_counter() - started
+    for line in _recipe_notes(plan):  # once the inputs are known good: errors stay one line
+        log(line)
     work_dir = final_dir.with_name(final_dir.name + ".partial")
     if work_dir.exists() and not resume:
         shutil.rmtree(work_dir)
@@ -213,6 +238,20 @@ def run_one(model: str, dataset: str, split: int, root: Path, overrides: dict | 
     return load_record(final_dir / "record.json")
 
 
+def _recipe_notes(plan: dict) -> list[str]:
+    """What a reader of the log must know about the recipe before trusting its numbers."""
+    cls, dataset = plan["cls"], plan["key"].dataset
+    recipe = dataset_recipe(cls, dataset)
+    lines = []
+    if recipe:
+        lines.append(f"{dataset} recipe ({cls.name}): "
+                     + " ".join(f"{key}={value}" for key, value in recipe.items()))
+    if cls.training_kind == "gradient" and plan["config"].pretrained == "false":
+        lines.append(f"note: {cls.name} starts from random weights (pretrained=false); its "
+                     f"numbers say the pipeline runs, not how well the model rates quality")
+    return lines
+
+
 def _record(plan, run, result, data, device, facts, timings) -> dict:
     parts = plan["parts"]
     return {
@@ -220,6 +259,7 @@ def _record(plan, run, result, data, device, facts, timings) -> dict:
         "split": plan["key"].split,
         "split_seed": plan["split_file"]["splits"][plan["key"].split]["seed"],
         "config": plan["identity"]["config"], "run_config": asdict(run),
+        "dataset_recipe": dataset_recipe(plan["cls"], plan["key"].dataset),
         "config_hash": plan["hash"], "identity": plan["identity"], "seed": run.seed,
         "git": git_state(), "versions": package_versions(),
         "device": {"type": device.type, "name": _device_name(device)},

@@ -54,7 +54,6 @@ class Job:
     results: str
     overrides: dict[str, Any] = field(default_factory=dict)
     run: dict[str, Any] = field(default_factory=dict)  # RunConfig fields
-    threads: int = 0
     needs: tuple[str, ...] = ()  # cells that must be done first
 
     def run_config(self):
@@ -68,7 +67,8 @@ class Job:
         args = ["run", "--model", self.model, "--dataset", self.dataset, "--split",
                 str(self.split), "--root", self.root, "--results", self.results, "--seed",
                 str(run.seed), "--device", run.device, "--amp", run.amp, "--workers",
-                str(run.workers), "--cache", run.cache, "--quiet", "--resume"]
+                str(run.workers), "--threads", str(run.threads), "--cache", run.cache, "--quiet",
+                "--resume"]
         for key, value in self.overrides.items():  # JSON is YAML, which --set parses
             args += ["--set", f"{key}={json.dumps(value)}"]
         return args + (["--compile"] if run.compile else [])
@@ -95,10 +95,6 @@ class Job:
         """Run in this process (DVC stages, Slurm tasks)."""
         from benchmark.runner import run_one
 
-        if self.threads:
-            import torch
-
-            torch.set_num_threads(self.threads)
         return run_one(self.model, self.dataset, self.split, Path(self.root), self.overrides,
                        self.run_config(), Path(self.results), resume=True, log=log)
 
@@ -126,7 +122,7 @@ def plan_sweep(params: Params, suite: Suite, device: str | None = None,
     from benchmark.datasets.base import DatasetError
 
     needs = check_order(suite, f"{params.path}: suites.{suite.name}", declared=False)
-    run = {k: v for k, v in suite.run.items() if k != "threads"}
+    run = dict(suite.run)
     if device:
         run["device"] = device
     for dataset in suite.datasets if check_data else ():
@@ -140,8 +136,7 @@ def plan_sweep(params: Params, suite: Suite, device: str | None = None,
         teachers = [_teacher(suite, entries, model) for model in needs[cell.entry]]
         jobs.append(Job(cell.id, cell.model, cell.dataset, cell.split,
                         str(params.paths.dataset_root(cell.dataset)), str(params.paths.results),
-                        cell.overrides, run, int(suite.run.get("threads") or 0),
-                        tuple(f"{t}/{cell.dataset}/{cell.split}" for t in teachers if t)))
+                        cell.overrides, run, tuple(f"{t}/{cell.dataset}/{cell.split}" for t in teachers if t)))
     order = {job.cell: index for index, job in enumerate(jobs)}
     return sorted(jobs, key=lambda job: (bool(job.needs), order[job.cell]))
 
@@ -347,8 +342,9 @@ def _spawn(job: Job, slot: int, gpus: list[str], logs: Path, state: SweepState):
     env = dict(os.environ)
     if gpus:
         env["CUDA_VISIBLE_DEVICES"] = gpus[slot % len(gpus)]
-    if job.threads:
-        env["OMP_NUM_THREADS"] = str(job.threads)
+    threads = job.run_config().threads
+    if threads:  # before torch starts, so its OpenMP pool is sized once
+        env["OMP_NUM_THREADS"] = str(threads)
     handle = open(logs / f"{job.cell.replace('/', '_')}.log", "a")
     handle.write(f"$ {job.command()}\n")
     handle.flush()

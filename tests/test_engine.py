@@ -13,11 +13,11 @@ from click.testing import CliRunner
 from benchmark.cli import main
 from benchmark.engine import NonFiniteLossError, RunConfig, lr_factor
 from benchmark.models import ConfigError, get_model_class
-from benchmark.runner import load_trained, run_one
+from benchmark.runner import load_trained, resolve_config, run_one
 
 #: a probe small enough to train three epochs in seconds on two cores
-TINY = {"backbone": "test_resnet", "img_size": 32, "epochs": 3, "train_crops": 1,
-        "test_crops": 2, "batch_size": 32, "lr": 3e-3, "backbone_lr_scale": 1.0}
+TINY = {"backbone": "test_resnet", "pretrained": "false", "img_size": 32, "epochs": 3,
+        "train_crops": 1, "test_crops": 2, "batch_size": 32, "lr": 3e-3, "backbone_lr_scale": 1.0}
 QUIET = RunConfig(progress=False)
 
 
@@ -31,7 +31,7 @@ def test_record_and_predictions_are_complete(demo_root, tmp_path):
     run_dir = tmp_path / "runs/probe/demo" / f"split0-{record['config_hash'][:10]}"
     assert (run_dir / "record.json").is_file() and (run_dir / "best_val.pt").is_file()
     assert not list((tmp_path / "runs/probe/demo").glob("*.partial"))
-    assert record["data"]["n_train"] + record["data"]["n_val"] + record["data"]["n_test"] == 300
+    assert record["data"]["n_train"] + record["data"]["n_val"] + record["data"]["n_test"] == 475
     assert [h["epoch"] for h in record["history"]] == [0, 1, 2]
     assert set(record["metrics"]) == {"val", "last", "test_oracle"}
     val_pick = max(record["history"], key=lambda h: (h["val"]["srcc"], -h["epoch"]))
@@ -179,8 +179,9 @@ def test_whole_images_of_two_sizes_train_never_but_test_one_by_one(tmp_path):
     assert tested_whole.exit_code == 0, tested_whole.output
     run_dir = next((tmp_path / "results" / "runs" / "probe" / "generic").glob("split0-*"))
     predictions = pd.read_csv(run_dir / "predictions.csv")
-    # 20 images: 16 for training (14 train + 2 val) and 4 for test, each scored whole
-    assert predictions["part"].value_counts().to_dict() == {"test": 4, "val": 2}
+    # 20 images: 16 for training (13 train + the protocol's minimum of 3 val) and 4 for test,
+    # each scored whole
+    assert predictions["part"].value_counts().to_dict() == {"test": 4, "val": 3}
     assert predictions["pred_last"].notna().all()
 
 
@@ -236,7 +237,7 @@ def test_an_optimizer_stage_switch_builds_a_fresh_optimizer_and_resumes_exactly(
     straight = _run(demo_root, tmp_path / "straight")
     assert built == ["SGD", "Adam"]
     # the fresh optimiser continues the run's schedule; it does not warm up again
-    config = probe.Config(**TINY)
+    config = resolve_config("probe", "demo", TINY)[1]  # the demo recipe under TINY
     steps = straight["data"]["n_train"] * TINY["train_crops"] // TINY["batch_size"]
     assert [h["lr"] for h in straight["history"]] == pytest.approx(
         [TINY["lr"] * lr_factor((epoch + 1) * steps, steps, config) for epoch in range(3)])

@@ -43,7 +43,9 @@ def test_repository_params_define_demo_paper_and_ablation():
     assert [c.entry for c in cells] == ["probe"] * 3 + ["brisque"] * 3 + ["deiqt"] * 3 + ["qfm"] * 3
     assert [c.split for c in cells[:3]] == [0, 1, 2]
     assert demo.teacher == "deiqt" and demo.teacher_model == "deiqt"
-    assert demo.run == {"device": "cpu", "seed": 0, "amp": "off", "threads": 1}
+    assert demo.run == {"device": "cpu", "seed": 0, "amp": "off", "threads": 2}
+    # no adjustments: the demo dataset's own recipes apply
+    assert all(entry.overrides == {} for entry in demo.entries)
     paper = params.suite("paper")
     assert len(paper.datasets) == 8 and paper.splits == tuple(range(10))
     # QFM-IQM and every registered baseline
@@ -61,6 +63,9 @@ def test_every_suite_resolves_with_teachers_before_students():
 
 def test_entry_hyper_parameters_win_over_the_suites_adjustments(tmp_path):
     path = edited(tmp_path, "  probe: {}\n", "  probe: {lr: 0.5, epochs: 9}\n")
+    text = path.read_text().replace(
+        "      probe: {}\n", "      probe: {lr: 0.1, warmup_epochs: 0.5, backbone: test_efficientnet}\n")
+    path.write_text(text)
     probe = load_params(path).suite().entries[0]
     assert probe.name == "probe" and probe.model == "probe"
     assert probe.overrides["lr"] == 0.5 and probe.overrides["epochs"] == 9
@@ -93,7 +98,7 @@ BAD = [
      "suites.ablation.datasets[0]: 'clive' is an alias; write 'livec'"),
     ("  tres: {}\n", "  tres: {}\n  bogus: {}\n", "models.bogus: unknown model 'bogus'"),
     ("qfm-A0: {model: qfm,", "qfm-A0: {model: qfn,", "models.qfm-A0.model: unknown model 'qfn'"),
-    ("      brisque: {svr_c", "      brisq: {svr_c",
+    ("      brisque: {}\n      deiqt", "      brisq: {}\n      deiqt",
      "suites.demo.models.brisq: no entry 'brisq' under models"),
     ("\nsuite: *demo", "\nsuite: *nosuch", "found undefined alias"),
     ("\nsuite: *demo", "\nsuite: paper", "suite must alias a suite (suite: *paper)"),
@@ -106,8 +111,8 @@ BAD = [
     ("expect_splits: 3", "expect_splits: 0", "suites.demo.expect_splits"),
     ("seeds: 0-9", "seeds: zero", "protocol.seeds: 'zero' is not a list like 0-9"),
     ("rounding: round", "rounding: ceil", "protocol: rounding must be 'round' or 'floor'"),
-    ("    teacher: deiqt\n    models:             #",
-     "    teacher: probee\n    models:             #",
+    ("    teacher: deiqt\n    # no adjustments",
+     "    teacher: probee\n    # no adjustments",
      "suites.demo.teacher: 'probee' is not one of the suite's models"),
     ("  demo: &demo ", "  demo: &demo\n    colour: red\n  demo2: &demo2 ",
      "suites.demo: unknown key 'colour'"),
@@ -125,8 +130,9 @@ def test_bad_params_are_rejected_naming_the_key(tmp_path, old, new, message):
 
 
 @pytest.mark.parametrize("old, new, message", [
-    ("epochs: 4,", "epochz: 4,", "suites.demo: probe on demo: unknown config key 'epochz'"),
-    ("    students:\n      qfm: *demo-vit", "      qfm: *demo-vit\n    students: {}",
+    ("      probe: {}\n      brisque", "      probe: {epochz: 4}\n      brisque",
+     "suites.demo: probe on demo: unknown config key 'epochz'"),
+    ("    students:\n      qfm: {}", "      qfm: {}\n    students: {}",
      "suites.demo.models.qfm: needs a deiqt run first; list it under students"),
     ("    students: {qfm-A1: {},", "    students: {qfm-A0b: {},",
      "suites.ablation.students.qfm-A0b: needs deiqt"),

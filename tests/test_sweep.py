@@ -207,7 +207,8 @@ def test_workers_are_pinned_one_gpu_each(tmp_path, monkeypatch):
         return Fake()
 
     monkeypatch.setattr(subprocess, "Popen", popen)
-    job = Job("probe/demo/0", "probe", "demo", 0, "data/demo", "results", threads=1)
+    job = Job("probe/demo/0", "probe", "demo", 0, "data/demo", "results",
+              run={"threads": 1})
     state = SweepState(tmp_path, {"id": "x", "cells": {job.cell: {"status": "pending"}}})
     for slot in range(3):
         _spawn(job, slot, ["3", "5"], tmp_path, state)[2].close()

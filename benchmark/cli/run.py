@@ -80,6 +80,8 @@ run_options = [
     click.option("--amp", type=click.Choice(["auto", "bf16", "fp16", "off"]), default="auto",
                  show_default=True),
     click.option("--workers", type=int, default=0, show_default=True, help="Loader workers."),
+    click.option("--threads", type=int, default=0, show_default=True,
+                 help="CPU threads (0: torch's default, one per core); recorded in the run."),
     click.option("--cache", type=click.Choice(["memory", "disk"]), default="memory",
                  show_default=True, help="Decoded-image cache."),
     click.option("--compile", "use_compile", is_flag=True, help="torch.compile the model."),
@@ -95,11 +97,12 @@ def _apply(options):
     return decorate
 
 
-def make_run_config(seed, device, amp, workers, cache, use_compile, quiet, max_steps=0):
+def make_run_config(seed, device, amp, workers, threads, cache, use_compile, quiet, max_steps=0):
     from benchmark.engine import RunConfig
 
-    return RunConfig(seed=seed, device=device, amp=amp, workers=workers, cache=cache,
-                     compile=use_compile, progress=not quiet, max_steps_per_epoch=max_steps)
+    return RunConfig(seed=seed, device=device, amp=amp, workers=workers, threads=threads,
+                     cache=cache, compile=use_compile, progress=not quiet,
+                     max_steps_per_epoch=max_steps)
 
 
 @click.command()
@@ -111,12 +114,12 @@ def make_run_config(seed, device, amp, workers, cache, use_compile, quiet, max_s
               help="Use the MODEL run (e.g. QFM-IQM's deiqt teacher) whose config hash starts "
                    "with HASH, not the newest one (repeatable).")
 @user_errors
-def run(model, dataset, root, sets, results, seed, device, amp, workers, cache, use_compile,
-        quiet, split, force, resume, pins) -> None:
+def run(model, dataset, root, sets, results, seed, device, amp, workers, threads, cache,
+        use_compile, quiet, split, force, resume, pins) -> None:
     """Train and evaluate one (model, dataset, split) and write its run record."""
     from benchmark.runner import run_one
 
-    run_config = make_run_config(seed, device, amp, workers, cache, use_compile, quiet)
+    run_config = make_run_config(seed, device, amp, workers, threads, cache, use_compile, quiet)
     record = guarded(run_one, model, dataset, split, root or Path("data") / dataset,
                     parse_sets(sets), run_config, results, force=force, resume=resume,
                     pins=_parse_pins(pins))

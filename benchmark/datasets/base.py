@@ -13,7 +13,7 @@ import os
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Literal, Sequence
+from typing import Any, ClassVar, Literal, Sequence
 
 import numpy as np
 import pandas as pd
@@ -103,6 +103,9 @@ class Dataset:
 
     #: True for datasets made by the harness itself (demo): ``generate`` replaces a download
     generated: ClassVar[bool] = False
+    #: model name → config overrides this dataset asks for (the demo's CPU-sized recipes); they
+    #: apply over the model's own per-dataset recipe and under the user's overrides
+    model_recipes: ClassVar[dict[str, dict[str, Any]]] = {}
 
     def generate(self, root: Path) -> None:
         """Write the dataset's files under ``root`` (generated datasets only)."""
