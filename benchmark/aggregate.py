@@ -39,6 +39,7 @@ __all__ = [
     "write_table",
     "parse_expected",
     "format_medians",
+    "format_summary",
 ]
 
 METRICS = tuple(HIGHER_IS_BETTER)
@@ -262,3 +263,24 @@ def format_medians(summary: pd.DataFrame, rule: str = "val", metric: str = "srcc
     grid = text.pivot(index="model", columns="dataset", values="value").fillna("-")
     return f"median test {metric.upper()} ({rule}-selected; * = fewer splits than expected)\n" \
         + grid.to_string()
+
+
+def format_summary(summary: pd.DataFrame, rule: str = "val") -> str:
+    """The newcomer's result: one line per dataset × model, median test SRCC and PLCC over
+    the finished splits (``*`` = fewer splits than expected)."""
+    chosen = primary_cells(summary)
+    chosen = chosen[(chosen["rule"] == rule) & chosen["metric"].isin(["srcc", "plcc"])]
+    if chosen.empty:
+        return f"no {rule}-selected results"
+    rows = []
+    for (dataset, model), cell in chosen.groupby(["dataset", "model"], sort=True):
+        value = cell.set_index("metric")
+        mark = "" if bool(value.loc["srcc", "complete"]) else "*"
+        rows.append({"dataset": dataset, "model": model,
+                     "SRCC": f"{value.loc['srcc', 'median']:.3f}",
+                     "PLCC": f"{value.loc['plcc', 'median']:.3f}",
+                     "splits": f"{int(value.loc['srcc', 'n'])}{mark}"})
+    table = pd.DataFrame(rows).to_string(index=False)
+    return (f"median over splits of the test SRCC/PLCC ({rule}-selected epoch; "
+            f"* = fewer splits than expected)\n{table}")
+

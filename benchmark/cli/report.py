@@ -103,6 +103,7 @@ def report(results: Path, out: Path, expect: tuple[str, ...], published: Path | 
         raise BenchError(str(error)) from None
     for kind, paths in written.items():
         click.echo(f"wrote {len(paths)} files to {out / kind}")
+    click.echo((out / "tables" / "summary.txt").read_text().rstrip())
 
 
 @click.group()

@@ -7,7 +7,8 @@ from typing import Mapping
 
 import pandas as pd
 
-from benchmark.aggregate import CELL_KEYS, aggregate, primary_cells
+from benchmark.aggregate import CELL_KEYS, aggregate, format_summary, primary_cells
+from benchmark.io import atomic_write_text
 from benchmark.report.cross import cross_summary
 from benchmark.report.plots import report_figures
 from benchmark.report.published import load_published
@@ -29,6 +30,10 @@ def build_report(results: Path, out: Path, expected: Mapping[str, int] | int = 1
     summary = tables["summary"]
     tex = build_tables(summary, cross_summary(results, expected), load_published(published))
     written = {"tables": write_tables(tex, Path(out) / "tables"), "figures": []}
+    # the plain-text result a newcomer reads first (bench report prints it)
+    text = Path(out) / "tables" / "summary.txt"
+    atomic_write_text(text, format_summary(summary) + "\n")
+    written["tables"].append(text)
     if figures:
         written["figures"] = report_figures(primary_runs(tables["runs"], summary),
                                             Path(out) / "figures")
