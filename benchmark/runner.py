@@ -149,11 +149,11 @@ def _fit_without_sgd(model: FitModel, data: SplitData, config, work_dir: Path):
     train_s = time.perf_counter() - tic
     tic = time.perf_counter()
     scores = {part: np.asarray(model.predict(images[part]), dtype=np.float64) for part in ("val", "test")}
-    entry = {"epoch": 0, "lr": 0.0, "train": {k: v for k, v in facts.items()
+    entry = {"epoch": 1, "lr": 0.0, "train": {k: v for k, v in facts.items()
                                               if isinstance(v, (int, float))},
              "val": all_metrics(data.to_unit(scores["val"]), data.val_units),
              "test": all_metrics(data.to_unit(scores["test"]), data.test_units), "time_s": 0.0}
-    weights = {"model": model.name, "config": config_to_dict(config), "epoch": 0,
+    weights = {"model": model.name, "config": config_to_dict(config), "epoch": 1,
                "state_dict": model.state_dict()}
     save_checkpoint(work_dir / "checkpoint.pt", weights)
     save_checkpoint(work_dir / "best_val.pt", weights)
@@ -251,7 +251,7 @@ def _write_outputs(plan, result, record, work_dir: Path) -> None:
         rows = table.loc[parts[part], ["score", "score_unit"]].reset_index()
         rows.insert(1, "part", part)
         for rule in SELECTION_RULES:
-            prediction = result.predictions[part][record["metrics"][rule]["epoch"]]
+            prediction = result.predictions[part][record["metrics"][rule]["epoch"] - 1]
             rows[f"pred_{rule}"] = prediction
             rows[f"pred_unit_{rule}"] = unit(prediction)
         frames.append(rows)
