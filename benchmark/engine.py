@@ -379,7 +379,8 @@ def fit(model: IQAModel, data: SplitData, config: Any, run: RunConfig, work_dir:
             preds[part].append(scores[part])
         log(f"epoch {epoch + 1}: loss {entry['train'].get('loss', float('nan')):.4g}  "
             f"val srcc {entry['val']['srcc']:.4f}  test srcc {entry['test']['srcc']:.4f}")
-        if _is_best_val(result.history):
+        # best_val.pt is always the epoch the record's val rule reports (last, without val)
+        if _select(result.history)["val"]["epoch"] == epoch + 1:
             save_checkpoint(work_dir / "best_val.pt", _weights(model, config, epoch + 1))
         save_checkpoint(checkpoint_path, {
             **_weights(model, config, epoch + 1), "optimizer": optimizer.state_dict(),
@@ -390,13 +391,6 @@ def fit(model: IQAModel, data: SplitData, config: Any, run: RunConfig, work_dir:
     result.predictions = {k: np.stack(v) if v else np.zeros((0, 0)) for k, v in preds.items()}
     result.selection = _select(result.history)
     return result
-
-
-def _is_best_val(history: list[dict]) -> bool:
-    values = [h["val"].get("srcc", float("nan")) for h in history]
-    current = values[-1]
-    earlier = [v for v in values[:-1] if not math.isnan(v)]
-    return len(history) == 1 or (not math.isnan(current) and all(current > v for v in earlier))
 
 
 def _weights(model: IQAModel, config: Any, epoch: int) -> dict:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import shutil
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
@@ -32,7 +32,7 @@ from benchmark.registry import dataset_registry
 from benchmark.splits import load_split_file, split_images
 
 __all__ = ["MissingPrerequisiteError", "resolve_config", "plan_run", "run_one", "load_trained",
-           "unit_mapping"]
+           "Trained", "RULE_CHECKPOINTS", "unit_mapping"]
 
 
 class MissingPrerequisiteError(RuntimeError):
@@ -264,10 +264,41 @@ def _write_outputs(plan, result, record, work_dir: Path) -> None:
     atomic_write_json(work_dir / "record.json", record)
 
 
-def load_trained(path: Path, which: str = "checkpoint.pt") -> tuple[IQAModel, dict]:
-    """A trained model from a run directory (or a checkpoint file) and its record, if any."""
+#: selection rule → the weights file a run keeps for it (test_oracle keeps none)
+RULE_CHECKPOINTS = {"val": "best_val.pt", "last": "checkpoint.pt"}
+
+
+@dataclass(frozen=True)
+class Trained:
+    """A trained model with the record beside it and the rule and epoch its weights are."""
+
+    model: IQAModel
+    record: dict
+    rule: str | None  # None: a checkpoint file of another name, chosen by the user
+    epoch: int
+    path: Path
+
+
+def load_trained(path: Path, rule: str | None = None) -> Trained:
+    """A trained model from a run directory or a checkpoint file, in eval mode.
+
+    A directory gives the weights of ``rule`` (default ``val``, the epoch the record reports);
+    a file named ``best_val.pt`` or ``checkpoint.pt`` is the weights of its rule, and asking
+    for another rule with it is refused."""
     path = Path(path)
-    checkpoint_path = path / which if path.is_dir() else path
+    named = {file: name for name, file in RULE_CHECKPOINTS.items()}
+    if path.is_dir():
+        rule = rule or "val"
+        if rule not in RULE_CHECKPOINTS:
+            raise CheckpointError(f"a run keeps weights for the rules "
+                                  f"{', '.join(RULE_CHECKPOINTS)}, not {rule!r}")
+        checkpoint_path = path / RULE_CHECKPOINTS[rule]
+    else:
+        checkpoint_path = path
+        if rule and named.get(path.name, rule) != rule:
+            raise CheckpointError(f"{path} holds the weights of rule {named[path.name]}, not "
+                                  f"{rule}: pass the run directory to choose the rule")
+        rule = rule or named.get(path.name)
     if not checkpoint_path.is_file():
         raise FileNotFoundError(f"no checkpoint at {checkpoint_path}")
     state = load_checkpoint(checkpoint_path)
@@ -278,4 +309,7 @@ def load_trained(path: Path, which: str = "checkpoint.pt") -> tuple[IQAModel, di
     model = cls(config)
     model.load_state_dict(state["state_dict"])
     record_path = checkpoint_path.parent / "record.json"
-    return model.eval(), (load_record(record_path) if record_path.is_file() else {})
+    record = load_record(record_path) if record_path.is_file() else {}
+    # the record numbers epochs from 1 whatever its age; a bare checkpoint says its own
+    epoch = record.get("metrics", {}).get(rule, {}).get("epoch", state.get("epoch"))
+    return Trained(model.eval(), record, rule, epoch, checkpoint_path)

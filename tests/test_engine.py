@@ -329,9 +329,9 @@ def test_bench_score_reproduces_the_recorded_test_predictions(demo_root, tmp_pat
     result = CliRunner().invoke(main, ["score", str(demo_root / row["image"]),
                                        "--checkpoint", str(run_dir)])
     assert result.exit_code == 0, result.output
-    assert float(result.output.split("\t")[1]) == pytest.approx(row["pred_last"], abs=1e-4)
-    model, loaded_record = load_trained(run_dir)
-    assert loaded_record["config_hash"] == record["config_hash"] and model.name == "probe"
+    assert float(result.stdout.split("\t")[1]) == pytest.approx(row["pred_val"], abs=1e-4)
+    trained = load_trained(run_dir)
+    assert trained.record["config_hash"] == record["config_hash"] and trained.model.name == "probe"
 
 
 def _cli(*args):

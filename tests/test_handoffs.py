@@ -75,3 +75,123 @@ def test_warmup_as_long_as_the_run_warns(demo_root, tmp_path):
     run_one("probe", "demo", 0, demo_root, {**short, "warmup_epochs": 0.5}, one_step, tmp_path,
             log=lines.append)
     assert not [line for line in lines if line.startswith("warning:")]
+
+
+def test_score_uses_the_weights_the_record_reports_and_says_which(probe_run, demo_root, tmp_path):
+    import shutil
+
+    import torch
+    from click.testing import CliRunner
+
+    from benchmark.cli import main
+
+    _, record, _ = probe_run
+    run_dir = tmp_path / "run"
+    shutil.copytree(record["_dir"], run_dir)
+    # best_val.pt and checkpoint.pt may hold one epoch: tell them apart by a known shift
+    best = torch.load(run_dir / "best_val.pt", weights_only=True)
+    best["state_dict"]["head.bias"] += 1.0
+    torch.save(best, run_dir / "best_val.pt")
+    row = pd.read_csv(run_dir / "predictions.csv").query("part == 'test'").iloc[2]
+    image = str(demo_root / row["image"])
+
+    def score(*args):
+        result = CliRunner().invoke(main, ["score", image, "--checkpoint", *args])
+        assert result.exit_code == 0, result.output
+        return float(result.stdout.split("\t")[1]), result.stderr.strip()
+
+    value, said = score(str(run_dir))
+    assert value == pytest.approx(row["pred_val"] + 1.0, abs=1e-4)
+    assert said.startswith(f"probe: epoch {record['metrics']['val']['epoch']}, rule val (")
+    value, said = score(str(run_dir), "--rule", "last")
+    assert value == pytest.approx(row["pred_last"], abs=1e-4)
+    assert said.startswith(f"probe: epoch {record['metrics']['last']['epoch']}, rule last (")
+    refused = CliRunner().invoke(main, ["score", image, "--checkpoint",
+                                        str(run_dir / "best_val.pt"), "--rule", "last"])
+    assert refused.exit_code == 1 and "holds the weights of rule val, not last" in refused.output
+
+
+def _cross_setup(tmp_path, demo_root, monkeypatch):
+    """A source run on koniq (three splits) and stand-ins that count decodes and loads."""
+    import numpy as np
+
+    import benchmark.data
+    import benchmark.engine
+    import benchmark.runner
+    from benchmark.models import get_model_class
+    from synthetic_runs import write_run
+
+    results = tmp_path / "results"
+    for split in range(3):
+        write_run(results, "deiqt", "koniq", split, 0.9, seed=split, config={"test_crops": 1})
+    counts = {"decoded": 0, "loaded": []}
+
+    class Stub:
+        config = get_model_class("deiqt").Config(img_size=32, test_crops=1)
+
+        def to(self, device):
+            return self
+
+    def fake_load(path, rule):
+        counts["loaded"].append(rule)
+        return benchmark.runner.Trained(Stub(), {}, rule, 3, path / "best_val.pt")
+
+    def counting_decode(path, spec):
+        counts["decoded"] += 1
+        return np.zeros((32, 32, 3), dtype=np.uint8)
+
+    def fake_predict(model, cache, crop, n_crops, seed, device, batch_size):
+        return np.random.default_rng(len(counts["loaded"])).uniform(size=len(cache))
+
+    monkeypatch.setattr(benchmark.runner, "load_trained", fake_load)
+    monkeypatch.setattr(benchmark.engine, "predict", fake_predict)
+    monkeypatch.setattr(benchmark.data, "decode_image", counting_decode)
+    return results, counts
+
+
+def test_cross_decodes_the_test_set_once_for_all_splits(tmp_path, demo_root, monkeypatch):
+    from benchmark.datasets.prepare import load_prepared
+    from benchmark.report.cross import evaluate_cross
+
+    results, counts = _cross_setup(tmp_path, demo_root, monkeypatch)
+    n_images = len(load_prepared(demo_root, "demo").table)
+    written = evaluate_cross("deiqt", "koniq", "demo", demo_root, results, log=lambda _: None)
+    assert len(written) == 3 and counts["decoded"] == n_images
+
+
+def test_cross_records_are_reused_only_for_the_same_rule_root_and_table(tmp_path, demo_root,
+                                                                        monkeypatch):
+    import shutil
+
+    from benchmark.io import sha256_bytes
+    from benchmark.report.cross import cross_runs, evaluate_cross
+    from conftest import link_dataset
+
+    results, counts = _cross_setup(tmp_path, demo_root, monkeypatch)
+    messages: list[str] = []
+
+    def cross(root, rule="val"):
+        messages.clear()
+        evaluate_cross("deiqt", "koniq", "demo", root, results, rule=rule, log=messages.append)
+        return sum(m.startswith("already done") for m in messages)
+
+    assert cross(demo_root) == 0 and cross(demo_root) == 3
+    assert cross(demo_root, "last") == 0 and cross(demo_root, "last") == 3
+    copy = link_dataset(demo_root, tmp_path / "copy")  # the same table in another folder
+    assert cross(copy) == 0
+    assert cross(copy) == 3
+    other = tmp_path / "other"  # a folder of the same name whose table lacks one image
+    other.mkdir()
+    for entry in demo_root.iterdir():
+        if entry.name != "bench":
+            (other / entry.name).symlink_to(entry.resolve())
+    shutil.copytree(demo_root / "bench", other / "bench")
+    text = "".join((demo_root / "bench" / "table.csv").read_text().splitlines(True)[:-1])
+    (other / "bench" / "table.csv").write_text(text)
+    meta = json.loads((other / "bench" / "meta.json").read_text())
+    meta["table_sha256"] = sha256_bytes(text.encode())
+    (other / "bench" / "meta.json").write_text(json.dumps(meta))
+    assert cross(other) == 0 and cross(other) == 3
+    runs = cross_runs(results)
+    assert runs.groupby(["rule", "config_id"]).size().tolist() == [3, 3, 3, 3]
+    assert len(counts["loaded"]) == 12
