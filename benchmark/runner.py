@@ -31,8 +31,8 @@ from benchmark.records import (RECORD_SCHEMA, SELECTION_RULES, RunKey, config_ha
 from benchmark.registry import dataset_registry
 from benchmark.splits import load_split_file, split_images
 
-__all__ = ["MissingPrerequisiteError", "resolve_config", "plan_run", "run_one", "load_trained",
-           "Trained", "RULE_CHECKPOINTS", "unit_mapping"]
+__all__ = ["MissingPrerequisiteError", "resolve_config", "plan_run", "prerequisite_command",
+           "run_one", "load_trained", "Trained", "RULE_CHECKPOINTS", "unit_mapping"]
 
 
 class MissingPrerequisiteError(RuntimeError):
@@ -83,7 +83,7 @@ def plan_run(model: str, dataset: str, split: int, root: Path, overrides: dict |
         if record_path is None:
             raise MissingPrerequisiteError(
                 f"{cls.name} on {name} split {split} needs a finished {needed} run first: "
-                f"bench run --model {needed} --dataset {name} --split {split} --root {root}")
+                f"{prerequisite_command(cls, config, needed, name, split, root, results, run)}")
         record = load_record(record_path)
         if record["data"]["splits_sha256"] != split_file["sha256"]:
             raise MissingPrerequisiteError(
@@ -100,6 +100,32 @@ def plan_run(model: str, dataset: str, split: int, root: Path, overrides: dict |
     return {"cls": cls, "config": config, "key": key, "identity": identity, "hash": digest,
             "prepared": prepared, "split_file": split_file, "parts": parts,
             "prerequisites": prerequisites, "dir": run_dir(results, key, digest)}
+
+
+def prerequisite_command(cls: type[IQAModel], config, needed: str, dataset: str, split: int,
+                         root: Path, results: Path, run: RunConfig) -> str:
+    """The ``bench run`` command that makes the ``needed`` run this one accepts: the values the
+    model asks of it (:meth:`IQAModel.prerequisite_config`) that differ from that model's own
+    resolved defaults become ``--set`` overrides; data, results and seed are this run's."""
+    import shlex
+
+    import yaml
+
+    defaults = config_to_dict(resolve_config(needed, dataset)[1])
+    wanted = cls.prerequisite_config(config, needed)
+    words = ["bench", "run", "--model", needed, "--dataset", dataset, "--split", str(split),
+             "--root", str(root), "--results", str(results), "--seed", str(run.seed)]
+    for option, value, default in (("--amp", run.amp, "auto"), ("--device", run.device, "auto")):
+        if value != default:
+            words += [option, value]
+    if run.compile:
+        words.append("--compile")
+    for key, value in wanted.items():
+        if defaults.get(key) != value:
+            # YAML flow text is what --set parses back to the same value ('true' stays a string)
+            text = yaml.safe_dump(value, default_flow_style=True, width=float("inf"))
+            words += ["--set", f"{key}={text.rstrip().removesuffix('...').rstrip()}"]
+    return shlex.join(words)
 
 
 def _split_data(plan: dict, run: RunConfig, results: Path) -> SplitData:
@@ -176,14 +202,20 @@ def run_one(model: str, dataset: str, split: int, root: Path, overrides: dict | 
         log(f"already done: {existing}")
         return load_record(existing)
     device = resolve_device(run.device)
-    run = RunConfig(**{**asdict(run), "device": str(device)})
+    asked, run = run, RunConfig(**{**asdict(run), "device": str(device)})
     cls, config = plan["cls"], plan["config"]
     import torch
 
     torch.manual_seed(run.seed)  # the initial weights are part of the seeded run
     instance: IQAModel = cls(config)  # bad configs fail here, before anything is written
-    instance.attach_prerequisites(
-        {name: Path(info["dir"]) / "checkpoint.pt" for name, info in plan["prerequisites"].items()})
+    try:
+        instance.attach_prerequisites({name: Path(info["dir"]) / "checkpoint.pt"
+                                       for name, info in plan["prerequisites"].items()})
+    except ConfigError as error:  # e.g. a teacher of another backbone: say how to make one
+        commands = "; ".join(prerequisite_command(cls, config, needed, plan["key"].dataset, split,
+                                                  root, results, asked)
+                             for needed in plan["prerequisites"])
+        raise MissingPrerequisiteError(f"{error}; make one it accepts with: {commands}") from None
     started = time.perf_counter()
     data = _split_data(plan, run, results)
     decode_s = time.perf_counter() - started

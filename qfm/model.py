@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from baselines.deiqt import DEIQT, backbone_tokens, build_backbone
-from benchmark.models import ConfigError, TrainContext, config_from_dict, regression_loss
+from benchmark.models import (ConfigError, TrainContext, config_from_dict, config_to_dict,
+                              regression_loss)
 from qfm.config import QFMConfig
 from qfm.gate import ChannelGate
 from qfm.matching import Entries, Memory, match
@@ -68,11 +69,17 @@ class QFM(DEIQT):
     def prerequisites(cls, config: QFMConfig) -> list[str]:
         return ["deiqt"] if config.teacher == "deiqt_frozen" and config.uses_teacher() else []
 
+    @classmethod
+    def prerequisite_config(cls, config: QFMConfig, needed: str) -> dict[str, Any]:
+        """The teacher is a DEIQT of the student's own recipe (attach_teacher checks the keys
+        that must agree)."""
+        return config_to_dict(deiqt_config(config)) if needed == "deiqt" else {}
+
     def attach_prerequisites(self, checkpoints: dict[str, Path]) -> None:
         if not self.prerequisites(self.config):
             return
         if "deiqt" not in checkpoints:
-            raise MissingTeacherError()
+            raise MissingTeacherError("no deiqt checkpoint was given")
         self.attach_teacher(load_deiqt_teacher(checkpoints["deiqt"]))
 
     def attach_teacher(self, teacher: DEIQT) -> None:

@@ -195,3 +195,50 @@ def test_cross_records_are_reused_only_for_the_same_rule_root_and_table(tmp_path
     runs = cross_runs(results)
     assert runs.groupby(["rule", "config_id"]).size().tolist() == [3, 3, 3, 3]
     assert len(counts["loaded"]) == 12
+
+
+def test_missing_teacher_message_is_the_command_that_makes_an_accepted_teacher(demo_root,
+                                                                               tmp_path):
+    import shlex
+
+    from click.testing import CliRunner
+
+    from benchmark.cli import main
+    from benchmark.cli.run import parse_sets
+    from benchmark.models import config_to_dict
+    from benchmark.runner import resolve_config
+
+    results = tmp_path / "my results"  # a space: the command must quote it
+    recipe = ["backbone=vit_tiny_patch16_224", "pretrained=false", "img_size=64",
+              "backbone_kwargs={depth: 2, embed_dim: 48, num_heads: 3}", "decoder_dim=48",
+              "epochs=1", "train_crops=1", "test_crops=1", "batch_size=32", "warmup_epochs=0"]
+    student = ["run", "--model", "qfm", "--dataset", "demo", "--split", "1", "--root",
+               str(demo_root), "--results", str(results), "--seed", "3", "--quiet",
+               *(f"--set={pair}" for pair in [*recipe, "lambda_kd=0.5"])]
+
+    def bench(args):
+        return CliRunner().invoke(main, args)
+
+    missing = bench(student)
+    lines = missing.output.strip().splitlines()
+    assert missing.exit_code == 1 and len(lines) == 1, missing.output
+    command = shlex.split(lines[0].split("needs a finished deiqt run first: ")[1])
+    assert command[:4] == ["bench", "run", "--model", "deiqt"]
+    assert {"--results", str(results), "--seed", "3", "--root", str(demo_root)} <= set(command)
+    sets = [command[i + 1] for i, word in enumerate(command) if word == "--set"]
+    assert "img_size=64" in sets and not any(s.startswith("lambda_kd") for s in sets)
+    # parsed as --set parses it, the command rebuilds exactly the DEIQT part of the student
+    _, qfm = resolve_config("qfm", "demo", parse_sets(tuple(recipe)))
+    _, deiqt = resolve_config("deiqt", "demo", parse_sets(tuple(sets)))
+    assert config_to_dict(deiqt) == {k: v for k, v in config_to_dict(qfm).items()
+                                     if k in config_to_dict(deiqt)}
+    made = bench([*command[1:], "--quiet"])
+    assert made.exit_code == 0, made.output
+    accepted = bench(student)
+    assert accepted.exit_code == 0, accepted.output
+    # a teacher of another crop side is refused with the command for a matching one
+    refused = bench([*student, "--set", "img_size=32"])
+    lines = refused.output.strip().splitlines()
+    assert refused.exit_code == 1 and len(lines) == 1 and "img_size" in lines[0]
+    assert "make one it accepts with: bench run --model deiqt" in lines[0]
+    assert "--set img_size=32" in lines[0]

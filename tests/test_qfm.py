@@ -214,10 +214,8 @@ def test_frozen_teacher_comes_from_a_deiqt_checkpoint(tmp_path):
     torch.save({"model": "probe", "config": {}, "state_dict": {}}, wrong)
     with pytest.raises(ConfigError, match="holds model 'probe', not 'deiqt'"):
         model.attach_prerequisites({"deiqt": wrong})
-    with pytest.raises(MissingTeacherError, match="bench run --model deiqt --dataset D --split K"):
+    with pytest.raises(MissingTeacherError, match="no deiqt checkpoint was given"):
         model.attach_prerequisites({})
-    error = MissingTeacherError().for_run("livec", 3)
-    assert "bench run --model deiqt --dataset livec --split 3" in str(error)
     with pytest.raises(MissingTeacherError, match="no teacher was attached"):
         QFM(QFM.resolve_config(TINY)).loss(batch(), CTX)
     with pytest.raises(ConfigError, match="img_size"):
