@@ -45,16 +45,17 @@ def batch(size: int = 8) -> dict[str, torch.Tensor]:
             "label": torch.linspace(1, 5, size), "index": torch.arange(size)}
 
 
-def memory(features, labels, ids) -> Entries:
+def memory(features, labels, ids, teacher=None) -> Entries:
     features = torch.tensor(features, dtype=torch.float32)
+    teacher = torch.tensor(teacher if teacher is not None else [False] * len(ids))
     return Entries(features, features, torch.tensor(labels, dtype=torch.float32),
-                   torch.tensor(ids))
+                   torch.tensor(ids), teacher)
 
 
 # -- QFM with every option off is DEIQT
 def test_preset_deiqt_computes_exactly_what_deiqt_computes():
     reference = tiny_deiqt().eval()
-    model = tiny_qfm(seed=5, preset="deiqt").eval()
+    model = tiny_qfm(seed=5, preset="deiqt", loss_scale="raw").eval()  # DEIQT's raw-label loss
     assert model.gate is None and QFM.prerequisites(model.config) == []
     model.load_state_dict(reference.state_dict())  # strict: no extra parameters
     data = batch()
