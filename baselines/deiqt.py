@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from benchmark.models import (ConfigError, IQAModel, ModelConfig, backbone_norm,
-                              create_backbone)
+                              create_backbone, decay_groups)
 
 __all__ = ["DEIQT", "DEIQTConfig", "PanelDecoder", "TokenProjection", "build_backbone",
            "backbone_tokens"]
@@ -196,3 +196,10 @@ class DEIQT(IQAModel):
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """The decoder's query input: the CLS vector c (B, D)."""
         return self.forward_tokens(images)[0]
+
+    def param_groups(self) -> list[dict]:
+        """The official code trains everything at one lr (backbone_lr_scale = 1); another
+        scale sets the backbone's (the projection and decoder keep lr)."""
+        c = self.config
+        return decay_groups(self, c.lr, c.weight_decay, backbone=self.backbone,
+                            backbone_lr=c.lr * c.backbone_lr_scale, decay_all=c.decay_all)

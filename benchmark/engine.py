@@ -5,6 +5,10 @@ rules; models own only their forward pass and (optionally) their training object
 A checkpoint is written at every epoch end; ``resume`` restarts from the last one and,
 because every random draw is derived from (seed, epoch, sample), ends with the same
 metrics as an uninterrupted run on the CPU.
+
+Epochs are numbered from 1 wherever a person reads them: the history, the selection rules,
+checkpoints, logs and records. Model hooks (``on_epoch_start``, ``optimizer_stage``,
+``group_lr_factor``, ``TrainContext.epoch``) take the 0-based loop index.
 """
 
 from __future__ import annotations
@@ -289,6 +293,11 @@ def fit(model: IQAModel, data: SplitData, config: Any, run: RunConfig, work_dir:
                          f"crops: lower batch_size")
     if run.max_steps_per_epoch:
         steps = min(steps, run.max_steps_per_epoch)
+    if 0 < config.epochs <= config.warmup_epochs:
+        # a warning, not a refusal: short runs at a low lr are legitimate probes
+        log(f"warning: warmup_epochs {config.warmup_epochs:g} >= epochs {config.epochs}: the "
+            f"whole run is linear warm-up and the lr never reaches {config.lr:g}; set "
+            f"warmup_epochs below epochs")
     # built before on_epoch_start(0), so a model that freezes parts there still lists them
     optimizer_name, optimizer, scheduler = _stage_optimizer(model, config, steps, 0)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
@@ -302,18 +311,20 @@ def fit(model: IQAModel, data: SplitData, config: Any, run: RunConfig, work_dir:
             raise CheckpointError(f"{checkpoint_path} belongs to model {state.get('model')!r} with "
                                   f"another config; cannot resume {model.name} from it")
         model.load_state_dict(state["state_dict"])
-        if model.optimizer_stage(state["epoch"]) != optimizer_name:
+        # the history counts the finished epochs whatever numbering the checkpoint used
+        start_epoch = len(state["history"])
+        if model.optimizer_stage(start_epoch - 1) != optimizer_name:
             optimizer_name, optimizer, scheduler = _stage_optimizer(model, config, steps,
-                                                                    state["epoch"])
+                                                                    start_epoch - 1)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         model.load_train_state(state.get("train_state", {}))
         torch.set_rng_state(state["rng"])
-        result.history, start_epoch = state["history"], state["epoch"] + 1
+        result.history = state["history"]
         preds = {k: [np.asarray(v, dtype=np.float64) for v in state["preds"][k]] for k in preds}
         result.train_s, result.eval_s = state["train_s"], state["eval_s"]
-        log(f"resuming after epoch {state['epoch']} from {checkpoint_path}")
+        log(f"resuming after epoch {start_epoch} from {checkpoint_path}")
     if start_epoch == 0:
         tic = time.perf_counter()
         _init_from_features(model, data, config, run, device, amp_dtype, log)
@@ -361,7 +372,7 @@ def fit(model: IQAModel, data: SplitData, config: Any, run: RunConfig, work_dir:
         tic = time.perf_counter()
         scores = _evaluate(model, data, config, run, device, amp_dtype)
         result.eval_s += time.perf_counter() - tic
-        entry = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"],
+        entry = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"],
                  "train": {k: total / seen for k, (total, seen) in sums.items()},
                  "val": all_metrics(data.to_unit(scores["val"]), data.val_units),
                  "test": all_metrics(data.to_unit(scores["test"]), data.test_units),
@@ -371,10 +382,11 @@ def fit(model: IQAModel, data: SplitData, config: Any, run: RunConfig, work_dir:
             preds[part].append(scores[part])
         log(f"epoch {epoch + 1}: loss {entry['train'].get('loss', float('nan')):.4g}  "
             f"val srcc {entry['val']['srcc']:.4f}  test srcc {entry['test']['srcc']:.4f}")
-        if _is_best_val(result.history):
-            save_checkpoint(work_dir / "best_val.pt", _weights(model, config, epoch))
+        # best_val.pt is always the epoch the record's val rule reports (last, without val)
+        if _select(result.history)["val"]["epoch"] == epoch + 1:
+            save_checkpoint(work_dir / "best_val.pt", _weights(model, config, epoch + 1))
         save_checkpoint(checkpoint_path, {
-            **_weights(model, config, epoch), "optimizer": optimizer.state_dict(),
+            **_weights(model, config, epoch + 1), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
             "train_state": model.train_state(), "rng": torch.get_rng_state(),
             "history": result.history, "preds": {k: [torch.tensor(v) for v in preds[k]] for k in preds},
@@ -382,13 +394,6 @@ def fit(model: IQAModel, data: SplitData, config: Any, run: RunConfig, work_dir:
     result.predictions = {k: np.stack(v) if v else np.zeros((0, 0)) for k, v in preds.items()}
     result.selection = _select(result.history)
     return result
-
-
-def _is_best_val(history: list[dict]) -> bool:
-    values = [h["val"].get("srcc", float("nan")) for h in history]
-    current = values[-1]
-    earlier = [v for v in values[:-1] if not math.isnan(v)]
-    return len(history) == 1 or (not math.isnan(current) and all(current > v for v in earlier))
 
 
 def _weights(model: IQAModel, config: Any, epoch: int) -> dict:

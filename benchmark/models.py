@@ -208,6 +208,13 @@ class IQAModel(nn.Module):
         """Models whose run on the same dataset and split must exist first (QFM: its teacher)."""
         return []
 
+    @classmethod
+    def prerequisite_config(cls, config: ModelConfig, needed: str) -> dict[str, Any]:
+        """Config values the ``needed`` run should have for this model to accept it (QFM-IQM:
+        the DEIQT part of its own config); the runner turns them into the ``--set`` overrides
+        of the command it prints when that run is missing."""
+        return {}
+
     def attach_prerequisites(self, checkpoints: dict[str, Path]) -> None:
         """Receive the checkpoint paths of :meth:`prerequisites` before training starts."""
 

@@ -38,7 +38,9 @@ __all__ = [
     "git_state",
 ]
 
-RECORD_SCHEMA = "bench-run/1"
+RECORD_SCHEMA = "bench-run/2"
+#: earlier schemas load_record still reads: bench-run/1 numbered epochs from 0
+_OLD_SCHEMAS = ("bench-run/1",)
 
 #: how the reported epoch is chosen; "test_oracle" is what published IQA code does (best
 #: epoch on the test split) and is kept only to measure its optimism, never as the default
@@ -69,10 +71,19 @@ def find_record(results: Path, key: RunKey, digest: str) -> Path | None:
 def load_record(path: Path) -> dict[str, Any]:
     path = Path(path)
     record = json.loads(path.read_text())
+    if record.get("schema") in _OLD_SCHEMAS:
+        record = _epochs_from_one(record)
     if record.get("schema") != RECORD_SCHEMA:
         raise ValueError(f"{path} is not a {RECORD_SCHEMA} record")
     record["_dir"] = str(path.parent)
     return record
+
+
+def _epochs_from_one(record: dict[str, Any]) -> dict[str, Any]:
+    """A bench-run/1 record renumbered as bench-run/2 (epochs from 1, as the logs print)."""
+    for entry in [*record.get("history", []), *record.get("metrics", {}).values()]:
+        entry["epoch"] += 1
+    return {**record, "schema": RECORD_SCHEMA}
 
 
 def iter_records(results: Path) -> Iterator[dict[str, Any]]:

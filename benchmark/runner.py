@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import shutil
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
@@ -31,7 +31,8 @@ from benchmark.records import (RECORD_SCHEMA, SELECTION_RULES, RunKey, config_ha
 from benchmark.registry import dataset_registry
 from benchmark.splits import load_split_file, split_images
 
-__all__ = ["MissingPrerequisiteError", "dataset_recipe", "resolve_config", "plan_run", "run_one", "load_trained",
+__all__ = ["MissingPrerequisiteError", "dataset_recipe", "resolve_config", "plan_run",
+           "prerequisite_command", "run_one", "load_trained", "Trained", "RULE_CHECKPOINTS",
            "unit_mapping"]
 
 
@@ -93,7 +94,7 @@ def plan_run(model: str, dataset: str, split: int, root: Path, overrides: dict |
         if record_path is None:
             raise MissingPrerequisiteError(
                 f"{cls.name} on {name} split {split} needs a finished {needed} run first: "
-                f"bench run --model {needed} --dataset {name} --split {split} --root {root}")
+                f"{prerequisite_command(cls, config, needed, name, split, root, results, run)}")
         record = load_record(record_path)
         if record["data"]["splits_sha256"] != split_file["sha256"]:
             raise MissingPrerequisiteError(
@@ -110,6 +111,32 @@ def plan_run(model: str, dataset: str, split: int, root: Path, overrides: dict |
     return {"cls": cls, "config": config, "key": key, "identity": identity, "hash": digest,
             "prepared": prepared, "split_file": split_file, "parts": parts,
             "prerequisites": prerequisites, "dir": run_dir(results, key, digest)}
+
+
+def prerequisite_command(cls: type[IQAModel], config, needed: str, dataset: str, split: int,
+                         root: Path, results: Path, run: RunConfig) -> str:
+    """The ``bench run`` command that makes the ``needed`` run this one accepts: the values the
+    model asks of it (:meth:`IQAModel.prerequisite_config`) that differ from that model's own
+    resolved defaults become ``--set`` overrides; data, results and seed are this run's."""
+    import shlex
+
+    import yaml
+
+    defaults = config_to_dict(resolve_config(needed, dataset)[1])
+    wanted = cls.prerequisite_config(config, needed)
+    words = ["bench", "run", "--model", needed, "--dataset", dataset, "--split", str(split),
+             "--root", str(root), "--results", str(results), "--seed", str(run.seed)]
+    for option, value, default in (("--amp", run.amp, "auto"), ("--device", run.device, "auto")):
+        if value != default:
+            words += [option, value]
+    if run.compile:
+        words.append("--compile")
+    for key, value in wanted.items():
+        if defaults.get(key) != value:
+            # YAML flow text is what --set parses back to the same value ('true' stays a string)
+            text = yaml.safe_dump(value, default_flow_style=True, width=float("inf"))
+            words += ["--set", f"{key}={text.rstrip().removesuffix('...').rstrip()}"]
+    return shlex.join(words)
 
 
 def _split_data(plan: dict, run: RunConfig, results: Path) -> SplitData:
@@ -159,11 +186,11 @@ def _fit_without_sgd(model: FitModel, data: SplitData, config, work_dir: Path):
     train_s = time.perf_counter() - tic
     tic = time.perf_counter()
     scores = {part: np.asarray(model.predict(images[part]), dtype=np.float64) for part in ("val", "test")}
-    entry = {"epoch": 0, "lr": 0.0, "train": {k: v for k, v in facts.items()
+    entry = {"epoch": 1, "lr": 0.0, "train": {k: v for k, v in facts.items()
                                               if isinstance(v, (int, float))},
              "val": all_metrics(data.to_unit(scores["val"]), data.val_units),
              "test": all_metrics(data.to_unit(scores["test"]), data.test_units), "time_s": 0.0}
-    weights = {"model": model.name, "config": config_to_dict(config), "epoch": 0,
+    weights = {"model": model.name, "config": config_to_dict(config), "epoch": 1,
                "state_dict": model.state_dict()}
     save_checkpoint(work_dir / "checkpoint.pt", weights)
     save_checkpoint(work_dir / "best_val.pt", weights)
@@ -191,22 +218,31 @@ def run_one(model: str, dataset: str, split: int, root: Path, overrides: dict | 
     if run.threads:
         torch.set_num_threads(run.threads)
     try:
-        run = RunConfig(**{**asdict(run), "device": str(device), "threads": torch.get_num_threads()})
-        return _train(plan, run, device, results, resume, log)
+        resolved = RunConfig(**{**asdict(run), "device": str(device),
+                                "threads": torch.get_num_threads()})
+        return _train(plan, resolved, run, device, Path(root), results, resume, log)
     finally:
         torch.set_num_threads(previous_threads)
 
 
-def _train(plan: dict, run: RunConfig, device, results: Path, resume: bool,
-           log: Callable[[str], None]) -> dict:
+def _train(plan: dict, run: RunConfig, asked: RunConfig, device, root: Path, results: Path,
+           resume: bool, log: Callable[[str], None]) -> dict:
+    """``run`` as resolved (device, threads); ``asked`` as the user gave it (for commands)."""
     import torch
 
     final_dir: Path = plan["dir"]
     cls, config = plan["cls"], plan["config"]
+    split = plan["key"].split
     torch.manual_seed(run.seed)  # the initial weights are part of the seeded run
     instance: IQAModel = cls(config)  # bad configs fail here, before anything is written
-    instance.attach_prerequisites(
-        {name: Path(info["dir"]) / "checkpoint.pt" for name, info in plan["prerequisites"].items()})
+    try:
+        instance.attach_prerequisites({name: Path(info["dir"]) / "checkpoint.pt"
+                                       for name, info in plan["prerequisites"].items()})
+    except ConfigError as error:  # e.g. a teacher of another backbone: say how to make one
+        commands = "; ".join(prerequisite_command(cls, config, needed, plan["key"].dataset, split,
+                                                  root, results, asked)
+                             for needed in plan["prerequisites"])
+        raise MissingPrerequisiteError(f"{error}; make one it accepts with: {commands}") from None
     started = time.perf_counter()
     data = _split_data(plan, run, results)
     decode_s = time.perf_counter() - started
@@ -291,7 +327,7 @@ def _write_outputs(plan, result, record, work_dir: Path) -> None:
         rows = table.loc[parts[part], ["score", "score_unit"]].reset_index()
         rows.insert(1, "part", part)
         for rule in SELECTION_RULES:
-            prediction = result.predictions[part][record["metrics"][rule]["epoch"]]
+            prediction = result.predictions[part][record["metrics"][rule]["epoch"] - 1]
             rows[f"pred_{rule}"] = prediction
             rows[f"pred_unit_{rule}"] = unit(prediction)
         frames.append(rows)
@@ -304,10 +340,41 @@ def _write_outputs(plan, result, record, work_dir: Path) -> None:
     atomic_write_json(work_dir / "record.json", record)
 
 
-def load_trained(path: Path, which: str = "checkpoint.pt") -> tuple[IQAModel, dict]:
-    """A trained model from a run directory (or a checkpoint file) and its record, if any."""
+#: selection rule → the weights file a run keeps for it (test_oracle keeps none)
+RULE_CHECKPOINTS = {"val": "best_val.pt", "last": "checkpoint.pt"}
+
+
+@dataclass(frozen=True)
+class Trained:
+    """A trained model with the record beside it and the rule and epoch its weights are."""
+
+    model: IQAModel
+    record: dict
+    rule: str | None  # None: a checkpoint file of another name, chosen by the user
+    epoch: int
+    path: Path
+
+
+def load_trained(path: Path, rule: str | None = None) -> Trained:
+    """A trained model from a run directory or a checkpoint file, in eval mode.
+
+    A directory gives the weights of ``rule`` (default ``val``, the epoch the record reports);
+    a file named ``best_val.pt`` or ``checkpoint.pt`` is the weights of its rule, and asking
+    for another rule with it is refused."""
     path = Path(path)
-    checkpoint_path = path / which if path.is_dir() else path
+    named = {file: name for name, file in RULE_CHECKPOINTS.items()}
+    if path.is_dir():
+        rule = rule or "val"
+        if rule not in RULE_CHECKPOINTS:
+            raise CheckpointError(f"a run keeps weights for the rules "
+                                  f"{', '.join(RULE_CHECKPOINTS)}, not {rule!r}")
+        checkpoint_path = path / RULE_CHECKPOINTS[rule]
+    else:
+        checkpoint_path = path
+        if rule and named.get(path.name, rule) != rule:
+            raise CheckpointError(f"{path} holds the weights of rule {named[path.name]}, not "
+                                  f"{rule}: pass the run directory to choose the rule")
+        rule = rule or named.get(path.name)
     if not checkpoint_path.is_file():
         raise FileNotFoundError(f"no checkpoint at {checkpoint_path}")
     state = load_checkpoint(checkpoint_path)
@@ -318,4 +385,7 @@ def load_trained(path: Path, which: str = "checkpoint.pt") -> tuple[IQAModel, di
     model = cls(config)
     model.load_state_dict(state["state_dict"])
     record_path = checkpoint_path.parent / "record.json"
-    return model.eval(), (load_record(record_path) if record_path.is_file() else {})
+    record = load_record(record_path) if record_path.is_file() else {}
+    # the record numbers epochs from 1 whatever its age; a bare checkpoint says its own
+    epoch = record.get("metrics", {}).get(rule, {}).get("epoch", state.get("epoch"))
+    return Trained(model.eval(), record, rule, epoch, checkpoint_path)

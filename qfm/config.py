@@ -34,6 +34,9 @@ _CHOICES = {
     "gate_target": ("cls", "patch", "both"),
     "sam_dir": ("noise", "diff"),
     "sam_inner": ("first_order", "grid"),
+    "teacher_key": ("shared", "own"),
+    "loss_scale": ("label_range", "raw"),
+    "noise_center": ("none", "memory_mean"),
 }
 _MEMORY_MODES = ("matched", "random_partner", "sam_line")
 
@@ -53,6 +56,10 @@ class QFMConfig(DEIQTConfig):
     memory_sources: str = "student+teacher"  # student | teacher | student+teacher
     memory_batches: int = 4  # K previous batches kept besides the current one
     match_space: str = "student_cls"  # student_cls | teacher_cls | frozen_imagenet_cls
+    # shared: teacher entries are keyed in the match space like every other entry (the
+    # student's CLS of the same sample under student_cls); own: by the teacher's CLS, which
+    # mixes two networks' spaces under student_cls (kept to measure what that did)
+    teacher_key: str = "shared"
     match_metric: str = "cosine"  # cosine | l2
     tau: float = 0.05  # label tolerance as a fraction of the training label range R
     exclude_same_image: bool = True
@@ -67,12 +74,17 @@ class QFMConfig(DEIQTConfig):
     alpha: float = 1.0
     perturb_prob: float = 1.0
     noise_grad: bool = False  # False: stop-gradient through the matched noise
+    noise_center: str = "none"  # none | memory_mean (n − mean of the searched memory)
     # gate
     gate: str = "se_mlp"  # se_mlp | static | none
     gate_init: str = "sigmoid_bias3"  # sigmoid_bias3 (g ≈ 0.95) | 2sigmoid_zero (g = 1)
     gate_input: str = "self"  # self | clean (G(c) gates both c and c̃)
     gate_target: str = "cls"  # cls | patch | both
-    # loss weights
+    gate_static_gain: float = 100.0  # gate=static: logit = start + gain·w (see qfm.gate)
+    # loss weights; label_range: the label-space terms (reg, adv, sens, kd=score) are taken on
+    # labels and predictions divided by the training label range R, so a weight means the
+    # same on a 0–1 and a 0–100 dataset; raw: on the labels as given (DEIQT's loss exactly)
+    loss_scale: str = "label_range"
     lambda_adv: float = 1.0  # also weighs L_sam under sam_line
     lambda_sens: float = 0.0
     lambda_gate: float = 0.0
@@ -94,6 +106,9 @@ class QFMConfig(DEIQTConfig):
         if self.sam_dirs < 1 or (self.sam_dirs > 1 and (self.sam_inner == "grid" or
                                                        self.match_select != "farthest")):
             raise ConfigError("sam_dirs > 1 needs sam_inner=first_order and match_select=farthest")
+        if self.noise_center != "none" and not self.uses_memory():
+            raise ConfigError("noise_center=memory_mean centres memory features; it needs "
+                              "adv_mode matched, random_partner or sam_line")
         if self.tau < 0 or self.memory_batches < 0 or not 0 <= self.perturb_prob <= 1 \
                 or not 0 <= self.ema_momentum <= 1:
             raise ConfigError("tau and memory_batches must be >= 0, perturb_prob and "

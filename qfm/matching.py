@@ -14,8 +14,8 @@ from dataclasses import dataclass, fields
 import torch
 import torch.nn.functional as F
 
-__all__ = ["Entries", "Memory", "Match", "distances", "admissible", "select", "nearest_label",
-           "match"]
+__all__ = ["Entries", "Memory", "Match", "distances", "admissible", "select",
+           "best_with_random_ties", "nearest_label", "match"]
 
 SELECT_MODES = ("farthest", "random", "topm_random", "softmax")
 FALLBACKS = ("nearest_label", "skip")
@@ -30,6 +30,7 @@ class Entries:
     keys: torch.Tensor  # (M, Dk): where distances are measured (match_space)
     labels: torch.Tensor  # (M,)
     ids: torch.Tensor  # (M,) image ids; crops of one image share one
+    teacher: torch.Tensor  # (M,) bool: the entry's feature came from the teacher
     patches: torch.Tensor | None = None  # (M, N, D), kept only when patches are perturbed
 
     def __len__(self) -> int:
@@ -51,6 +52,7 @@ class Entries:
             keys=torch.cat([p.keys for p in parts]),
             labels=torch.cat([p.labels for p in parts]),
             ids=torch.cat([p.ids for p in parts]),
+            teacher=torch.cat([p.teacher for p in parts]),
             patches=torch.cat([p.patches for p in parts]) if has_patches else None,
         )
 
@@ -129,20 +131,36 @@ def select(distance: torch.Tensor, allowed: torch.Tensor, mode: str = "farthest"
         score = distance / temperature - torch.log(-torch.log(uniform.clamp_min(1e-20)))
     else:
         raise ValueError(f"unknown match_select {mode!r} ({', '.join(SELECT_MODES)})")
-    k = min(count, distance.shape[1])
-    index = score.masked_fill(~allowed, float("-inf")).topk(k, dim=1).indices
+    masked = score.masked_fill(~allowed, float("-inf"))
+    if count == 1:
+        index = best_with_random_ties(masked, generator)
+    else:
+        index = masked.topk(min(count, distance.shape[1]), dim=1).indices
     return index, allowed.gather(1, index)
 
 
+def best_with_random_ties(score: torch.Tensor,
+                          generator: torch.Generator | None = None) -> torch.Tensor:
+    """(B, 1) column of each row's largest score, drawn uniformly among equal ones.
+
+    The student's and the teacher's entry of one crop share a key in one match space, so they
+    tie exactly; taking the first would never pick the teacher's feature."""
+    best = score.max(dim=1, keepdim=True).values
+    ties = (score == best) & torch.isfinite(best)
+    draw = torch.rand(score.shape, generator=generator, device=score.device)
+    return draw.masked_fill(~ties, -1.0).argmax(dim=1, keepdim=True)
+
+
 def nearest_label(labels: torch.Tensor, ids: torch.Tensor, memory_labels: torch.Tensor,
-                  memory_ids: torch.Tensor,
-                  exclude_same_image: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fallback partner: the entry of another image with the closest label; (index, found)."""
+                  memory_ids: torch.Tensor, exclude_same_image: bool = True,
+                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fallback partner: the entry of another image with the closest label (ties drawn
+    uniformly); (index, found)."""
     gap = (labels.float()[:, None] - memory_labels.float()[None, :]).abs()
     if exclude_same_image:
         gap = gap.masked_fill(ids[:, None] == memory_ids[None, :], float("inf"))
-    value, index = gap.min(dim=1)
-    return index, torch.isfinite(value)
+    index = best_with_random_ties(-gap, generator).squeeze(1)
+    return index, torch.isfinite(gap.gather(1, index[:, None]).squeeze(1))
 
 
 @dataclass(frozen=True)
@@ -165,7 +183,8 @@ def match(anchor_keys: torch.Tensor, labels: torch.Tensor, ids: torch.Tensor, me
     index, valid = select(distance, allowed, mode, count, topm, temperature, generator)
     missing = ~valid[:, 0]
     if fallback == "nearest_label":
-        near, found = nearest_label(labels, ids, memory.labels, memory.ids, exclude_same_image)
+        near, found = nearest_label(labels, ids, memory.labels, memory.ids, exclude_same_image,
+                                    generator)
         index[:, 0] = torch.where(missing, near, index[:, 0])
         valid[:, 0] = valid[:, 0] | (missing & found)
         used = missing & found

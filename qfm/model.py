@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from baselines.deiqt import DEIQT, backbone_tokens, build_backbone
-from benchmark.models import ConfigError, TrainContext, config_from_dict, regression_loss
+from benchmark.models import (ConfigError, TrainContext, config_from_dict, config_to_dict,
+                              regression_loss)
 from qfm.config import QFMConfig
 from qfm.gate import ChannelGate
 from qfm.matching import Entries, Memory, match
@@ -44,9 +45,10 @@ class QFM(DEIQT):
     def __init__(self, config: QFMConfig):
         super().__init__(config)
         dim, gated = config.decoder_dim, config.gate != "none"
-        self.gate = ChannelGate(dim, config.gate, config.gate_init) \
-            if gated and config.gate_target in ("cls", "both") else None
-        self.patch_gate = ChannelGate(dim, config.gate, config.gate_init) \
+        form = (config.gate, config.gate_init, config.gate_static_gain)
+        self.gate = ChannelGate(dim, *form) if gated and config.gate_target in ("cls", "both") \
+            else None
+        self.patch_gate = ChannelGate(dim, *form) \
             if gated and config.gate_target in ("patch", "both") else None
         # frozen helpers (teacher, ImageNet encoder) held outside the module tree: no gradient,
         # no optimiser group, no saved weights
@@ -68,11 +70,17 @@ class QFM(DEIQT):
     def prerequisites(cls, config: QFMConfig) -> list[str]:
         return ["deiqt"] if config.teacher == "deiqt_frozen" and config.uses_teacher() else []
 
+    @classmethod
+    def prerequisite_config(cls, config: QFMConfig, needed: str) -> dict[str, Any]:
+        """The teacher is a DEIQT of the student's own recipe (attach_teacher checks the keys
+        that must agree)."""
+        return config_to_dict(deiqt_config(config)) if needed == "deiqt" else {}
+
     def attach_prerequisites(self, checkpoints: dict[str, Path]) -> None:
         if not self.prerequisites(self.config):
             return
         if "deiqt" not in checkpoints:
-            raise MissingTeacherError()
+            raise MissingTeacherError("no deiqt checkpoint was given")
         self.attach_teacher(load_deiqt_teacher(checkpoints["deiqt"]))
 
     def attach_teacher(self, teacher: DEIQT) -> None:
@@ -127,15 +135,21 @@ class QFM(DEIQT):
         teacher = self._teacher_outputs(batch) if cfg.uses_teacher() else None
         gated_cls, gated_patches, gates = self.gated(cls, patches)
         q = self.decode(gated_cls, gated_patches)
+        scale = self._label_unit(ctx)
         zero = q.new_zeros((), dtype=torch.float32)
-        terms = {"reg": regression_loss(q, labels, cfg.loss), "adv": zero, "kd": zero,
-                 "sens": zero, "gate": zero}
-        stats: dict[str, torch.Tensor] = {}
+        terms = {"reg": regression_loss(q / scale, labels / scale, cfg.loss), "adv": zero,
+                 "kd": zero, "sens": zero, "gate": zero}
+        with torch.no_grad():  # how much the score depends on the (perturbed) CLS path at all
+            without_cls = self.decode(torch.zeros_like(gated_cls), gated_patches)
+        stats: dict[str, torch.Tensor] = {
+            "cls_reliance": (q.detach().float() - without_cls.float()).abs().mean()
+            / max(float(ctx.label_range), 1e-12)}
         if cfg.kd_loss != "none":
-            terms["kd"] = self._distillation(cls, patches, q, teacher)
+            terms["kd"] = self._distillation(cls, patches, q / scale, teacher, scale)
         if cfg.adv_mode != "none":
-            terms["adv"], terms["sens"], stats = self._adversarial(
-                batch["image"], cls, patches, q, labels, ids, teacher, ctx)
+            terms["adv"], terms["sens"], matching = self._adversarial(
+                batch["image"], cls, patches, q, labels, ids, teacher, ctx, scale)
+            stats.update(matching)
         if gates:
             gate = torch.cat(gates, dim=1).float()
             terms["gate"] = gate.mean()
@@ -174,12 +188,19 @@ class QFM(DEIQT):
         teacher.load_state_dict({key: own[key] for key in teacher.state_dict()})
         self.attach_teacher(teacher)
 
-    def _distillation(self, cls, patches, q, teacher) -> torch.Tensor:
+    def _label_unit(self, ctx: TrainContext) -> float:
+        """What label-space losses are divided by: R under loss_scale=label_range, else 1."""
+        if self.config.loss_scale == "label_range" and ctx.label_range > 0:
+            return float(ctx.label_range)
+        return 1.0
+
+    def _distillation(self, cls, patches, q, teacher, scale: float) -> torch.Tensor:
+        """L_kd; ``q`` is the student's score already divided by ``scale``."""
         kind = self.config.kd_loss
         if kind == "cos_cls":
             return (1.0 - F.cosine_similarity(cls.float(), teacher["cls"].float(), dim=1)).mean()
         if kind == "score":
-            return regression_loss(q, teacher["score"], "smoothl1")
+            return regression_loss(q, teacher["score"] / scale, "smoothl1")
         kd = F.mse_loss(cls.float(), teacher["cls"].float())
         if kind == "mse_cls_patch":
             kd = kd + F.mse_loss(patches.float(), teacher["patches"].float())
@@ -193,7 +214,8 @@ class QFM(DEIQT):
         if space == "frozen_imagenet_cls":
             keys = self._frozen_imagenet_keys(images, ids)
             return keys, keys
-        return cls.detach().float(), None if teacher is None else teacher["cls"].float()
+        own = self.config.teacher_key == "own" and teacher is not None
+        return cls.detach().float(), teacher["cls"].float() if own else cls.detach().float()
 
     @torch.no_grad()
     def _frozen_imagenet_keys(self, images: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
@@ -218,96 +240,115 @@ class QFM(DEIQT):
         if "student" in cfg.memory_sources:
             features = cls if cfg.noise_grad else cls.detach()
             entries.append(Entries(features, student_keys, labels, ids,
+                                   torch.zeros_like(ids, dtype=torch.bool),
                                    patches.detach() if with_patches else None))
         if "teacher" in cfg.memory_sources:
             entries.append(Entries(teacher["cls"].to(cls.dtype), teacher_keys, labels, ids,
+                                   torch.ones_like(ids, dtype=torch.bool),
                                    teacher["patches"].to(patches.dtype) if with_patches else None))
         return entries
 
-    def _adversarial(self, images, cls, patches, q, labels, ids, teacher, ctx):
-        """(L_adv or L_sam, L_sens, matching statistics) for the anchors that got a partner."""
+    def _adversarial(self, images, cls, patches, q, labels, ids, teacher, ctx, scale: float):
+        """(L_adv or L_sam, L_sens, statistics) over the perturbed anchors: those with a
+        partner, each kept with probability perturb_prob."""
         cfg = self.config
-        stats: dict[str, torch.Tensor] = {}
         zero = q.new_zeros((), dtype=torch.float32)
         if cfg.adv_mode == "gaussian":
-            valid = torch.ones_like(labels, dtype=torch.bool)
-            noise_cls, noise_patches = gaussian_noise(cls.detach()), gaussian_noise(patches.detach())
+            valid, stats = torch.ones_like(labels, dtype=torch.bool), {}
+            noise = (gaussian_noise(cls.detach()), gaussian_noise(patches.detach()), None)
         else:
-            keys = self._keys(images, cls, ids, teacher)
-            current = self._entries(cls, patches, labels, ids, teacher, keys)
-            memory = self._memory.gather(current)
-            if self.training:
-                self._memory.push(current)
-            tolerance = float("inf") if cfg.adv_mode == "random_partner" \
-                else cfg.tau * float(ctx.label_range)
-            found = match(keys[0], labels, ids, memory, tolerance, metric=cfg.match_metric,
-                          mode=cfg.match_select, fallback=cfg.match_fallback,
-                          exclude_same_image=cfg.exclude_same_image,
-                          count=cfg.sam_dirs if cfg.adv_mode == "sam_line" else 1,
-                          topm=cfg.match_topm, temperature=cfg.match_temperature)
-            valid, partner = found.valid[:, 0], found.index[:, 0]
-            noise_cls = memory.features[partner]
-            noise_patches = memory.patches[partner] if memory.patches is not None else None
-            stats = {"fallback": found.fallback.float().mean(), "matched": valid.float().mean(),
-                     "memory_size": q.new_tensor(float(len(memory)))}
-            if valid.any():
-                stats["match_dy"] = (labels - memory.labels[partner])[valid].abs().mean()
-                stats["match_cosdist"] = 1.0 - F.cosine_similarity(
-                    keys[0][valid], memory.keys[partner][valid], dim=1).mean()
-        if not cfg.noise_grad:
-            noise_cls = noise_cls.detach()
-            noise_patches = None if noise_patches is None else noise_patches.detach()
-        if not valid.any():
+            valid, noise, stats = self._partners(images, cls, patches, labels, ids, teacher, ctx)
+        # an unperturbed anchor's noisy pass is its clean pass: counting it would add L_reg twice
+        perturbed = valid & (torch.rand(valid.shape, device=valid.device) < cfg.perturb_prob)
+        stats["perturbed"] = perturbed.float().mean()
+        if not perturbed.any():
             return zero, zero, stats
-        rows = valid.nonzero().squeeze(1)
+        rows = perturbed.nonzero().squeeze(1)
+        noise_cls, noise_patches, sam_partners = noise
         anchor_cls, anchor_patches, anchor_labels = cls[rows], patches[rows], labels[rows]
+        gate_from = (anchor_cls, anchor_patches) if cfg.gate_input == "clean" else None
         if cfg.adv_mode == "sam_line":
-            noisy_cls = self._sam_point(anchor_cls, anchor_patches, anchor_labels,
-                                        memory.features[found.index[rows]], found.valid[rows])
+            partners, partner_valid = sam_partners
+            noisy_cls = self._sam_point(anchor_cls, anchor_patches, anchor_labels / scale,
+                                        partners[rows], partner_valid[rows], scale, gate_from)
             noisy_patches = anchor_patches
         else:
             noisy_cls, noisy_patches = self._noisy(
                 anchor_cls, anchor_patches, noise_cls[rows],
                 None if noise_patches is None else noise_patches[rows])
-        gate_from = (anchor_cls, anchor_patches) if cfg.gate_input == "clean" else None
         q_noisy = self.decode(*self.gated(noisy_cls, noisy_patches, gate_from)[:2])
-        adversarial = regression_loss(q_noisy, anchor_labels, cfg.loss)
-        sensitivity = (q_noisy.float() - q[rows].detach().float()).abs().mean()
+        adversarial = regression_loss(q_noisy / scale, anchor_labels / scale, cfg.loss)
+        sensitivity = (q_noisy.float() - q[rows].detach().float()).abs().mean() / scale
         return adversarial, sensitivity, stats
 
-    def _noisy(self, cls, patches, noise_cls, noise_patches):
-        """Add the noise to the CLS and/or patch tokens; an anchor is kept with prob 1 − p."""
+    def _partners(self, images, cls, patches, labels, ids, teacher, ctx):
+        """Semantic noisy matching against the memory: (valid (B,), (noise CLS, noise patches,
+        (all sam_dirs partners, their validity)), statistics)."""
         cfg = self.config
-        chosen = torch.rand(cls.shape[0], device=cls.device) < cfg.perturb_prob
+        keys = self._keys(images, cls, ids, teacher)
+        current = self._entries(cls, patches, labels, ids, teacher, keys)
+        memory = self._memory.gather(current)
+        if self.training:
+            self._memory.push(current)
+        features, bank = memory.features, memory.patches
+        if cfg.noise_center == "memory_mean":  # keep what sets the partner apart from the memory
+            features = features - features.mean(dim=0, keepdim=True)
+            bank = None if bank is None else bank - bank.mean(dim=0, keepdim=True)
+        control = cfg.adv_mode == "random_partner"  # C2: any other image, at random
+        found = match(keys[0], labels, ids, memory,
+                      float("inf") if control else cfg.tau * float(ctx.label_range),
+                      metric=cfg.match_metric, mode="random" if control else cfg.match_select,
+                      fallback=cfg.match_fallback, exclude_same_image=cfg.exclude_same_image,
+                      count=cfg.sam_dirs if cfg.adv_mode == "sam_line" else 1,
+                      topm=cfg.match_topm, temperature=cfg.match_temperature)
+        valid, partner = found.valid[:, 0], found.index[:, 0]
+        stats = {"fallback": found.fallback.float().mean(), "matched": valid.float().mean(),
+                 "memory_size": labels.new_tensor(float(len(memory)))}
+        if valid.any():
+            stats["match_dy"] = (labels - memory.labels[partner])[valid].abs().mean()
+            stats["match_cosdist"] = 1.0 - F.cosine_similarity(
+                keys[0][valid], memory.keys[partner][valid], dim=1).mean()
+            stats["partner_from_teacher"] = memory.teacher[partner][valid].float().mean()
+        noise = (features[partner], None if bank is None else bank[partner],
+                 (features[found.index], found.valid))
+        return valid, noise, stats
+
+    def _noisy(self, cls, patches, noise_cls, noise_patches):
+        """Add the noise to the CLS and/or the patch tokens of the perturbed anchors."""
+        cfg = self.config
         if cfg.perturb_target in ("cls", "both"):
-            moved = perturb(cls, noise_cls.to(cls.dtype), cfg.perturb_form, cfg.alpha)
-            cls = torch.where(chosen[:, None], moved, cls)
+            cls = perturb(cls, noise_cls.to(cls.dtype), cfg.perturb_form, cfg.alpha)
         if cfg.perturb_target in ("patch", "both"):
-            moved = perturb(patches, noise_patches.to(patches.dtype), cfg.perturb_form, cfg.alpha)
-            patches = torch.where(chosen[:, None, None], moved, patches)
+            patches = perturb(patches, noise_patches.to(patches.dtype), cfg.perturb_form,
+                              cfg.alpha)
         return cls, patches
 
-    def _sam_point(self, cls, patches, labels, partners, partner_valid) -> torch.Tensor:
+    def _sam_point(self, cls, patches, labels, partners, partner_valid, scale: float,
+                   gate_from=None) -> torch.Tensor:
         """c + sg(δ*), δ* the worst first-order (or grid) step of radius ρ‖c‖ along the
-        direction(s) to the matched partner(s). NOT FROM THE PAPER (method.md §3.4)."""
+        direction(s) to the matched partner(s), with the outer pass's gate input and label
+        unit (``labels`` already divided by ``scale``). NOT FROM THE PAPER (method.md §3.4)."""
         cfg = self.config
         anchor, fixed_patches = cls.detach().float(), patches.detach()
+        if gate_from is not None:
+            gate_from = tuple(part.detach() for part in gate_from)
         directions = sam_directions(anchor, partners.detach().float(), partner_valid, cfg.sam_dir)
         radius = cfg.rho * anchor.norm(dim=1, keepdim=True)
+
+        def inner_loss(point: torch.Tensor, reduction: str) -> torch.Tensor:
+            score = self.decode(*self.gated(point, fixed_patches, gate_from)[:2]).float()
+            return F.smooth_l1_loss(score / scale, labels, reduction=reduction)
+
         if cfg.sam_inner == "grid":
             with torch.no_grad():
-                losses = torch.stack([F.smooth_l1_loss(
-                    self.decode(*self.gated(anchor + e * radius * directions[:, 0],
-                                            fixed_patches)[:2]).float(), labels, reduction="none")
-                    for e in _SAM_GRID])
+                losses = torch.stack([inner_loss(anchor + e * radius * directions[:, 0], "none")
+                                      for e in _SAM_GRID])
                 steps = torch.tensor(_SAM_GRID, device=anchor.device)[losses.argmax(dim=0)]
             delta = steps[:, None] * radius * directions[:, 0]
         else:
             with torch.enable_grad():  # one decoder forward/backward on a detached copy of c
                 start = anchor.clone().requires_grad_(True)
-                score = self.decode(*self.gated(start, fixed_patches)[:2]).float()
-                loss = F.smooth_l1_loss(score, labels, reduction="sum")
-                (gradient,) = torch.autograd.grad(loss, start)
+                (gradient,) = torch.autograd.grad(inner_loss(start, "sum"), start)
             delta = radius * worst_direction(gradient, directions)
         return cls + delta.to(cls.dtype)
 

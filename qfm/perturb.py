@@ -11,6 +11,8 @@ import torch
 __all__ = ["PERTURB_FORMS", "perturb", "gaussian_noise", "sam_directions", "worst_direction"]
 
 PERTURB_FORMS = ("add_normmatched", "add_raw", "interp")
+#: a direction whose part outside the earlier ones is below this share of its norm adds nothing
+_DEPENDENT = 1e-5
 
 
 def _row_norm(x: torch.Tensor) -> torch.Tensor:
@@ -54,14 +56,23 @@ def sam_directions(anchor: torch.Tensor, partners: torch.Tensor, valid: torch.Te
 def worst_direction(gradient: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
     """The unit vector in span(directions) that raises the loss most to first order, (B, D).
 
-    It is Π_U∇/‖Π_U∇‖ with Π_U the projection onto the span of the m directions; the
-    pseudo-inverse of the Gram matrix stands in for a QR basis so that zero (invalid) directions
-    drop out. For m = 1 this is sign(⟨∇, u⟩)·u.
+    It is Π_U∇/‖Π_U∇‖ with Π_U the projection onto the span of the m directions, taken through
+    an orthonormal basis (a QR factorisation by modified Gram–Schmidt, each step done twice).
+    A zero (invalid) or dependent direction adds no basis vector. Unlike the pseudo-inverse of
+    the Gram matrix, whose conditioning is the square of the directions', nearly parallel
+    partners keep their whole span in fp32. For m = 1 this is sign(⟨∇, u⟩)·u.
     """
-    with torch.autocast(gradient.device.type, enabled=False):  # pinv has no half kernels
-        basis = directions.float().transpose(1, 2)  # (B, D, m)
-        gram = basis.transpose(1, 2) @ basis
-        coefficients = torch.linalg.pinv(gram) @ (basis.transpose(1, 2)
-                                                  @ gradient.float().unsqueeze(2))
-        projected = (basis @ coefficients).squeeze(2)
+    with torch.autocast(gradient.device.type, enabled=False):
+        columns = directions.float().unbind(1)  # m × (B, D)
+        basis: list[torch.Tensor] = []
+        for column in columns:
+            residual = column
+            for _ in range(2):  # "twice is enough" re-orthogonalisation
+                for unit in basis:
+                    residual = residual - (residual * unit).sum(1, keepdim=True) * unit
+            norm = residual.norm(dim=1, keepdim=True)
+            keep = norm > _DEPENDENT * column.norm(dim=1, keepdim=True).clamp_min(1e-30)
+            basis.append(torch.where(keep, residual / norm.clamp_min(1e-30), 0.0))
+        grad = gradient.float()
+        projected = sum((grad * unit).sum(1, keepdim=True) * unit for unit in basis)
     return projected / projected.norm(dim=1, keepdim=True).clamp_min(1e-12)

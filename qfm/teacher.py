@@ -19,20 +19,11 @@ __all__ = ["MissingTeacherError", "freeze", "load_deiqt_teacher", "deiqt_config"
 
 
 class MissingTeacherError(ConfigError):
-    """QFM needs the DEIQT run of the same dataset and split; the message names the command."""
+    """QFM needs the DEIQT run of the same dataset and split; the runner adds the command."""
 
-    def __init__(self, dataset: str = "D", split: str | int = "K", detail: str = ""):
-        self.dataset, self.split, self.detail = dataset, split, detail
-        super().__init__(self._message())
-
-    def _message(self) -> str:
-        return (f"QFM with teacher=deiqt_frozen needs the last-epoch checkpoint of the DEIQT run "
-                f"on the same dataset and split{': ' + self.detail if self.detail else ''}; make it "
-                f"with: bench run --model deiqt --dataset {self.dataset} --split {self.split}")
-
-    def for_run(self, dataset: str, split: str | int) -> MissingTeacherError:
-        """The same error with the run's dataset and split filled into the command."""
-        return MissingTeacherError(dataset, split, self.detail)
+    def __init__(self, detail: str):
+        super().__init__(f"QFM with teacher=deiqt_frozen needs the last-epoch checkpoint of the "
+                         f"DEIQT run on the same dataset and split: {detail}")
 
 
 def freeze(model: nn.Module) -> nn.Module:

@@ -35,17 +35,17 @@ def write_run(results: Path, model: str, dataset: str, split: int, level: float,
     config = {"epochs": epochs, "lr": 1e-3, **(config or {})}
     history = []
     for epoch in range(epochs):
-        history.append({"epoch": epoch, "lr": 1e-3, "train": {"loss": 1.0 / (epoch + 1), "aux": 0.1},
+        history.append({"epoch": epoch + 1, "lr": 1e-3, "train": {"loss": 1.0 / (epoch + 1), "aux": 0.1},
                         "val": _metrics(rng, level - 0.02 * (epochs - epoch - 1)),
                         "test": _metrics(rng, level - 0.02 * (epochs - epoch - 1)), "time_s": 1.0})
     oracle = {**_metrics(rng, level + 0.01)}
-    selection = {"val": {"epoch": epochs - 1, "val": history[-1]["val"], "test": history[-1]["test"]},
-                 "last": {"epoch": epochs - 1, "val": history[-1]["val"], "test": history[-1]["test"]},
-                 "test_oracle": {"epoch": 1, "val": history[1]["val"], "test": oracle}}
+    selection = {"val": {"epoch": epochs, "val": history[-1]["val"], "test": history[-1]["test"]},
+                 "last": {"epoch": epochs, "val": history[-1]["val"], "test": history[-1]["test"]},
+                 "test_oracle": {"epoch": 2, "val": history[1]["val"], "test": oracle}}
     identity = json.dumps([model, dataset, split, config], sort_keys=True).encode()
     digest = hashlib.sha256(identity).hexdigest()
     record = {
-        "schema": "bench-run/1", "model": model, "dataset": dataset, "split": split,
+        "schema": "bench-run/2", "model": model, "dataset": dataset, "split": split,
         "split_seed": split, "config": config,
         "run_config": {"seed": 0, "device": "cpu", "amp": "auto", "compile": False, "workers": split},
         "config_hash": digest, "seed": 0, "git": {"commit": "0" * 40, "dirty": False},

@@ -206,6 +206,16 @@ def _commands() -> dict[str, click.Command]:
     return {name: main.get_command(context, name) for name in LAZY_COMMANDS}
 
 
+def _script_command(name: str) -> click.Command:
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
 def test_cli_commands_and_options_named_in_the_docs_exist():
     commands = _commands()
     options = set()
@@ -219,6 +229,7 @@ def test_cli_commands_and_options_named_in_the_docs_exist():
 
     for command in commands.values():
         collect(command)
+    collect(_script_command("qfm_vs_deiqt"))  # benchmarks/ scripts the pages run
     for page in ("qfm.md", "models.md", "datasets.md"):
         text = read(page)
         for flag in re.findall(r"(?<![\w-])--[a-z][a-z-]*", text):

@@ -32,7 +32,7 @@ def test_record_and_predictions_are_complete(demo_root, tmp_path):
     assert (run_dir / "record.json").is_file() and (run_dir / "best_val.pt").is_file()
     assert not list((tmp_path / "runs/probe/demo").glob("*.partial"))
     assert record["data"]["n_train"] + record["data"]["n_val"] + record["data"]["n_test"] == 475
-    assert [h["epoch"] for h in record["history"]] == [0, 1, 2]
+    assert [h["epoch"] for h in record["history"]] == [1, 2, 3]  # as the log prints them
     assert set(record["metrics"]) == {"val", "last", "test_oracle"}
     val_pick = max(record["history"], key=lambda h: (h["val"]["srcc"], -h["epoch"]))
     assert record["metrics"]["val"]["epoch"] == val_pick["epoch"]
@@ -73,7 +73,7 @@ def test_interrupted_run_resumes_to_identical_metrics(demo_root, tmp_path, monke
     with pytest.raises(KeyboardInterrupt):
         _run(demo_root, tmp_path / "resumed")
     partial = next((tmp_path / "resumed/runs/probe/demo").glob("*.partial"))
-    assert torch.load(partial / "checkpoint.pt", weights_only=True)["epoch"] == 0
+    assert torch.load(partial / "checkpoint.pt", weights_only=True)["epoch"] == 1
     monkeypatch.setattr(probe, "loss", original_loss)
     head_fits = []
     original_init = probe.init_from_features
@@ -110,7 +110,7 @@ def test_nan_loss_names_epoch_and_step_and_keeps_the_checkpoint(demo_root, tmp_p
     with pytest.raises(NonFiniteLossError, match=r"epoch 2, step 2"):
         _run(demo_root, tmp_path)
     partial = next((tmp_path / "runs/probe/demo").glob("*.partial"))
-    assert torch.load(partial / "checkpoint.pt", weights_only=True)["epoch"] == 0
+    assert torch.load(partial / "checkpoint.pt", weights_only=True)["epoch"] == 1
 
 
 def test_probe_head_starts_from_ridge_on_the_training_features(demo_root, tmp_path, monkeypatch):
@@ -330,9 +330,9 @@ def test_bench_score_reproduces_the_recorded_test_predictions(demo_root, tmp_pat
     result = CliRunner().invoke(main, ["score", str(demo_root / row["image"]),
                                        "--checkpoint", str(run_dir)])
     assert result.exit_code == 0, result.output
-    assert float(result.output.split("\t")[1]) == pytest.approx(row["pred_last"], abs=1e-4)
-    model, loaded_record = load_trained(run_dir)
-    assert loaded_record["config_hash"] == record["config_hash"] and model.name == "probe"
+    assert float(result.stdout.split("\t")[1]) == pytest.approx(row["pred_val"], abs=1e-4)
+    trained = load_trained(run_dir)
+    assert trained.record["config_hash"] == record["config_hash"] and trained.model.name == "probe"
 
 
 def _cli(*args):

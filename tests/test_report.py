@@ -199,7 +199,8 @@ def test_tables_compile_with_pdflatex(built, tmp_path):
 
 
 def test_cross_evaluation_records(tmp_path, monkeypatch):
-    """evaluate_cross with stand-ins for load_trained/extract: orientation and metrics."""
+    """evaluate_cross with stand-ins for load_trained/predict: orientation and metrics."""
+    import benchmark.data
     import benchmark.engine
     import benchmark.runner
     from benchmark.datasets.base import Dataset, standard_table
@@ -237,20 +238,21 @@ def test_cross_evaluation_records(tmp_path, monkeypatch):
         def to(self, device):
             return self
 
-    def fake_load(path, which):
-        calls.append(which)
-        return Stub(), {}
+    def fake_load(path, rule):
+        calls.append(rule)
+        return benchmark.runner.Trained(Stub(), {}, rule, 3, path / "best_val.pt")
 
-    def fake_extract(model, paths, crop, n_crops, device, fn):
-        assert (crop, n_crops, fn) == (224, 2, "forward") and len(paths) == 40
+    def fake_predict(model, cache, crop, n_crops, seed, device, batch_size):
+        assert (crop, n_crops) == (224, 2) and len(cache) == 40
         return (1.0 - (units + noise)) * 100.0
 
     monkeypatch.setattr(benchmark.runner, "load_trained", fake_load)
-    monkeypatch.setattr(benchmark.engine, "extract", fake_extract, raising=False)
+    monkeypatch.setattr(benchmark.engine, "predict", fake_predict)
+    monkeypatch.setattr(benchmark.data, "decode_image", lambda path, spec: np.zeros((8, 8, 3)))
     written = evaluate_cross("deiqt", "koniq", "livec", root, tmp_path / "results", device="cpu",
                              log=lambda _: None)
-    assert [p.name for p in written] == ["split0.json", "split1.json", "split2.json"]
-    assert calls == ["best_val.pt"] * 3
+    assert [p.name.split("-")[0] for p in written] == ["split0", "split1", "split2"]
+    assert calls == ["val"] * 3
     record = json.loads(written[0].read_text())
     expected = all_metrics(units + noise, units)
     assert record["metrics"]["srcc"] == pytest.approx(expected["srcc"]) and expected["srcc"] > 0.9
@@ -323,8 +325,9 @@ def test_end_to_end_on_demo_runs(demo_root, tmp_path):
     assert outcome.exit_code == 0, outcome.output
     for record in records:
         # the run's own test images, scored again by the same weights and crops
-        cross = pd.read_csv(results / "cross" / "probe" / "demo__demo"
-                            / f"split{record['split']}.csv").set_index("image")
+        (path,) = (results / "cross" / "probe" / "demo__demo").glob(
+            f"split{record['split']}-*.csv")  # one record per split: one rule, one test copy
+        cross = pd.read_csv(path).set_index("image")
         own = pd.read_csv(Path(record["_dir"]) / "predictions.csv").query("part == 'test'")
         assert cross.loc[own["image"], "pred_unit"].to_numpy() == pytest.approx(
             own["pred_unit_val"].to_numpy(), abs=1e-4)

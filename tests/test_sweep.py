@@ -128,7 +128,7 @@ def test_sweep_killed_midway_resumes_without_redoing_or_duplicating(tmp_path, de
     assert not list((results / "runs").glob("*/demo/*.partial"))
     assert {p: p.stat().st_mtime_ns for p in finished} == finished
     record = json.loads((runs(results, "deiqt")[0] / "record.json").read_text())
-    assert [h["epoch"] for h in record["history"]] == list(range(40))
+    assert [h["epoch"] for h in record["history"]] == list(range(1, 41))
     assert "4 runs: 4 done, 0 running, 0 failed, 0 pending" in result.stdout
     # without its state file the sweep still finds every run by its config hash
     for state_file in (results / "sweeps").glob("*/state.json"):
@@ -262,7 +262,7 @@ def test_a_task_cut_by_its_time_limit_is_requeued_and_resumes(tmp_path, demo_roo
     output = submitted.stdout() + (submitted.stderr() or "")
     assert "resuming after epoch" in output and "Requeued" in output
     record = json.loads((run_dir / "record.json").read_text())
-    assert [h["epoch"] for h in record["history"]] == list(range(epochs))
+    assert [h["epoch"] for h in record["history"]] == list(range(1, epochs + 1))
     assert not list(run_dir.parent.glob("*.partial"))
 
 
@@ -278,7 +278,7 @@ def test_exports_copy_the_record_and_prune_what_left_the_grid(tmp_path, demo_roo
     assert json.loads((out / "record.json").read_text())["config_hash"] == record["config_hash"]
     values = json.loads(metrics.read_text())
     assert set(values) == {"val", "last", "test_oracle"}
-    assert values["val"] == {"epoch": 0, "srcc": record["metrics"]["val"]["test"]["srcc"],
+    assert values["val"] == {"epoch": 1, "srcc": record["metrics"]["val"]["test"]["srcc"],
                              "plcc": record["metrics"]["val"]["test"]["plcc"]}
     stale = Cell("probe", "probe", "demo", 2)
     export_run(record, params.paths.export_dir(stale), params.paths.metrics_file(stale))

@@ -236,8 +236,9 @@ def cross(train: str, test: str, root_test: Path, models: tuple[str, ...], resul
     """Evaluate every split's model trained on TRAIN on all images of TEST.
 
     \b
-    Writes RESULTS/cross/<model>/<train>__<test>/split<k>.json; `bench report` turns them
-    into the cross-dataset tables.
+    Writes RESULTS/cross/<model>/<train>__<test>/split<k>-<key>.json, the key naming the
+    source run, the rule, the test folder and its table's checksum (a record is reused only
+    under the same key); `bench report` turns them into the cross-dataset tables.
 
     \b
     Example:
@@ -252,9 +253,10 @@ def cross(train: str, test: str, root_test: Path, models: tuple[str, ...], resul
                                      if r["dataset"] == train}))
     if not models:
         raise BenchError(f"no finished runs on {train} under {results / 'runs'}")
+    decoded: dict = {}  # the test images, decoded once for every model and split
     try:
         for model in models:
             evaluate_cross(model, train, test, root_test, results, rule, device, config, force,
-                           log=click.echo)
+                           log=click.echo, decoded=decoded)
     except (ValueError, FileNotFoundError) as error:
         raise BenchError(str(error).splitlines()[0]) from None

@@ -133,10 +133,15 @@ def run(model, dataset, root, sets, results, seed, device, amp, workers, threads
 @click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--checkpoint", required=True, type=click.Path(path_type=Path),
               help="A run directory or its checkpoint.pt / best_val.pt.")
+@click.option("--rule", type=click.Choice(["val", "last"]), default=None,
+              help="Which epoch of a run directory: val, the validation-selected one the record "
+                   "reports [default], or last.")
 @click.option("--device", default="cpu", show_default=True)
 @user_errors
-def score(images, checkpoint, device) -> None:
-    """Print a quality score per image with a trained model (model's label scale)."""
+def score(images, checkpoint, rule, device) -> None:
+    """Print a quality score per image with a trained model (model's label scale).
+
+    The epoch and rule used go to stderr, so stdout stays one line per image."""
     from benchmark.datasets.prepare import decode_check
     from benchmark.engine import extract, resolve_device
     from benchmark.models import eval_crop
@@ -146,11 +151,14 @@ def score(images, checkpoint, device) -> None:
         reason = decode_check(path) if path.is_file() else f"{path}: no such image"
         if reason:
             raise BenchError(reason)
-    model, record = guarded(load_trained, checkpoint)
-    config = model.config
+    trained = guarded(load_trained, checkpoint, rule)
+    click.echo(f"{trained.model.name}: epoch {trained.epoch}, rule "
+               f"{trained.rule or 'unknown (a renamed checkpoint file)'} ({trained.path})",
+               err=True)
+    config = trained.model.config
     target = resolve_device(device)
-    scores = extract(model.to(target), list(images), eval_crop(config), config.test_crops, target,
-                     seed=record.get("seed", 0))
+    scores = extract(trained.model.to(target), list(images), eval_crop(config), config.test_crops,
+                     target, seed=trained.record.get("seed", 0))
     for path, value in zip(images, scores):
         click.echo(f"{path}\t{value:.4f}")
 

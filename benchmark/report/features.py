@@ -94,9 +94,11 @@ def checkpoint_features(path: Path, selection: Selection,
     from benchmark.models import eval_crop
     from benchmark.runner import load_trained
 
-    model, record = load_trained(Path(path))
-    config = model.config
-    return _extract(model, selection, eval_crop(config), config.test_crops, device), record
+    # method.md §5: the last-epoch model, never one chosen on held-out images
+    trained = load_trained(Path(path), "last" if Path(path).is_dir() else None)
+    config = trained.model.config
+    return (_extract(trained.model, selection, eval_crop(config), config.test_crops, device),
+            trained.record)
 
 
 def distance_report(sources: Mapping[str, np.ndarray], selection: Selection, synthetic: bool,

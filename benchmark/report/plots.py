@@ -9,7 +9,6 @@ and S₁(θ) against θ beside the random-pair baseline.
 from __future__ import annotations
 
 import io
-import json
 import re
 from pathlib import Path
 from typing import Mapping
@@ -22,6 +21,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from benchmark.io import atomic_write_bytes
+from benchmark.records import load_record
 from benchmark.report.tables import DATASET_LABELS, MODEL_LABELS, ordered_models
 
 __all__ = ["save_figure", "scatter_figures", "box_figure", "curve_figures", "distance_gap_figure",
@@ -109,8 +109,8 @@ def curve_figures(runs: pd.DataFrame, out: Path) -> list[Path]:
         figure = Figure(figsize=(8.0, 3.2))
         loss_ax, srcc_ax = figure.subplots(1, 2)
         for split, directory in zip(group["split"], group["dir"]):
-            history = json.loads((Path(directory) / "record.json").read_text())["history"]
-            epochs = [h["epoch"] + 1 for h in history]
+            history = load_record(Path(directory) / "record.json")["history"]
+            epochs = [h["epoch"] for h in history]
             colour = f"C{split % 10}"
             loss_ax.plot(epochs, [h["train"].get("loss", np.nan) for h in history], color=colour,
                          lw=1, label=f"split {split}")

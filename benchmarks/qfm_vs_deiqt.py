@@ -1,0 +1,114 @@
+"""QFM-IQM against its own DEIQT teacher, paired over splits (issue 13, "Does it help at all?").
+
+For every split this trains DEIQT, then QFM-IQM with that DEIQT run pinned as its teacher,
+both with the same recipe (``--set``; ``--qfm-set`` adds QFM-only keys such as a preset). Runs
+that already exist under ``--results`` are reused by their config hash, so an interrupted
+comparison continues where it stopped. It prints, per split, both test metrics under one
+selection rule (validation-selected by default) and their difference QFM − DEIQT, then the
+median and mean difference, the wins and a two-sided Wilcoxon signed-rank p-value
+(``benchmark.aggregate.paired_tests``, scipy.stats.wilcoxon). With 5 splits the smallest
+possible p is 0.0625: five splits can show a consistent sign, not significance.
+
+Example (CPU, offline Lite0 backbone)::
+
+    python benchmarks/qfm_vs_deiqt.py --dataset livec --root data/livec --splits 0-4 \\
+        --set backbone=tf_efficientnet_lite0 --set pretrained=offline-lite0 --set epochs=3 \\
+        --set warmup_epochs=0.5 --set train_crops=1 --set batch_size=16 --set lr=2e-3 \\
+        --set schedule=cosine --qfm-set preset=full
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import click
+import pandas as pd
+
+from benchmark.cli.options import BenchError, user_errors
+from benchmark.cli.run import guarded, make_run_config, parse_sets
+
+__all__ = ["train_pairs", "paired_comparison", "format_comparison", "main"]
+
+
+def train_pairs(dataset: str, root: Path, splits: tuple[int, ...], recipe: dict,
+                qfm_only: dict, run, results: Path,
+                log: Callable[[str], None] = print) -> list[tuple[dict, dict]]:
+    """(DEIQT record, QFM-IQM record) per split; each student is pinned to its split's DEIQT."""
+    from benchmark.runner import run_one
+
+    pairs = []
+    for split in splits:
+        teacher = run_one("deiqt", dataset, split, root, recipe, run, results, log=log)
+        student = run_one("qfm", dataset, split, root, {**recipe, **qfm_only}, run, results,
+                          log=log, pins={"deiqt": teacher["config_hash"]})
+        pairs.append((teacher, student))
+    return pairs
+
+
+def paired_comparison(pairs: list[tuple[dict, dict]], rule: str = "val",
+                      metric: str = "srcc") -> tuple[pd.DataFrame, dict]:
+    """Per-split metrics and differences (QFM − DEIQT), and the summary with a Wilcoxon p."""
+    from benchmark.aggregate import paired_tests, runs_table
+
+    runs = runs_table([record for pair in pairs for record in pair])
+    runs = runs[runs["rule"] == rule]
+    by_model = {model: group.set_index("split")[metric] for model, group in runs.groupby("model")}
+    table = pd.DataFrame({"deiqt": by_model["deiqt"], "qfm": by_model["qfm"]}).dropna()
+    table["diff"] = table["qfm"] - table["deiqt"]
+    test = paired_tests(runs, metrics=(metric,)).iloc[0]  # one pair of cells: deiqt vs qfm
+    diff = table["diff"]
+    summary = {"rule": rule, "metric": metric, "n": int(len(diff)),
+               "median_diff": float(diff.median()), "mean_diff": float(diff.mean()),
+               "qfm_wins": int((diff > 0).sum()), "ties": int((diff == 0).sum()),
+               "p_value": float(test["p_value"])}
+    return table.rename_axis("split").reset_index(), summary
+
+
+def format_comparison(table: pd.DataFrame, summary: dict) -> str:
+    lines = [f"test {summary['metric'].upper()} ({summary['rule']}-selected), QFM-IQM − DEIQT",
+             table.to_string(index=False, formatters={
+                 "deiqt": "{:.4f}".format, "qfm": "{:.4f}".format, "diff": "{:+.4f}".format}),
+             f"median diff {summary['median_diff']:+.4f}  mean diff {summary['mean_diff']:+.4f}  "
+             f"QFM-IQM better on {summary['qfm_wins']} of {summary['n']} splits "
+             f"({summary['ties']} ties)  Wilcoxon p = {summary['p_value']:.4g}"]
+    return "\n".join(lines)
+
+
+@click.command()
+@click.option("--dataset", required=True, help="Registered dataset name.")
+@click.option("--root", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Prepared dataset folder.")
+@click.option("--splits", default="0-4", show_default=True, help="Split indices, e.g. 0-4.")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="Recipe override for both models (repeatable).")
+@click.option("--qfm-set", "qfm_sets", multiple=True, metavar="KEY=VALUE",
+              help="Override for QFM-IQM only, e.g. preset=A3 (repeatable).")
+@click.option("--rule", type=click.Choice(["val", "last", "test_oracle"]), default="val",
+              show_default=True)
+@click.option("--metric", type=click.Choice(["srcc", "plcc", "krcc"]), default="srcc",
+              show_default=True)
+@click.option("--results", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("results"), show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--max-steps", type=int, default=0, help="Cap steps per epoch (smoke tests).")
+@click.option("--quiet", is_flag=True, help="No progress bars or training log.")
+@user_errors
+def main(dataset, root, splits, sets, qfm_sets, rule, metric, results, seed, device, max_steps,
+         quiet) -> None:
+    """Train DEIQT and QFM-IQM on each split and print their paired differences."""
+    from benchmark.suite import SuiteError, parse_indices
+
+    try:
+        indices = parse_indices(splits, "--splits")
+    except SuiteError as error:
+        raise BenchError(str(error)) from None
+    run = make_run_config(seed, device, "auto", 0, "memory", False, quiet, max_steps)
+    pairs = guarded(train_pairs, dataset, root, indices, parse_sets(sets), parse_sets(qfm_sets),
+                    run, results, log=(lambda _: None) if quiet else click.echo)
+    click.echo(format_comparison(*paired_comparison(pairs, rule, metric)))
+
+
+if __name__ == "__main__":
+    main()
