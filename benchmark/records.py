@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import platform
+import re
 import subprocess
 from dataclasses import dataclass
 from importlib import metadata
@@ -29,10 +30,12 @@ __all__ = [
     "RECORD_SCHEMA",
     "SELECTION_RULES",
     "RunKey",
+    "RecordError",
     "config_hash",
     "run_dir",
     "find_record",
     "iter_records",
+    "record_paths",
     "load_record",
     "package_versions",
     "git_state",
@@ -43,6 +46,15 @@ RECORD_SCHEMA = "bench-run/1"
 #: how the reported epoch is chosen; "test_oracle" is what published IQA code does (best
 #: epoch on the test split) and is kept only to measure its optimism, never as the default
 SELECTION_RULES = ("val", "last", "test_oracle")
+
+#: a finished run's folder; ``split0-<hash10>.partial`` (a run in progress) never matches
+_FINISHED = re.compile(r"^split\d+-[0-9a-f]{10}$")
+#: keys every reader of a record relies on
+_REQUIRED = ("model", "dataset", "split", "config", "config_hash", "metrics")
+
+
+class RecordError(ValueError):
+    """A record.json that is unreadable or lacks what every record has; names the file."""
 
 
 @dataclass(frozen=True)
@@ -68,25 +80,45 @@ def find_record(results: Path, key: RunKey, digest: str) -> Path | None:
 
 def load_record(path: Path) -> dict[str, Any]:
     path = Path(path)
-    record = json.loads(path.read_text())
-    if record.get("schema") != RECORD_SCHEMA:
-        raise ValueError(f"{path} is not a {RECORD_SCHEMA} record")
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise RecordError(f"{path}: unreadable run record ({error})") from None
+    if not isinstance(record, dict) or record.get("schema") != RECORD_SCHEMA:
+        raise RecordError(f"{path} is not a {RECORD_SCHEMA} record")
+    missing = [key for key in _REQUIRED if key not in record]
+    if missing:
+        raise RecordError(f"{path}: run record has no {missing[0]!r} (a damaged file: rerun "
+                          f"the run with --force)")
+    metrics = record["metrics"]
+    if not (isinstance(metrics, dict) and metrics
+            and all(isinstance(chosen, dict) and "test" in chosen for chosen in metrics.values())):
+        raise RecordError(f"{path}: run record's metrics hold no test metrics per selection rule")
     record["_dir"] = str(path.parent)
     return record
 
 
+def _finished(folders: Iterator[Path]) -> list[Path]:
+    return [folder / "record.json" for folder in folders
+            if _FINISHED.match(folder.name) and (folder / "record.json").is_file()]
+
+
+def record_paths(results: Path) -> list[Path]:
+    """The record.json of every finished run under ``results/runs``, in a stable order."""
+    return sorted(_finished((Path(results) / "runs").glob("*/*/split*-*")))
+
+
 def iter_records(results: Path) -> Iterator[dict[str, Any]]:
-    """Every finished record under ``results/runs`` in a stable order."""
-    for path in sorted((Path(results) / "runs").glob("*/*/split*-*/record.json")):
+    for path in record_paths(results):
         yield load_record(path)
 
 
 def latest_record(results: Path, key: RunKey, hash_prefix: str = "") -> Path | None:
     """The newest finished record of a key whose config hash starts with ``hash_prefix``
     (any hash when empty): how a run finds its prerequisites."""
-    pattern = f"runs/{key.model}/{key.dataset}/split{key.split}-{hash_prefix[:10]}*/record.json"
+    pattern = f"runs/{key.model}/{key.dataset}/split{key.split}-{hash_prefix[:10]}*"
     # the folder name holds the hash's first 10 digits; a longer prefix needs the record
-    found = [path for path in Path(results).glob(pattern)
+    found = [path for path in _finished(Path(results).glob(pattern))
              if len(hash_prefix) <= 10 or load_record(path)["config_hash"].startswith(hash_prefix)]
     return max(found, key=lambda p: p.stat().st_mtime) if found else None
 
