@@ -16,13 +16,14 @@ that exists is a finished run. The same hash means the same run: it is skipped.
 from __future__ import annotations
 
 import json
+import math
 import platform
 import re
 import subprocess
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from benchmark.io import canonical_json, sha256_bytes
 
@@ -32,6 +33,8 @@ __all__ = [
     "RunKey",
     "RecordError",
     "config_hash",
+    "select_epochs",
+    "is_best_val",
     "run_dir",
     "find_record",
     "iter_records",
@@ -62,6 +65,35 @@ class RunKey:
     model: str
     dataset: str
     split: int
+
+
+def select_epochs(history: list[dict]) -> dict[str, dict]:
+    """The epoch reported under each selection rule, from a run's per-epoch history."""
+    def pick(key: Callable[[dict], float]) -> dict:
+        scored = [(key(h), -h["epoch"], h) for h in history]
+        finite = [s for s in scored if not math.isnan(s[0])]
+        best = max(finite, key=lambda s: (s[0], s[1]))[2] if finite else history[-1]
+        return {"epoch": best["epoch"], "val": best["val"], "test": best["test"]}
+
+    has_val = any(not math.isnan(h["val"].get("srcc", float("nan"))) for h in history)
+    selection = {
+        "val": pick(lambda h: h["val"].get("srcc", float("nan"))),
+        "last": {k: history[-1][k] for k in ("epoch", "val", "test")},
+        # DEIQT's official code reports the epoch with the highest test PLCC
+        "test_oracle": pick(lambda h: h["test"].get("plcc", float("nan"))),
+    }
+    selection["val"]["rule_fallback"] = None if has_val else "no validation images: last epoch"
+    if not has_val:
+        selection["val"].update({k: history[-1][k] for k in ("epoch", "val", "test")})
+    return selection
+
+
+def is_best_val(history: list[dict]) -> bool:
+    """Whether the last epoch is the best on the validation slice so far (best_val.pt)."""
+    values = [h["val"].get("srcc", float("nan")) for h in history]
+    current = values[-1]
+    earlier = [v for v in values[:-1] if not math.isnan(v)]
+    return len(history) == 1 or (not math.isnan(current) and all(current > v for v in earlier))
 
 
 def config_hash(identity: dict[str, Any]) -> str:

@@ -24,6 +24,7 @@ from benchmark.registry import UnknownNameError, dataset_registry, model_registr
 
 __all__ = ["SuiteError", "Paths", "Entry", "Cell", "Suite", "Params", "load_params",
            "parse_params", "read_yaml", "parse_indices", "switch_suite", "check_order",
+           "run_settings",
            "TOP_KEYS", "SUITE_KEYS", "RUN_KEYS"]
 
 TOP_KEYS = ("paths", "protocol", "models", "suites", "suite")
@@ -42,8 +43,22 @@ class _Yaml12Loader(yaml.SafeLoader):
 
     DVC rewrites the file (``dvc exp run -S``) without quoting ``off`` or ``yes``, which are
     strings in YAML 1.2 but booleans to PyYAML's 1.1 rules: ``amp: off`` must stay "off";
-    and ``lr: 1e-4`` is a number to DVC, so it is one here too.
+    and ``lr: 1e-4`` is a number to DVC, so it is one here too. A key given twice in one
+    mapping is an error: PyYAML would silently keep the last one.
     """
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, (str, int, float, bool)):
+                continue  # a complex key: unhashable, and none in a params file
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    "while reading a mapping", node.start_mark, f"duplicate key {key!r}",
+                    key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
 
 
 _Yaml12Loader.yaml_implicit_resolvers = {
@@ -174,13 +189,31 @@ class Params:
         return {k: v for k, v in (self.entries.get(entry) or {}).items() if k != "model"}
 
     def check(self) -> dict[str, int]:
-        """Resolve every cell of every suite (imports the models); returns cells per suite."""
+        """Resolve every cell of every suite and its run settings (imports the models): every
+        value a run would refuse fails here; returns cells per suite."""
         counts = {}
         for name in self.suites:
             suite = self.suite(name)
             check_order(suite, f"{self.path}: suites.{name}")
+            run_settings(suite, f"{self.path}: suites.{name}.run")
             counts[name] = len(suite.cells())
         return counts
+
+
+def run_settings(suite: Suite, where: str, device: str | None = None) -> dict[str, Any]:
+    """The suite's ``run`` section (``device`` replaced when given) as RunConfig fields
+    (``threads`` is the sweep's own), checked by building the RunConfig a run would get."""
+    from benchmark.engine import RunConfig
+    from benchmark.models import ConfigError
+
+    run = {k: v for k, v in suite.run.items() if k != "threads"}
+    if device:
+        run["device"] = device
+    try:
+        RunConfig(**run)
+    except (ConfigError, TypeError) as error:
+        raise SuiteError(f"{where}: {error}") from None
+    return run
 
 
 def check_order(suite: Suite, where: str, declared: bool = True) -> dict[str, tuple[str, ...]]:

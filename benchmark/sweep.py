@@ -10,7 +10,6 @@ A student's run starts only once its teacher's run of the same dataset and split
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shlex
@@ -20,14 +19,15 @@ import socket
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from benchmark.io import atomic_dir, atomic_write_json, canonical_json, sha256_bytes
-from benchmark.suite import Cell, Params, Paths, Suite, check_order
+from benchmark.io import (LockedError, atomic_dir, atomic_write_json, canonical_json,
+                          exclusive_lock, sha256_bytes)
+from benchmark.suite import Cell, Params, Paths, Suite, check_order, run_settings
 
 __all__ = ["SweepError", "Job", "plan_sweep", "SweepState", "open_state", "run_local",
            "export_run", "status_lines", "detect_gpus",
@@ -126,9 +126,7 @@ def plan_sweep(params: Params, suite: Suite, device: str | None = None,
     from benchmark.datasets.base import DatasetError
 
     needs = check_order(suite, f"{params.path}: suites.{suite.name}", declared=False)
-    run = {k: v for k, v in suite.run.items() if k != "threads"}
-    if device:
-        run["device"] = device
+    run = run_settings(suite, f"{params.path}: suites.{suite.name}.run", device)
     for dataset in suite.datasets if check_data else ():
         try:
             load_prepared(params.paths.dataset_root(dataset), dataset)
@@ -195,15 +193,14 @@ def open_state(results: Path, suite: Suite, jobs: list[Job], launcher: str) -> I
     """Create or continue the sweep of this grid, holding its lock while the sweep runs."""
     ident = sweep_id(suite, jobs)
     directory = Path(results) / "sweeps" / ident
-    directory.mkdir(parents=True, exist_ok=True)
-    with open(directory / "lock", "w") as lock:
+    with ExitStack() as held:
         try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise SweepError(f"sweep {ident} is already running "
-                             f"(lock {directory / 'lock'})") from None
+            held.enter_context(exclusive_lock(directory / "lock", f"sweep {ident}"))
+        except LockedError as error:
+            raise SweepError(f"{error}: it is already running; see its progress with "
+                             f"--status") from None
         path = directory / "state.json"
-        data = json.loads(path.read_text()) if path.is_file() else {
+        data = _read_state(path) if path.is_file() else {
             "id": ident, "suite": suite.name, "created": _now(), "cells": {}}
         data.update(launcher=launcher, pid=os.getpid(), host=socket.gethostname())
         for job in jobs:
@@ -214,6 +211,22 @@ def open_state(results: Path, suite: Suite, jobs: list[Job], launcher: str) -> I
         state = SweepState(directory, data)
         state.save()
         yield state
+
+
+def _read_state(path: Path) -> dict:
+    """A state file, with every cell it calls done checked against the disk: a run folder
+    removed since (or never finished) makes its cell pending again."""
+    try:
+        data = json.loads(path.read_text())
+        cells = data["cells"]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as error:
+        raise SweepError(f"{path}: unreadable sweep state ({error}); remove it, and the "
+                         f"sweep finds its finished runs by their config hash") from None
+    for entry in cells.values():
+        if entry.get("status") == "done" and not (
+                entry.get("dir") and (Path(entry["dir"]) / "record.json").is_file()):
+            entry.update(status="pending", reason=f"its run folder {entry.get('dir')} is gone")
+    return data
 
 
 def _now() -> str:
@@ -344,7 +357,10 @@ def run_local(jobs: list[Job], state: SweepState, workers: int = 1, gpus: list[s
 
 
 def _spawn(job: Job, slot: int, gpus: list[str], logs: Path, state: SweepState):
-    env = dict(os.environ)
+    from PIL import Image
+
+    # the run decodes under the sweep's pixel limit (bench --max-pixels)
+    env = {**os.environ, "BENCH_MAX_PIXELS": str(Image.MAX_IMAGE_PIXELS)}
     if gpus:
         env["CUDA_VISIBLE_DEVICES"] = gpus[slot % len(gpus)]
     if job.threads:
@@ -423,5 +439,5 @@ def pid_alive(state: dict) -> bool | None:
 
 def load_states(results: Path) -> list[dict]:
     paths = sorted((Path(results) / "sweeps").glob("*/state.json"))
-    return [json.loads(path.read_text()) for path in paths]
+    return [_read_state(path) for path in paths]
 
