@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import torch
 from benchmark.io import atomic_write_bytes
 
 __all__ = ["CheckpointError", "RESUME_KEYS", "WEIGHT_KEYS", "save_checkpoint",
-           "load_checkpoint", "load_weights", "strip_training_state"]
+           "load_torch_file", "load_checkpoint", "load_weights", "strip_training_state"]
 
 #: what every bench checkpoint holds
 WEIGHT_KEYS = ("model", "config", "epoch", "state_dict")
@@ -36,19 +37,26 @@ def save_checkpoint(path: Path, payload: dict) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def load_checkpoint(path: Path) -> Any:
-    """The file's content (tensors and plain data only); unreadable is a CheckpointError."""
+def load_torch_file(path: Path, what: str) -> Any:
+    """The file's content (tensors and plain data only); an unreadable file is a
+    CheckpointError saying it is not ``what``."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # its note on pickle protocols would be a second line
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
-        raise CheckpointError(f"no checkpoint at {path}") from None
+        raise CheckpointError(f"no file at {path}") from None
     except EOFError:
         reason = "empty or truncated file"
     except pickle.UnpicklingError:
         reason = "a pickle holding more than tensors and plain data; not unpickled"
     except (KeyError, RuntimeError, ValueError, OSError, UnicodeDecodeError):
         reason = "not a torch file, or a damaged one"
-    raise CheckpointError(f"{path} is not a bench checkpoint ({reason})")
+    raise CheckpointError(f"{path} is not {what} ({reason})")
+
+
+def load_checkpoint(path: Path) -> Any:
+    return load_torch_file(path, "a bench checkpoint")
 
 
 def load_weights(path: Path) -> dict:

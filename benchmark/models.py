@@ -248,16 +248,20 @@ def load_local_weights(model: nn.Module, path: Path | str) -> dict[str, int]:
     path = Path(text.removeprefix(PARTIAL))
     if not path.is_file():
         raise ConfigError(f"pretrained weights file {path} does not exist")
+    from benchmark.checkpoints import CheckpointError, load_torch_file
+
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
             state = load_file(str(path))
         else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - torch and safetensors raise many kinds
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise ConfigError(f"pretrained weights file {path} is not a state dict ({first})") from None
+            state = load_torch_file(path, "a state dict")
+    except CheckpointError as error:
+        raise ConfigError(f"pretrained weights file {error}") from None
+    except Exception as error:  # noqa: BLE001 - safetensors raises its own kinds
+        raise ConfigError(f"pretrained weights file {path} is not a state dict "
+                          f"({type(error).__name__})") from None
     for key in ("model", "state_dict"):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             state = state[key]

@@ -78,3 +78,22 @@ def tiny_root(tmp_path_factory) -> Path:
     root = write_tiny_set(tmp_path_factory.mktemp("tiny"))
     prepare(dataset_registry().get("generic")(), root, SplitProtocol(seeds=(0, 1)))
     return root
+
+
+def write_tiny_params(folder: Path, tiny_root: Path, results: Path, **suite) -> Path:
+    """A params.yaml whose active suite runs the tiny probe on both tiny splits; ``suite``
+    replaces keys of that suite (``models={"probe": {"lr": -1}}``)."""
+    import yaml
+
+    (folder / "data").mkdir(exist_ok=True)
+    (folder / "data" / "generic").symlink_to(tiny_root)
+    tiny = {"datasets": ["generic"], "splits": [0, 1], "expect_splits": 2, "run": {"device": "cpu"},
+            "teacher": None, "models": {"probe": dict(TINY_PROBE)}, "students": {}, **suite}
+    params = {"paths": {"data": str(folder / "data"), "results": str(results),
+                        "pipeline": str(results / "dvc"), "report": str(results)},
+              "protocol": {"seeds": "0-1", "rounding": "round", "val_fraction": 0.1},
+              "models": {"probe": {}}, "suites": {"tiny": tiny}}
+    text = yaml.safe_dump(params, sort_keys=False).replace("  tiny:\n", "  tiny: &tiny\n")
+    path = folder / "params.yaml"
+    path.write_text(text + "suite: *tiny\n")
+    return path

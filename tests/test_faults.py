@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from click.testing import CliRunner
 
 import benchmark.io
@@ -34,7 +33,7 @@ from benchmark.registry import dataset_registry
 from benchmark.runner import ResumableRunError, load_trained, run_one
 from benchmark.splits import SplitProtocol
 from benchmark.sweep import load_states
-from conftest import TINY_PROBE, write_tiny_set
+from conftest import TINY_PROBE, write_tiny_params, write_tiny_set
 
 QUIET = RunConfig(progress=False)
 KEY = RunKey("probe", "generic", 0)
@@ -187,22 +186,6 @@ def test_a_full_disk_names_the_file_and_the_run_resumes_from_the_intact_checkpoi
 
 # ------------------------------------------------------------------------------------ a sweep
 
-def write_params(tmp_path: Path, tiny_root: Path, results: Path) -> Path:
-    (tmp_path / "data").mkdir(exist_ok=True)
-    (tmp_path / "data" / "generic").symlink_to(tiny_root)
-    params = {"paths": {"data": str(tmp_path / "data"), "results": str(results),
-                        "pipeline": str(results / "dvc"), "report": str(results)},
-              "protocol": {"seeds": "0-1", "rounding": "round", "val_fraction": 0.1},
-              "models": {"probe": {}},
-              "suites": {"tiny": {"datasets": ["generic"], "splits": [0, 1], "expect_splits": 2,
-                                  "run": {"device": "cpu"}, "teacher": None,
-                                  "models": {"probe": dict(TINY_PROBE)}, "students": {}}}}
-    text = yaml.safe_dump(params, sort_keys=False).replace("  tiny:\n", "  tiny: &tiny\n")
-    path = tmp_path / "params.yaml"
-    path.write_text(text + "suite: *tiny\n")
-    return path
-
-
 @pytest.fixture(scope="module")
 def finished_grid(tiny_root, tmp_path_factory) -> Path:
     """Both cells of the tiny grid, run once: a sweep over them spawns no process."""
@@ -224,7 +207,7 @@ def test_a_sweep_killed_at_any_state_write_continues_without_counting_twice(
         point, when, tiny_root, finished_grid, faults, tmp_path):
     results = tmp_path / "results"
     shutil.copytree(finished_grid, results)
-    params = write_params(tmp_path, tiny_root, results)
+    params = write_tiny_params(tmp_path, tiny_root, results)
     records = {p: p.stat().st_mtime_ns for p in record_paths(results)}
     faults(point, when)
     with pytest.raises(Killed):
@@ -241,7 +224,7 @@ def test_a_sweep_killed_at_any_state_write_continues_without_counting_twice(
 def test_a_sweep_trusts_the_disk_over_its_state_file(tiny_root, finished_grid, tmp_path):
     results = tmp_path / "results"
     shutil.copytree(finished_grid, results)
-    params = write_params(tmp_path, tiny_root, results)
+    params = write_tiny_params(tmp_path, tiny_root, results)
     assert sweep(params).exit_code == 0
     (state,) = load_states(results)
     gone = Path(state["cells"]["probe/generic/1"]["dir"])
