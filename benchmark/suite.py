@@ -23,8 +23,7 @@ import yaml
 from benchmark.registry import UnknownNameError, dataset_registry, model_registry
 
 __all__ = ["SuiteError", "Paths", "Entry", "Cell", "Suite", "Params", "load_params",
-           "parse_params", "read_yaml", "parse_indices", "switch_suite", "check_order",
-           "run_settings",
+           "parse_params", "read_yaml", "parse_indices", "switch_suite",
            "TOP_KEYS", "SUITE_KEYS", "RUN_KEYS"]
 
 TOP_KEYS = ("paths", "protocol", "models", "suites", "suite")
@@ -191,6 +190,8 @@ class Params:
     def check(self) -> dict[str, int]:
         """Resolve every cell of every suite and its run settings (imports the models): every
         value a run would refuse fails here; returns cells per suite."""
+        from benchmark.grid import check_order, run_settings
+
         counts = {}
         for name in self.suites:
             suite = self.suite(name)
@@ -198,52 +199,6 @@ class Params:
             run_settings(suite, f"{self.path}: suites.{name}.run")
             counts[name] = len(suite.cells())
         return counts
-
-
-def run_settings(suite: Suite, where: str, device: str | None = None) -> dict[str, Any]:
-    """The suite's ``run`` section (``device`` replaced when given) as RunConfig fields
-    (``threads`` is the sweep's own), checked by building the RunConfig a run would get."""
-    from benchmark.engine import RunConfig
-    from benchmark.models import ConfigError
-
-    run = {k: v for k, v in suite.run.items() if k != "threads"}
-    if device:
-        run["device"] = device
-    try:
-        RunConfig(**run)
-    except (ConfigError, TypeError) as error:
-        raise SuiteError(f"{where}: {error}") from None
-    return run
-
-
-def check_order(suite: Suite, where: str, declared: bool = True) -> dict[str, tuple[str, ...]]:
-    """Resolve every cell's config; returns each entry's prerequisites (registered models).
-
-    ``declared``: the suite's lists come from params.yaml, so dvc.yaml's order must hold:
-    its models need nothing first and its students need only the teacher.
-    """
-    from benchmark.models import ConfigError
-    from benchmark.runner import resolve_config
-
-    needs: dict[str, tuple[str, ...]] = {}
-    for entry in suite.entries:
-        found: list[str] = []
-        for dataset in suite.datasets:
-            try:
-                cls, config = resolve_config(entry.model, dataset, entry.overrides)
-            except (ConfigError, TypeError, ValueError) as error:
-                raise SuiteError(f"{where}: {entry.name} on {dataset}: {error}") from None
-            found += [n for n in cls.prerequisites(config) if n not in found]
-        needs[entry.name] = tuple(found)
-        if not declared or not found:
-            continue
-        if not entry.student:
-            raise SuiteError(f"{where}.models.{entry.name}: needs a {found[0]} run first; "
-                             f"list it under students")
-        if set(found) != {suite.teacher_model}:
-            raise SuiteError(f"{where}.students.{entry.name}: needs {', '.join(found)}, but the "
-                             f"teacher {suite.teacher!r} runs {suite.teacher_model!r}")
-    return needs
 
 
 def read_yaml(text: str) -> Any:

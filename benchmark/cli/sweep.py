@@ -80,8 +80,9 @@ def sweep(params_path, suite_name, models, datasets, splits, launcher, workers, 
       bench sweep --suite paper --status
     """
     from benchmark.suite import load_params, parse_indices
-    from benchmark.sweep import (detect_gpus, load_states, open_state, pid_alive, plan_sweep,
-                                 run_local, status_lines, sweep_id)
+    from benchmark.local import detect_gpus, run_local
+    from benchmark.sweep import (load_states, open_state, pid_alive, plan_sweep, status_lines,
+                                 sweep_id)
 
     params = sweep_errors(load_params, params_path)
     indices = None if splits is None else sweep_errors(parse_indices, splits, "--splits")
