@@ -9,8 +9,9 @@ One directory per (model, dataset, split, config hash) under ``<results>/runs/``
         checkpoint.pt     last-epoch weights (+ optimiser state while training)
         best_val.pt       weights of the epoch chosen on the validation slice
 
-The directory is built under a temporary name and renamed when complete, so a record
-that exists is a finished run. The same hash means the same run: it is skipped.
+The directory is built as ``split<k>-<hash10>.partial`` and renamed when complete, so a
+record in a folder named ``split<k>-<hash10>`` is a finished run; a ``.partial`` folder is
+never counted, whatever it holds. The same hash means the same run: it is skipped.
 """
 
 from __future__ import annotations
