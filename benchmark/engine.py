@@ -52,10 +52,7 @@ class RunConfig:
     def __post_init__(self) -> None:
         """Checked when built, before any data is read; whether CUDA is there is checked
         where the run starts (:func:`resolve_device`), since sweeps plan on login nodes."""
-        try:
-            torch.device(self.device if self.device != "auto" else "cpu")
-        except RuntimeError:
-            raise ConfigError(f"device {self.device!r} is not cpu, cuda, cuda:N or auto") from None
+        _parse_device(self.device)
         for key, value, allowed in (("amp", self.amp, ("auto", "bf16", "fp16", "off")),
                                     ("cache", self.cache, ("memory", "disk"))):
             if value not in allowed:
@@ -89,13 +86,17 @@ class FitResult:
     eval_s: float = 0.0
 
 
+def _parse_device(name: str) -> torch.device:
+    try:
+        return torch.device("cpu" if name == "auto" else name)
+    except RuntimeError:
+        raise ConfigError(f"device {name!r} is not cpu, cuda, cuda:N or auto") from None
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"device {name!r} is not cpu, cuda, cuda:N or auto") from None
+    device = _parse_device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {name!r} requested but CUDA is not available (use --device "
                           f"cpu or auto)")

@@ -324,7 +324,7 @@ def load_trained(path: Path, which: str = "checkpoint.pt") -> tuple[IQAModel, di
                               f"models ({error})") from None
     model = cls(config)
     own, given = model.state_dict(), state["state_dict"]
-    wrong = sorted({*own} ^ {*given} | {k for k in own if k in given and (
+    wrong = sorted(({*own} ^ {*given}) | {k for k in own if k in given and (
         not hasattr(given[k], "shape") or given[k].shape != own[k].shape)})
     if wrong:
         raise CheckpointError(f"{checkpoint_path} is not a bench checkpoint of {cls.name} (its "

@@ -156,8 +156,8 @@ def check_split_file(split_file: dict, table: pd.DataFrame, dataset: str, expect
                      path: Path) -> None:
     """Refuse a split file that its own checksum cannot vouch for: one written for another
     dataset, one other than the file prepare wrote (its hash is in meta.json), or one whose
-    parts share an image or a content group (seeded splits; an official split is the
-    dataset's own), or name images the table lacks."""
+    parts share an image or a content group (splits drawn by seed; an official or imported
+    split is its source's own), or name images the table lacks."""
     if split_file.get("dataset") != dataset:
         raise SplitFileError(f"split file {path} is for dataset {split_file.get('dataset')!r}, "
                              f"not {dataset!r}")

@@ -97,3 +97,17 @@ def write_tiny_params(folder: Path, tiny_root: Path, results: Path, **suite) -> 
     path = folder / "params.yaml"
     path.write_text(text + "suite: *tiny\n")
     return path
+
+
+def bomb_png(path: Path, side: int = 200_000) -> None:
+    """A PNG of a few bytes whose header claims side x side pixels (a decompression bomb)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    header = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+                     + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))

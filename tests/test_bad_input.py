@@ -11,9 +11,7 @@ import json
 import os
 import pickle
 import shutil
-import struct
 import zipfile
-import zlib
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -32,21 +30,10 @@ from benchmark.models import config_to_dict, create_backbone, get_model_class
 from benchmark.runner import plan_run
 from benchmark.suite import load_params
 from benchmark.sweep import plan_sweep, sweep_id
-from conftest import TINY_PROBE, write_tiny_params, write_tiny_set
+from conftest import TINY_PROBE, bomb_png, write_tiny_params, write_tiny_set
 from synthetic_runs import write_run
 
 IMAGE = "images/g00_0.png"  # an image of the tiny set (every part is decoded before a run)
-
-
-def bomb_png(path: Path, side: int = 200_000) -> None:
-    """A PNG of a few bytes whose header claims side x side pixels."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return (struct.pack(">I", len(data)) + kind + data
-                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
-
-    header = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
-                     + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
 
 
 def run_args(root: Path, results: Path, *extra: str) -> list[str]:

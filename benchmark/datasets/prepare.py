@@ -23,6 +23,7 @@ __all__ = [
     "missing_images",
     "decode_check",
     "prepare",
+    "adopt_split_file",
     "load_prepared",
     "summarize",
 ]
@@ -113,6 +114,16 @@ def prepare(
 #: what readers of meta.json rely on; one that lacks any is from a damaged or older prepare
 META_KEYS = ("dataset", "n_listed", "n_images", "n_missing", "first_missing", "partial",
              "table_sha256", "splits_sha256", "protocol", "spec")
+
+
+def adopt_split_file(prepared: PreparedDataset, split_file: dict) -> None:
+    """Make ``split_file`` (an imported one) the split file runs use: written over
+    ``splits.json``, then its hash into ``meta.json``, which runs check the file against."""
+    save_split_file(prepared.split_path, split_file)
+    meta = {**prepared.meta, "splits_sha256": split_file["sha256"],
+            "splits_source": split_file.get("source")}
+    atomic_write_json(prepared.root / PREPARED_DIR / "meta.json", meta)
+    prepared.meta = meta
 
 
 def load_prepared(root: Path, name: str) -> PreparedDataset:
