@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from benchmark.images import read_image
 from benchmark.io import atomic_dir, canonical_json, sha256_bytes
 
 __all__ = ["DecodeSpec", "ImageCache", "decode_image", "TrainCrops", "EvalCrops", "collate"]
@@ -35,12 +36,13 @@ class DecodeSpec:
 
 
 def decode_image(path: Path, spec: DecodeSpec) -> np.ndarray:
-    with Image.open(path) as image:
-        image = image.convert("RGB")
-        if spec.resize_hw is not None:
-            height, width = spec.resize_hw
-            image = image.resize((width, height), Image.BILINEAR)
-        array = np.asarray(image, dtype=np.uint8)
+    """The cached array of one file; a broken or oversized file is an ImageError naming it
+    (``prepare --no-decode`` leaves such files for the first run to find)."""
+    image = read_image(path).convert("RGB")
+    if spec.resize_hw is not None:
+        height, width = spec.resize_hw
+        image = image.resize((width, height), Image.BILINEAR)
+    array = np.asarray(image, dtype=np.uint8)
     pad_h, pad_w = max(0, spec.min_side - array.shape[0]), max(0, spec.min_side - array.shape[1])
     if pad_h or pad_w:
         mode = "reflect" if pad_h < array.shape[0] and pad_w < array.shape[1] else "edge"

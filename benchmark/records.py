@@ -9,19 +9,22 @@ One directory per (model, dataset, split, config hash) under ``<results>/runs/``
         checkpoint.pt     last-epoch weights (+ optimiser state while training)
         best_val.pt       weights of the epoch chosen on the validation slice
 
-The directory is built under a temporary name and renamed when complete, so a record
-that exists is a finished run. The same hash means the same run: it is skipped.
+The directory is built as ``split<k>-<hash10>.partial`` and renamed when complete, so a
+record in a folder named ``split<k>-<hash10>`` is a finished run; a ``.partial`` folder is
+never counted, whatever it holds. The same hash means the same run: it is skipped.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import platform
+import re
 import subprocess
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from benchmark.io import canonical_json, sha256_bytes
 
@@ -29,10 +32,13 @@ __all__ = [
     "RECORD_SCHEMA",
     "SELECTION_RULES",
     "RunKey",
+    "RecordError",
     "config_hash",
+    "select_epochs",
     "run_dir",
     "find_record",
     "iter_records",
+    "record_paths",
     "load_record",
     "package_versions",
     "git_state",
@@ -46,12 +52,42 @@ _OLD_SCHEMAS = ("bench-run/1",)
 #: epoch on the test split) and is kept only to measure its optimism, never as the default
 SELECTION_RULES = ("val", "last", "test_oracle")
 
+#: a finished run's folder; ``split0-<hash10>.partial`` (a run in progress) never matches
+_FINISHED = re.compile(r"^split\d+-[0-9a-f]{10}$")
+#: keys every reader of a record relies on
+_REQUIRED = ("model", "dataset", "split", "config", "config_hash", "metrics")
+
+
+class RecordError(ValueError):
+    """A record.json that is unreadable or lacks what every record has; names the file."""
+
 
 @dataclass(frozen=True)
 class RunKey:
     model: str
     dataset: str
     split: int
+
+
+def select_epochs(history: list[dict]) -> dict[str, dict]:
+    """The epoch reported under each selection rule, from a run's per-epoch history."""
+    def pick(key: Callable[[dict], float]) -> dict:
+        scored = [(key(h), -h["epoch"], h) for h in history]
+        finite = [s for s in scored if not math.isnan(s[0])]
+        best = max(finite, key=lambda s: (s[0], s[1]))[2] if finite else history[-1]
+        return {"epoch": best["epoch"], "val": best["val"], "test": best["test"]}
+
+    has_val = any(not math.isnan(h["val"].get("srcc", float("nan"))) for h in history)
+    selection = {
+        "val": pick(lambda h: h["val"].get("srcc", float("nan"))),
+        "last": {k: history[-1][k] for k in ("epoch", "val", "test")},
+        # DEIQT's official code reports the epoch with the highest test PLCC
+        "test_oracle": pick(lambda h: h["test"].get("plcc", float("nan"))),
+    }
+    selection["val"]["rule_fallback"] = None if has_val else "no validation images: last epoch"
+    if not has_val:
+        selection["val"].update({k: history[-1][k] for k in ("epoch", "val", "test")})
+    return selection
 
 
 def config_hash(identity: dict[str, Any]) -> str:
@@ -70,11 +106,22 @@ def find_record(results: Path, key: RunKey, digest: str) -> Path | None:
 
 def load_record(path: Path) -> dict[str, Any]:
     path = Path(path)
-    record = json.loads(path.read_text())
-    if record.get("schema") in _OLD_SCHEMAS:
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise RecordError(f"{path}: unreadable run record ({error})") from None
+    if isinstance(record, dict) and record.get("schema") in _OLD_SCHEMAS:
         record = _epochs_from_one(record)
-    if record.get("schema") != RECORD_SCHEMA:
-        raise ValueError(f"{path} is not a {RECORD_SCHEMA} record")
+    if not isinstance(record, dict) or record.get("schema") != RECORD_SCHEMA:
+        raise RecordError(f"{path} is not a {RECORD_SCHEMA} record")
+    missing = [key for key in _REQUIRED if key not in record]
+    if missing:
+        raise RecordError(f"{path}: run record has no {missing[0]!r} (a damaged file: rerun "
+                          f"the run with --force)")
+    metrics = record["metrics"]
+    if not (isinstance(metrics, dict) and metrics
+            and all(isinstance(chosen, dict) and "test" in chosen for chosen in metrics.values())):
+        raise RecordError(f"{path}: run record's metrics hold no test metrics per selection rule")
     record["_dir"] = str(path.parent)
     return record
 
@@ -86,18 +133,27 @@ def _epochs_from_one(record: dict[str, Any]) -> dict[str, Any]:
     return {**record, "schema": RECORD_SCHEMA}
 
 
+def _finished(folders: Iterator[Path]) -> list[Path]:
+    return [folder / "record.json" for folder in folders
+            if _FINISHED.match(folder.name) and (folder / "record.json").is_file()]
+
+
+def record_paths(results: Path) -> list[Path]:
+    """The record.json of every finished run under ``results/runs``, in a stable order."""
+    return sorted(_finished((Path(results) / "runs").glob("*/*/split*-*")))
+
+
 def iter_records(results: Path) -> Iterator[dict[str, Any]]:
-    """Every finished record under ``results/runs`` in a stable order."""
-    for path in sorted((Path(results) / "runs").glob("*/*/split*-*/record.json")):
+    for path in record_paths(results):
         yield load_record(path)
 
 
 def latest_record(results: Path, key: RunKey, hash_prefix: str = "") -> Path | None:
     """The newest finished record of a key whose config hash starts with ``hash_prefix``
     (any hash when empty): how a run finds its prerequisites."""
-    pattern = f"runs/{key.model}/{key.dataset}/split{key.split}-{hash_prefix[:10]}*/record.json"
+    pattern = f"runs/{key.model}/{key.dataset}/split{key.split}-{hash_prefix[:10]}*"
     # the folder name holds the hash's first 10 digits; a longer prefix needs the record
-    found = [path for path in Path(results).glob(pattern)
+    found = [path for path in _finished(Path(results).glob(pattern))
              if len(hash_prefix) <= 10 or load_record(path)["config_hash"].startswith(hash_prefix)]
     return max(found, key=lambda p: p.stat().st_mtime) if found else None
 

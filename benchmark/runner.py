@@ -18,26 +18,31 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
+from benchmark.checkpoints import CheckpointError, load_weights, strip_training_state
 from benchmark.data import DecodeSpec, ImageCache
 from benchmark.datasets.prepare import PreparedDataset, load_prepared
-from benchmark.engine import (CheckpointError, RunConfig, SplitData, fit, load_checkpoint,
-                              resolve_device, save_checkpoint)
-from benchmark.io import atomic_write_json, atomic_write_text
+from benchmark.engine import RunConfig, SplitData, fit, resolve_device, save_checkpoint
+from benchmark.io import DiskFullError, atomic_write_json, atomic_write_text, exclusive_lock, rename
 from benchmark.metrics import HIGHER_IS_BETTER, all_metrics
-from benchmark.models import (ConfigError, FitModel, IQAModel, config_from_dict, config_to_dict,
-                              get_model_class)
+from benchmark.models import (ConfigError, FitModel, IQAModel, check_trainable, config_from_dict,
+                              config_to_dict, get_model_class)
 from benchmark.records import (RECORD_SCHEMA, SELECTION_RULES, RunKey, config_hash, find_record,
                                git_state, latest_record, load_record, package_versions, run_dir)
-from benchmark.registry import dataset_registry
-from benchmark.splits import load_split_file, split_images
+from benchmark.registry import UnknownNameError, dataset_registry
+from benchmark.splits import check_split_file, load_split_file, split_images
 
-__all__ = ["MissingPrerequisiteError", "dataset_recipe", "resolve_config", "plan_run",
-           "prerequisite_command", "run_one", "load_trained", "Trained", "RULE_CHECKPOINTS",
-           "unit_mapping"]
+__all__ = ["MissingPrerequisiteError", "ResumableRunError", "dataset_recipe", "resolve_config",
+           "plan_run", "prerequisite_command", "run_one", "load_trained", "Trained",
+           "RULE_CHECKPOINTS", "unit_mapping"]
 
 
 class MissingPrerequisiteError(RuntimeError):
     """A run needs another run first (QFM-IQM needs its DEIQT teacher)."""
+
+
+class ResumableRunError(RuntimeError):
+    """A rerun found the checkpoint of an unfinished run and was told neither to resume it
+    nor to start over."""
 
 
 def dataset_recipe(cls: type[IQAModel], dataset: str) -> dict[str, Any]:
@@ -54,7 +59,10 @@ def resolve_config(model: str, dataset: str, overrides: dict[str, Any] | None = 
     cls = get_model_class(model)
     values = {**dataset_recipe(cls, dataset), **(overrides or {})}
     resolver = getattr(cls, "resolve_config", None)
-    return cls, (resolver(values) if resolver else config_from_dict(cls.Config, values))
+    config = resolver(values) if resolver else config_from_dict(cls.Config, values)
+    if cls.training_kind == "gradient":
+        check_trainable(config)
+    return cls, config
 
 
 def unit_mapping(table: pd.DataFrame) -> tuple[float, float]:
@@ -76,8 +84,15 @@ def plan_run(model: str, dataset: str, split: int, root: Path, overrides: dict |
     name = dataset_registry().canonical(dataset)
     prepared = load_prepared(root, name)
     split_file = load_split_file(prepared.split_path)
+    check_split_file(split_file, prepared.table, name, prepared.meta["splits_sha256"],
+                     prepared.split_path)
     parts = split_images(split_file, split)
     cls, config = resolve_config(model, name, overrides)
+    crops = len(parts["train"]) * config.train_crops
+    if cls.training_kind == "gradient" and config.batch_size > crops:
+        raise ConfigError(f"batch_size {config.batch_size} exceeds the {crops} training crops of "
+                          f"{name} split {split} ({len(parts['train'])} images x train_crops "
+                          f"{config.train_crops}): lower batch_size")
     key = RunKey(cls.name, name, split)
     prerequisites = {}
     pins = pins or {}
@@ -204,14 +219,22 @@ def run_one(model: str, dataset: str, split: int, root: Path, overrides: dict | 
             run: RunConfig = RunConfig(), results: Path = Path("results"), force: bool = False,
             resume: bool = False, log: Callable[[str], None] = print,
             pins: dict[str, str] | None = None) -> dict[str, Any]:
-    """Train and evaluate one run; returns its record (an existing one when already done)."""
+    """Train and evaluate one run; returns its record (an existing one when already done).
+
+    Nothing is written before the config, the data and the model are known to be good. The
+    run folder is locked while it trains, so a second identical run names the first's pid.
+    A checkpoint of an unfinished run is resumed with ``resume``, discarded with ``force``,
+    and otherwise refused rather than silently thrown away."""
     results = Path(results)
+    device = resolve_device(run.device)
     plan = plan_run(model, dataset, split, root, overrides, run, results, pins)
+    work_dir = plan["dir"].with_name(plan["dir"].name + ".partial")
     existing = find_record(results, plan["key"], plan["hash"])
     if existing and not force:
         log(f"already done: {existing}")
         return load_record(existing)
-    device = resolve_device(run.device)
+    resumable = not issubclass(plan["cls"], FitModel)
+    _refuse_silent_restart(work_dir, resumable and not (resume or force))
     import torch
 
     previous_threads = torch.get_num_threads()
@@ -220,27 +243,28 @@ def run_one(model: str, dataset: str, split: int, root: Path, overrides: dict | 
     try:
         resolved = RunConfig(**{**asdict(run), "device": str(device),
                                 "threads": torch.get_num_threads()})
-        return _train(plan, resolved, run, device, Path(root), results, resume, log)
+        return _train(plan, resolved, run, device, Path(root), results, force, resume, log)
     finally:
         torch.set_num_threads(previous_threads)
 
 
 def _train(plan: dict, run: RunConfig, asked: RunConfig, device, root: Path, results: Path,
-           resume: bool, log: Callable[[str], None]) -> dict:
+           force: bool, resume: bool, log: Callable[[str], None]) -> dict:
     """``run`` as resolved (device, threads); ``asked`` as the user gave it (for commands)."""
     import torch
 
     final_dir: Path = plan["dir"]
+    work_dir = final_dir.with_name(final_dir.name + ".partial")
     cls, config = plan["cls"], plan["config"]
-    split = plan["key"].split
+    resumable = not issubclass(cls, FitModel)
     torch.manual_seed(run.seed)  # the initial weights are part of the seeded run
     instance: IQAModel = cls(config)  # bad configs fail here, before anything is written
     try:
         instance.attach_prerequisites({name: Path(info["dir"]) / "checkpoint.pt"
                                        for name, info in plan["prerequisites"].items()})
     except ConfigError as error:  # e.g. a teacher of another backbone: say how to make one
-        commands = "; ".join(prerequisite_command(cls, config, needed, plan["key"].dataset, split,
-                                                  root, results, asked)
+        commands = "; ".join(prerequisite_command(cls, config, needed, plan["key"].dataset,
+                                                  plan["key"].split, root, results, asked)
                              for needed in plan["prerequisites"])
         raise MissingPrerequisiteError(f"{error}; make one it accepts with: {commands}") from None
     started = time.perf_counter()
@@ -248,30 +272,56 @@ def _train(plan: dict, run: RunConfig, asked: RunConfig, device, root: Path, res
     decode_s = time.perf_counter() - started
     for line in _recipe_notes(plan):  # once the inputs are known good: errors stay one line
         log(line)
-    work_dir = final_dir.with_name(final_dir.name + ".partial")
-    if work_dir.exists() and not resume:
-        shutil.rmtree(work_dir)
-    work_dir.mkdir(parents=True, exist_ok=True)
-    facts: dict = {}
-    try:
-        if issubclass(cls, FitModel):
-            result, facts = _fit_without_sgd(instance, data, config, work_dir)
-        else:
-            result = fit(instance, data, config, run, work_dir, resume=resume, log=log)
-    except BaseException:
-        if not (work_dir / "checkpoint.pt").exists():  # nothing worth resuming: leave no trace
-            shutil.rmtree(work_dir, ignore_errors=True)
-        raise
-    record = _record(plan, run, result, data, device, facts,
-                     {"decode_s": round(decode_s, 3), "train_s": round(result.train_s, 3),
-                      "eval_s": round(result.eval_s, 3),
-                      "total_s": round(time.perf_counter() - started, 3)})
-    _write_outputs(plan, result, record, work_dir)
-    if final_dir.exists():
-        shutil.rmtree(final_dir)
-    work_dir.rename(final_dir)
+    with exclusive_lock(final_dir.with_name(f".{final_dir.name}.lock"), f"run folder {final_dir}"):
+        existing = find_record(results, plan["key"], plan["hash"])  # finished meanwhile
+        if existing and not force:
+            log(f"already done: {existing}")
+            return load_record(existing)
+        _refuse_silent_restart(work_dir, resumable and not (resume or force))
+        if work_dir.exists() and not (resume and resumable):
+            shutil.rmtree(work_dir)
+        work_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            facts: dict = {}
+            if issubclass(cls, FitModel):
+                result, facts = _fit_without_sgd(instance, data, config, work_dir)
+            else:
+                result = fit(instance, data, config, run, work_dir, resume=resume, log=log)
+            record = _record(plan, run, result, data, device, facts,
+                             {"decode_s": round(decode_s, 3), "train_s": round(result.train_s, 3),
+                              "eval_s": round(result.eval_s, 3),
+                              "total_s": round(time.perf_counter() - started, 3)})
+            _write_outputs(plan, result, record, work_dir)
+        except DiskFullError as error:
+            checkpoint = work_dir / "checkpoint.pt"
+            kept = (f"the last checkpoint {checkpoint} is intact: free space and rerun with "
+                    f"--resume" if checkpoint.is_file() else "no checkpoint was written yet")
+            raise DiskFullError(error.errno, f"{error.strerror}; {kept}") from None
+        except BaseException:
+            if not (work_dir / "checkpoint.pt").exists():  # nothing worth resuming: no trace
+                shutil.rmtree(work_dir, ignore_errors=True)
+            raise
+        if final_dir.exists():  # --force over a finished run
+            shutil.rmtree(final_dir)
+        rename(work_dir, final_dir)
+    _drop_training_state(final_dir / "checkpoint.pt", log)
     log(f"wrote {final_dir / 'record.json'}")
     return load_record(final_dir / "record.json")
+
+
+def _refuse_silent_restart(work_dir: Path, refuse: bool) -> None:
+    if refuse and (work_dir / "checkpoint.pt").is_file():
+        raise ResumableRunError(f"{work_dir} holds the checkpoint of an unfinished run of this "
+                                f"config: pass --resume to continue it or --force to start over")
+
+
+def _drop_training_state(checkpoint: Path, log: Callable[[str], None]) -> None:
+    """Only once the record is in place: until then the optimiser state is what a resume
+    needs, and a finished folder with a full checkpoint is still a finished run."""
+    try:
+        strip_training_state(checkpoint)
+    except DiskFullError as error:
+        log(f"note: {error.strerror}; {checkpoint} keeps its optimiser state")
 
 
 def _recipe_notes(plan: dict) -> list[str]:
@@ -333,10 +383,6 @@ def _write_outputs(plan, result, record, work_dir: Path) -> None:
         frames.append(rows)
     atomic_write_text(work_dir / "predictions.csv",
                       pd.concat(frames).to_csv(index=False, float_format="%.8g", lineterminator="\n"))
-    # the finished checkpoint keeps weights only; optimiser state was for resuming
-    state = load_checkpoint(work_dir / "checkpoint.pt")
-    save_checkpoint(work_dir / "checkpoint.pt",
-                    {k: state[k] for k in ("model", "config", "epoch", "state_dict")})
     atomic_write_json(work_dir / "record.json", record)
 
 
@@ -377,13 +423,22 @@ def load_trained(path: Path, rule: str | None = None) -> Trained:
         rule = rule or named.get(path.name)
     if not checkpoint_path.is_file():
         raise FileNotFoundError(f"no checkpoint at {checkpoint_path}")
-    state = load_checkpoint(checkpoint_path)
-    if not isinstance(state, dict) or "model" not in state or "state_dict" not in state:
-        raise CheckpointError(f"{checkpoint_path} is not a bench checkpoint")
-    cls = get_model_class(state["model"])
-    config = config_from_dict(cls.Config, state["config"])
+    state = load_weights(checkpoint_path)
+    try:
+        cls = get_model_class(state["model"])
+        config = config_from_dict(cls.Config, state["config"])
+    except (UnknownNameError, ConfigError) as error:
+        raise CheckpointError(f"{checkpoint_path} is not a bench checkpoint of this harness's "
+                              f"models ({error})") from None
     model = cls(config)
-    model.load_state_dict(state["state_dict"])
+    own, given = model.state_dict(), state["state_dict"]
+    wrong = sorted(({*own} ^ {*given}) | {k for k in own if k in given and (
+        not hasattr(given[k], "shape") or given[k].shape != own[k].shape)})
+    if wrong:
+        raise CheckpointError(f"{checkpoint_path} is not a bench checkpoint of {cls.name} (its "
+                              f"weights do not fit: {len(wrong)} tensors missing, unexpected "
+                              f"or of another shape, first {wrong[0]})")
+    model.load_state_dict(given)
     record_path = checkpoint_path.parent / "record.json"
     record = load_record(record_path) if record_path.is_file() else {}
     # the record numbers epochs from 1 whatever its age; a bare checkpoint says its own

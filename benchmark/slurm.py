@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import submitit
+from PIL import Image
 
 from benchmark.sweep import Job, SweepState, finish, one_line, ready_jobs
 
@@ -33,9 +34,17 @@ class SlurmOptions:
 
 
 class SlurmTask(submitit.helpers.Checkpointable):
-    """A job as a submitit task; on preemption or timeout it is requeued and resumes."""
+    """A job as a submitit task; on preemption or timeout it is requeued and resumes. A task
+    is a fresh process: it decodes under the pixel limit the sweep was started with."""
+
+    def __init__(self, max_pixels: int | None = None):
+        self.max_pixels = max_pixels
 
     def __call__(self, job: Job) -> str:
+        if self.max_pixels:
+            from benchmark.images import set_pixel_limit
+
+            set_pixel_limit(self.max_pixels)
         return job.execute()["_dir"]
 
 
@@ -54,7 +63,8 @@ def run_slurm(jobs: list[Job], state: SweepState, options: SlurmOptions = SlurmO
     while True:
         ready = list(ready_jobs(jobs, state, log))
         if ready:
-            for job, submitted in zip(ready, executor.map_array(SlurmTask(), ready)):
+            task = SlurmTask(Image.MAX_IMAGE_PIXELS)  # bench --max-pixels, as this process has it
+            for job, submitted in zip(ready, executor.map_array(task, ready)):
                 running[job.cell] = submitted
                 finish(state, job, "running", log, reason=None, job_id=submitted.job_id,
                        log=str(submitted.paths.stdout))

@@ -26,6 +26,7 @@ __all__ = [
     "save_split_file",
     "load_split_file",
     "split_images",
+    "check_split_file",
 ]
 
 SPLIT_FORMAT = "bench-splits/1"
@@ -149,8 +150,40 @@ def split_images(split_file: dict, index: int) -> dict[str, list[str]]:
     """The image lists of split ``index``; an out-of-range index names the valid range."""
     splits = split_file["splits"]
     if not 0 <= index < len(splits):
-        raise IndexError(
+        raise SplitFileError(
             f"split {index} out of range: dataset {split_file['dataset']!r} has splits "
             f"0..{len(splits) - 1}"
         )
     return {part: list(splits[index][part]) for part in PARTS}
+
+
+def check_split_file(split_file: dict, table: pd.DataFrame, dataset: str, expected_sha256: str,
+                     path: Path) -> None:
+    """Refuse a split file that its own checksum cannot vouch for: one written for another
+    dataset, one other than the file prepare wrote (its hash is in meta.json), or one whose
+    parts share an image or a content group (splits drawn by seed; an official or imported
+    split is its source's own), or name images the table lacks."""
+    if split_file.get("dataset") != dataset:
+        raise SplitFileError(f"split file {path} is for dataset {split_file.get('dataset')!r}, "
+                             f"not {dataset!r}")
+    if split_file["sha256"] != expected_sha256:
+        raise SplitFileError(f"split file {path} is not the one prepare wrote (its sha256 "
+                             f"differs from meta.json's): re-run `bench data prepare`")
+    groups = dict(zip(table["image"], table["group"].astype(str)))
+    for entry in split_file["splits"]:
+        where = f"split file {path}: split {entry.get('index')}"
+        owner: dict[str, str] = {}
+        for part in PARTS:
+            for image in entry.get(part, []):
+                if image not in groups:
+                    raise SplitFileError(f"{where}: {part} image {image} is not in the table")
+                if image in owner:
+                    raise SplitFileError(f"{where}: image {image} is in both {owner[image]} "
+                                         f"and {part}")
+                owner[image] = part
+        by_group: dict[str, str] = {}
+        for image, part in owner.items() if entry.get("seed") is not None else ():
+            first = by_group.setdefault(groups[image], part)
+            if first != part:
+                raise SplitFileError(f"{where}: content group {groups[image]} spans {first} "
+                                     f"and {part} (image {image})")

@@ -23,7 +23,7 @@ import yaml
 from benchmark.registry import UnknownNameError, dataset_registry, model_registry
 
 __all__ = ["SuiteError", "Paths", "Entry", "Cell", "Suite", "Params", "load_params",
-           "parse_params", "read_yaml", "parse_indices", "switch_suite", "check_order",
+           "parse_params", "read_yaml", "parse_indices", "switch_suite",
            "TOP_KEYS", "SUITE_KEYS", "RUN_KEYS"]
 
 TOP_KEYS = ("paths", "protocol", "models", "suites", "suite")
@@ -42,8 +42,22 @@ class _Yaml12Loader(yaml.SafeLoader):
 
     DVC rewrites the file (``dvc exp run -S``) without quoting ``off`` or ``yes``, which are
     strings in YAML 1.2 but booleans to PyYAML's 1.1 rules: ``amp: off`` must stay "off";
-    and ``lr: 1e-4`` is a number to DVC, so it is one here too.
+    and ``lr: 1e-4`` is a number to DVC, so it is one here too. A key given twice in one
+    mapping is an error: PyYAML would silently keep the last one.
     """
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, (str, int, float, bool)):
+                continue  # a complex key: unhashable, and none in a params file
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    "while reading a mapping", node.start_mark, f"duplicate key {key!r}",
+                    key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
 
 
 _Yaml12Loader.yaml_implicit_resolvers = {
@@ -174,43 +188,17 @@ class Params:
         return {k: v for k, v in (self.entries.get(entry) or {}).items() if k != "model"}
 
     def check(self) -> dict[str, int]:
-        """Resolve every cell of every suite (imports the models); returns cells per suite."""
+        """Resolve every cell of every suite and its run settings (imports the models): every
+        value a run would refuse fails here; returns cells per suite."""
+        from benchmark.grid import check_order, run_settings
+
         counts = {}
         for name in self.suites:
             suite = self.suite(name)
             check_order(suite, f"{self.path}: suites.{name}")
+            run_settings(suite, f"{self.path}: suites.{name}.run")
             counts[name] = len(suite.cells())
         return counts
-
-
-def check_order(suite: Suite, where: str, declared: bool = True) -> dict[str, tuple[str, ...]]:
-    """Resolve every cell's config; returns each entry's prerequisites (registered models).
-
-    ``declared``: the suite's lists come from params.yaml, so dvc.yaml's order must hold:
-    its models need nothing first and its students need only the teacher.
-    """
-    from benchmark.models import ConfigError
-    from benchmark.runner import resolve_config
-
-    needs: dict[str, tuple[str, ...]] = {}
-    for entry in suite.entries:
-        found: list[str] = []
-        for dataset in suite.datasets:
-            try:
-                cls, config = resolve_config(entry.model, dataset, entry.overrides)
-            except (ConfigError, TypeError, ValueError) as error:
-                raise SuiteError(f"{where}: {entry.name} on {dataset}: {error}") from None
-            found += [n for n in cls.prerequisites(config) if n not in found]
-        needs[entry.name] = tuple(found)
-        if not declared or not found:
-            continue
-        if not entry.student:
-            raise SuiteError(f"{where}.models.{entry.name}: needs a {found[0]} run first; "
-                             f"list it under students")
-        if set(found) != {suite.teacher_model}:
-            raise SuiteError(f"{where}.students.{entry.name}: needs {', '.join(found)}, but the "
-                             f"teacher {suite.teacher!r} runs {suite.teacher_model!r}")
-    return needs
 
 
 def read_yaml(text: str) -> Any:

@@ -10,27 +10,24 @@ A student's run starts only once its teacher's run of the same dataset and split
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shlex
 import shutil
-import signal
 import socket
-import subprocess
-import sys
-import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from benchmark.io import atomic_dir, atomic_write_json, canonical_json, sha256_bytes
-from benchmark.suite import Cell, Params, Paths, Suite, check_order
+from benchmark.io import (LockedError, atomic_dir, atomic_write_json, canonical_json,
+                          exclusive_lock, sha256_bytes)
+from benchmark.grid import check_order, run_settings
+from benchmark.suite import Cell, Params, Paths, Suite
 
-__all__ = ["SweepError", "Job", "plan_sweep", "SweepState", "open_state", "run_local",
-           "export_run", "status_lines", "detect_gpus",
+__all__ = ["SweepError", "Job", "plan_sweep", "SweepState", "open_state",
+           "export_run", "status_lines",
            "pid_alive", "load_states", "sweep_id", "prune_exports", "wrong_teacher",
            "ready_jobs", "finish", "one_line"]
 
@@ -122,9 +119,7 @@ def plan_sweep(params: Params, suite: Suite, device: str | None = None,
     from benchmark.datasets.base import DatasetError
 
     needs = check_order(suite, f"{params.path}: suites.{suite.name}", declared=False)
-    run = dict(suite.run)
-    if device:
-        run["device"] = device
+    run = run_settings(suite, f"{params.path}: suites.{suite.name}.run", device)
     for dataset in suite.datasets if check_data else ():
         try:
             load_prepared(params.paths.dataset_root(dataset), dataset)
@@ -190,15 +185,14 @@ def open_state(results: Path, suite: Suite, jobs: list[Job], launcher: str) -> I
     """Create or continue the sweep of this grid, holding its lock while the sweep runs."""
     ident = sweep_id(suite, jobs)
     directory = Path(results) / "sweeps" / ident
-    directory.mkdir(parents=True, exist_ok=True)
-    with open(directory / "lock", "w") as lock:
+    with ExitStack() as held:
         try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise SweepError(f"sweep {ident} is already running "
-                             f"(lock {directory / 'lock'})") from None
+            held.enter_context(exclusive_lock(directory / "lock", f"sweep {ident}"))
+        except LockedError as error:
+            raise SweepError(f"{error}: it is already running; see its progress with "
+                             f"--status") from None
         path = directory / "state.json"
-        data = json.loads(path.read_text()) if path.is_file() else {
+        data = _read_state(path) if path.is_file() else {
             "id": ident, "suite": suite.name, "created": _now(), "cells": {}}
         data.update(launcher=launcher, pid=os.getpid(), host=socket.gethostname())
         for job in jobs:
@@ -209,6 +203,22 @@ def open_state(results: Path, suite: Suite, jobs: list[Job], launcher: str) -> I
         state = SweepState(directory, data)
         state.save()
         yield state
+
+
+def _read_state(path: Path) -> dict:
+    """A state file, with every cell it calls done checked against the disk: a run folder
+    removed since (or never finished) makes its cell pending again."""
+    try:
+        data = json.loads(path.read_text())
+        cells = data["cells"]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as error:
+        raise SweepError(f"{path}: unreadable sweep state ({error}); remove it, and the "
+                         f"sweep finds its finished runs by their config hash") from None
+    for entry in cells.values():
+        if entry.get("status") == "done" and not (
+                entry.get("dir") and (Path(entry["dir"]) / "record.json").is_file()):
+            entry.update(status="pending", reason=f"its run folder {entry.get('dir')} is gone")
+    return data
 
 
 def _now() -> str:
@@ -255,112 +265,6 @@ def one_line(text: str) -> str:
     errors = [line for line in lines if line.startswith("Error:")]
     line = (errors or lines or ["no output"])[-1]
     return line[:300]
-
-
-def detect_gpus(explicit: str | None = None) -> list[str]:
-    """GPU ids to pin workers to: ``explicit``, else the visible ones, else none."""
-    if explicit:
-        return [g.strip() for g in explicit.split(",") if g.strip()]
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None:
-        return [g for g in visible.split(",") if g.strip() and g.strip() != "-1"]
-    import torch
-
-    return [str(i) for i in range(torch.cuda.device_count())]
-
-
-def _die_with_parent() -> None:
-    # a sweep killed outright must not leave runs writing into the folders it will reuse
-    import ctypes
-
-    ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-class _Interrupted(Exception):
-    pass
-
-
-@contextmanager
-def _stop_on_signals() -> Iterator[None]:
-    def handler(signum, _frame):
-        raise _Interrupted(signal.Signals(signum).name)
-
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-
-
-def run_local(jobs: list[Job], state: SweepState, workers: int = 1, gpus: list[str] = (),
-              log: Callable[[str], None] = print, poll_s: float = 0.2) -> dict[str, int]:
-    """Run the jobs as ``bench run`` subprocesses, ``workers`` at a time, one GPU each."""
-    logs = state.dir / "logs"
-    logs.mkdir(exist_ok=True)
-    free = list(range(max(1, workers)))
-    running: dict[str, tuple[subprocess.Popen, int, Any]] = {}
-    by_cell = {job.cell: job for job in jobs}
-    try:
-        with _stop_on_signals():
-            while True:
-                started = reaped = False
-                for job in ready_jobs(jobs, state, log) if free else ():
-                    slot = free.pop(0)
-                    running[job.cell] = _spawn(job, slot, gpus, logs, state)
-                    finish(state, job, "running", log, reason=None,
-                            gpu=gpus[slot % len(gpus)] if gpus else None)
-                    started = True
-                    if not free:
-                        break
-                for cell, (process, slot, handle) in list(running.items()):
-                    if process.poll() is None:
-                        continue
-                    handle.close()
-                    del running[cell]
-                    free.append(slot)
-                    _settle(by_cell[cell], process.returncode, state, log)
-                    reaped = True
-                if not (running or started or reaped):  # a full pass found nothing to start
-                    return state.counts()
-                time.sleep(poll_s)
-    except _Interrupted as stop:
-        for cell, (process, _slot, handle) in running.items():
-            process.terminate()
-        for cell, (process, _slot, handle) in running.items():
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-            handle.close()
-            state.set(cell, "pending", reason=f"interrupted by {stop}")
-        raise SweepError(f"sweep {state.data['id']} interrupted by {stop}; run the same command "
-                         f"again to continue") from None
-
-
-def _spawn(job: Job, slot: int, gpus: list[str], logs: Path, state: SweepState):
-    env = dict(os.environ)
-    if gpus:
-        env["CUDA_VISIBLE_DEVICES"] = gpus[slot % len(gpus)]
-    threads = job.run_config().threads
-    if threads:  # before torch starts, so its OpenMP pool is sized once
-        env["OMP_NUM_THREADS"] = str(threads)
-    handle = open(logs / f"{job.cell.replace('/', '_')}.log", "a")
-    handle.write(f"$ {job.command()}\n")
-    handle.flush()
-    command = [sys.executable, "-c", "from benchmark.cli import main; main()", *job.argv()]
-    process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env,
-                               preexec_fn=_die_with_parent if sys.platform == "linux" else None)
-    state.cells[job.cell].update(log=handle.name, pid=process.pid)
-    return process, slot, handle
-
-
-def _settle(job: Job, code: int, state: SweepState, log) -> None:
-    if code == 0:
-        finish(state, job, "done", log, dir=job.finished(), reason=None)
-        return
-    text = Path(state.cells[job.cell]["log"]).read_text(errors="replace")
-    finish(state, job, "failed", log, reason=one_line(text.split("\n$ bench ")[-1]))
 
 
 def export_run(record: dict, out: Path, metrics: Path) -> None:
@@ -419,5 +323,5 @@ def pid_alive(state: dict) -> bool | None:
 
 def load_states(results: Path) -> list[dict]:
     paths = sorted((Path(results) / "sweeps").glob("*/state.json"))
-    return [json.loads(path.read_text()) for path in paths]
+    return [_read_state(path) for path in paths]
 

@@ -45,3 +45,69 @@ def link_dataset(source: Path, target: Path) -> Path:
     for entry in source.iterdir():
         (target / entry.name).symlink_to(entry.resolve())
     return target
+
+
+#: a probe that trains two epochs on the tiny set in about a second on two cores
+TINY_PROBE = {"backbone": "test_resnet", "img_size": 16, "epochs": 2, "batch_size": 6,
+              "train_crops": 1, "test_crops": 1, "lr": 1e-3, "warmup_epochs": 0.0,
+              "head_init": "random"}
+
+
+def write_tiny_set(root: Path, n_groups: int = 12) -> Path:
+    """A generic dataset of 2·n_groups random 16x16 PNGs, two per content group, with
+    labels.csv and generic.yaml: the smallest set a run, a split check and a decode check
+    need (the demo set's 300 images make each run several seconds)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(7)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    rows = ["file,mos,ref"]
+    for index in range(2 * n_groups):
+        name = f"images/g{index // 2:02d}_{index % 2}.png"
+        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(root / name)
+        rows.append(f"{name},{rng.uniform(1, 5):.3f},g{index // 2:02d}")
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    (root / "generic.yaml").write_text("image: file\nscore: mos\ngroup: ref\nkind: synthetic\n")
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_root(tmp_path_factory) -> Path:
+    """The tiny generic set, prepared with split seeds 0 and 1; copy it before changing it."""
+    root = write_tiny_set(tmp_path_factory.mktemp("tiny"))
+    prepare(dataset_registry().get("generic")(), root, SplitProtocol(seeds=(0, 1)))
+    return root
+
+
+def write_tiny_params(folder: Path, tiny_root: Path, results: Path, **suite) -> Path:
+    """A params.yaml whose active suite runs the tiny probe on both tiny splits; ``suite``
+    replaces keys of that suite (``models={"probe": {"lr": -1}}``)."""
+    import yaml
+
+    (folder / "data").mkdir(exist_ok=True)
+    (folder / "data" / "generic").symlink_to(tiny_root)
+    tiny = {"datasets": ["generic"], "splits": [0, 1], "expect_splits": 2, "run": {"device": "cpu"},
+            "teacher": None, "models": {"probe": dict(TINY_PROBE)}, "students": {}, **suite}
+    params = {"paths": {"data": str(folder / "data"), "results": str(results),
+                        "pipeline": str(results / "dvc"), "report": str(results)},
+              "protocol": {"seeds": "0-1", "rounding": "round", "val_fraction": 0.1},
+              "models": {"probe": {}}, "suites": {"tiny": tiny}}
+    text = yaml.safe_dump(params, sort_keys=False).replace("  tiny:\n", "  tiny: &tiny\n")
+    path = folder / "params.yaml"
+    path.write_text(text + "suite: *tiny\n")
+    return path
+
+
+def bomb_png(path: Path, side: int = 200_000) -> None:
+    """A PNG of a few bytes whose header claims side x side pixels (a decompression bomb)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    header = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+                     + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))

@@ -227,7 +227,7 @@ def test_cli_commands_and_options_named_in_the_docs_exist():
             for sub in command.commands.values():
                 collect(sub)
 
-    for command in commands.values():
+    for command in (main, *commands.values()):  # main: the group's own options (--max-pixels)
         collect(command)
     collect(_script_command("qfm_vs_deiqt"))  # benchmarks/ scripts the pages run
     for page in ("qfm.md", "models.md", "datasets.md"):

@@ -96,14 +96,48 @@ def test_download_with_complete_part_file(server, tmp_path):
                     progress=False).read_bytes() == PAYLOAD
 
 
-def test_checksum_mismatch_removes_file(server, tmp_path):
+def test_checksum_mismatch_keeps_the_file_aside(server, tmp_path):
     wrong = "0" * 64
     with pytest.raises(DatasetError) as caught:
         download(f"{server.url}/data.bin", tmp_path / "data.bin", wrong, progress=False)
     message = str(caught.value)
     assert "data.bin" in message and wrong in message and SHA in message
-    assert "\n" not in message
+    assert "\n" not in message and "kept as" in message
     assert not (tmp_path / "data.bin").exists() and not (tmp_path / "data.bin.part").exists()
+    assert (tmp_path / "data.bin.sha256-mismatch").read_bytes() == PAYLOAD
+    # a user's own copy that fails is kept too, under the next free name
+    (tmp_path / "data.bin").write_bytes(b"mine")
+    with pytest.raises(DatasetError, match=r"kept as .*data\.bin\.sha256-mismatch\.1"):
+        download(f"{server.url}/data.bin", tmp_path / "data.bin", wrong, progress=False)
+    assert (tmp_path / "data.bin.sha256-mismatch.1").read_bytes() == b"mine"
+
+
+@pytest.mark.parametrize("members, placed, message", [
+    ({"kadid10k/images": b"not a folder"}, "folder", "is a file but .* exists as a folder"),
+    ({"kadid10k/images/I01.png/x": b"x"}, "file", "is a folder but .* exists as a file"),
+    ({"kadid10k/images/I01.png": b"other"}, "file", "differs from the existing"),
+])
+def test_extraction_never_replaces_what_is_there(tmp_path, members, placed, message):
+    root = tmp_path / "root"
+    images = root / "kadid10k" / "images"
+    images.mkdir(parents=True)
+    (images / "I01.png").write_bytes(b"user image")
+    archive = _zip(tmp_path / "k.zip", {"kadid10k/new.txt": b"n", **members})
+    with pytest.raises(DatasetError, match=message):
+        safe_extract(archive, root)
+    assert (images / "I01.png").read_bytes() == b"user image"
+    assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*")) == [
+        "kadid10k", "kadid10k/images", "kadid10k/images/I01.png"]  # nothing else moved in
+
+
+def test_extraction_merges_folders_and_skips_identical_files(tmp_path):
+    root = tmp_path / "root"
+    (root / "top").mkdir(parents=True)
+    (root / "top" / "a.txt").write_bytes(b"a")
+    (root / "top" / "mine.txt").write_bytes(b"mine")
+    safe_extract(_zip(tmp_path / "x.zip", {"top/a.txt": b"a", "top/b.txt": b"b"}), root)
+    assert {p.name: p.read_bytes() for p in (root / "top").iterdir()} == {
+        "a.txt": b"a", "b.txt": b"b", "mine.txt": b"mine"}
 
 
 def test_unreachable_and_missing_files(server, tmp_path):

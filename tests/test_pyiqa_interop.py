@@ -26,6 +26,7 @@ from benchmark.datasets.prepare import prepare
 from benchmark.datasets.spaq import Spaq
 from benchmark.datasets.tid2013 import Tid2013
 from benchmark.pyiqa_interop import export_splits, import_splits, read_split_json
+from benchmark.runner import plan_run
 from benchmark.splits import SplitFileError, SplitProtocol, build_split_file, load_split_file
 
 PARTS = ("train", "val", "test")
@@ -286,6 +287,16 @@ def test_cli_round_trip(tmp_path):
     original = load_split_file(tmp_path / "bench" / "splits.json")
     for new, old in zip(imported["splits"], original["splits"]):
         assert (new["train"], new["test"]) == (old["train"], old["test"])
+    # copied over splits.json by hand, a run refuses it; imported there, meta.json vouches for it
+    splits_json = tmp_path / "bench" / "splits.json"
+    splits_json.write_text((tmp_path / "bench" / "splits_pyiqa.json").read_text())
+    with pytest.raises(SplitFileError, match="not the one prepare wrote"):
+        plan_run("brisque", "generic", 1, tmp_path)
+    result = runner.invoke(import_pyiqa, ["generic", "--root", str(tmp_path), "--meta", str(meta),
+                                          "--splits", str(split), "--out", str(splits_json)])
+    assert result.exit_code == 0, result.output
+    assert plan_run("brisque", "generic", 1, tmp_path)["parts"]["test"] == \
+        original["splits"][1]["test"]
     (tmp_path / "split.pkl").write_bytes(b"\x80\x04junk")
     result = runner.invoke(import_pyiqa, ["generic", "--root", str(tmp_path), "--meta", str(meta),
                                           "--splits", str(tmp_path / "split.pkl")])

@@ -63,7 +63,7 @@ def test_tampered_split_file_fails_its_checksum(tmp_path):
 def test_out_of_range_split_names_the_valid_range(tmp_path):
     split_file = build_split_file(_table(10, 2), "x", SplitProtocol(seeds=(0, 1, 2)))
     assert len(split_images(split_file, 2)["test"]) == 4
-    with pytest.raises(IndexError, match=r"split 3 out of range.*0\.\.2"):
+    with pytest.raises(SplitFileError, match=r"split 3 out of range.*0\.\.2"):
         split_images(split_file, 3)
 
 

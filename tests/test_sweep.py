@@ -18,8 +18,9 @@ from benchmark.cli import main
 from benchmark.cli.run import parse_sets
 from benchmark.suite import Cell, load_params
 from benchmark.slurm import SlurmOptions, SlurmTask, run_slurm
-from benchmark.sweep import (Job, SweepState, _spawn, detect_gpus, export_run, open_state,
-                             plan_sweep, prune_exports, ready_jobs, status_lines)
+from benchmark.local import _spawn, detect_gpus
+from benchmark.sweep import (Job, SweepState, export_run, open_state, plan_sweep, prune_exports,
+                             ready_jobs, status_lines)
 
 REPO = Path(__file__).resolve().parents[1]
 VIT = {"backbone": "vit_tiny_patch16_224", "pretrained": "false", "img_size": 64,

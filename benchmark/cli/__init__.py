@@ -56,10 +56,18 @@ def _show_versions(ctx: click.Context, _param: click.Parameter, value: bool) -> 
     ctx.exit()
 
 
+#: Pillow's default limit, spelled here so `bench --help` needs no Pillow import
+DEFAULT_MAX_PIXELS = 89_478_485
+
+
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--show-versions", is_flag=True, expose_value=False, is_eager=True,
               callback=_show_versions, help="Print package versions for bug reports and exit.")
-def main() -> None:
+@click.option("--max-pixels", type=click.IntRange(min=1), default=DEFAULT_MAX_PIXELS,
+              envvar="BENCH_MAX_PIXELS", show_default=True,
+              help="Refuse images with more pixels (decompression bombs); raise it for "
+                   "genuinely huge images. Also $BENCH_MAX_PIXELS, which sweep workers inherit.")
+def main(max_pixels: int) -> None:
     """Reference harness for no-reference image quality assessment.
 
     \b
@@ -69,6 +77,9 @@ def main() -> None:
       bench run --model probe --dataset demo --split 0 --root data/demo
       bench aggregate && bench report
     """
+    from benchmark.images import set_pixel_limit
+
+    set_pixel_limit(max_pixels)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -67,7 +67,7 @@ def import_pyiqa(name: str, root: Path, meta_path: Path, split_path: Path, out: 
       bench data import-pyiqa livec --root data/livec \\
         --meta meta_info_LIVEChallengeDataset.csv --splits livechallenge_seed123.json
     """
-    from benchmark.datasets.prepare import PREPARED_DIR
+    from benchmark.datasets.prepare import PREPARED_DIR, adopt_split_file
     from benchmark.pyiqa_interop import import_splits
     from benchmark.splits import save_split_file
 
@@ -75,7 +75,10 @@ def import_pyiqa(name: str, root: Path, meta_path: Path, split_path: Path, out: 
     result = import_splits(prepared.table, prepared.name, meta_path, split_path,
                            row_offset=row_offset, allow_missing=allow_missing)
     target = out or root / PREPARED_DIR / IMPORTED_NAME
-    save_split_file(target, result.split_file)
+    if target.resolve() == prepared.split_path.resolve():  # runs check it against meta.json
+        adopt_split_file(prepared, result.split_file)
+    else:
+        save_split_file(target, result.split_file)
     if not as_json:
         click.echo(f"{prepared.name}: {len(result.counts)} split(s) from {split_path.name} "
                    f"written to {target}")

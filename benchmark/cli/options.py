@@ -16,12 +16,17 @@ class BenchError(Exception):
 
 
 def _user_error_types() -> tuple[type[BaseException], ...]:
-    # imported here: these modules are light (no torch), but the CLI root must stay lighter
+    # imported here: these modules are light (no torch), but the CLI root must stay lighter.
+    # Programming errors (IndexError, KeyError…) are not among them: they keep their traceback
     from benchmark.datasets.base import DatasetError
+    from benchmark.io import DiskFullError, LockedError
+    from benchmark.model_config import ConfigError
+    from benchmark.records import RecordError
     from benchmark.registry import UnknownNameError
     from benchmark.splits import SplitFileError
 
-    return (BenchError, DatasetError, SplitFileError, UnknownNameError, IndexError)
+    return (BenchError, ConfigError, DatasetError, DiskFullError, LockedError, RecordError,
+            SplitFileError, UnknownNameError)
 
 
 def user_errors(command: Callable) -> Callable:

@@ -33,7 +33,9 @@ def _expected(values: tuple[str, ...]) -> dict[str, int]:
 
 
 def _has_records(results: Path) -> None:
-    if not any((results / "runs").glob("*/*/split*-*/record.json")):
+    from benchmark.records import record_paths
+
+    if not record_paths(results):
         raise BenchError(f"no finished run records under {results / 'runs'}")
 
 

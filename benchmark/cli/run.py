@@ -30,10 +30,10 @@ def parse_sets(pairs: tuple[str, ...]) -> dict:
 def _run_errors():
     from benchmark.engine import CheckpointError, NonFiniteLossError
     from benchmark.models import ConfigError
-    from benchmark.runner import MissingPrerequisiteError
+    from benchmark.runner import MissingPrerequisiteError, ResumableRunError
 
     return (CheckpointError, ConfigError, MissingPrerequisiteError, NonFiniteLossError,
-            FileNotFoundError)
+            ResumableRunError, FileNotFoundError)
 
 
 def guarded(function, *args, **kwargs):
@@ -119,7 +119,8 @@ def run(model, dataset, root, sets, results, seed, device, amp, workers, threads
     """Train and evaluate one (model, dataset, split) and write its run record."""
     from benchmark.runner import run_one
 
-    run_config = make_run_config(seed, device, amp, workers, threads, cache, use_compile, quiet)
+    run_config = guarded(make_run_config, seed, device, amp, workers, threads, cache,
+                         use_compile, quiet)
     record = guarded(run_one, model, dataset, split, root or Path("data") / dataset,
                     parse_sets(sets), run_config, results, force=force, resume=resume,
                     pins=_parse_pins(pins))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from pathlib import Path
 
 import click
@@ -79,14 +80,15 @@ def sweep(params_path, suite_name, models, datasets, splits, launcher, workers, 
       bench sweep --suite paper --status
     """
     from benchmark.suite import load_params, parse_indices
-    from benchmark.sweep import (detect_gpus, load_states, open_state, pid_alive, plan_sweep,
-                                 run_local, status_lines, sweep_id)
+    from benchmark.local import detect_gpus, run_local
+    from benchmark.sweep import (load_states, open_state, pid_alive, plan_sweep, status_lines,
+                                 sweep_id)
 
     params = sweep_errors(load_params, params_path)
     indices = None if splits is None else sweep_errors(parse_indices, splits, "--splits")
     chosen = sweep_errors(params.suite, suite_name, _names(models), _names(datasets), indices)
     if status:
-        states = {s["id"]: s for s in load_states(params.paths.results)}
+        states = {s["id"]: s for s in sweep_errors(load_states, params.paths.results)}
         ident = sweep_id(chosen, sweep_errors(plan_sweep, params, chosen, device, check_data=False))
         if not states:
             raise BenchError(f"no sweeps under {params.paths.results / 'sweeps'}")
@@ -104,7 +106,9 @@ def sweep(params_path, suite_name, models, datasets, splits, launcher, workers, 
             click.echo(f"{job.command()}{after}")
         click.echo(f"{len(jobs)} runs")
         return
-    with sweep_errors(open_state, params.paths.results, chosen, jobs, launcher) as state:
+    with ExitStack() as held:  # entering the state takes the lock: a held one is a user error
+        state = sweep_errors(held.enter_context,
+                             open_state(params.paths.results, chosen, jobs, launcher))
         click.echo(f"sweep {state.data['id']}: {len(jobs)} runs, state in {state.path}")
         if launcher == "local":
             sweep_errors(run_local, jobs, state, workers, detect_gpus(gpus), click.echo)

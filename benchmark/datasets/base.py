@@ -137,7 +137,7 @@ def standard_table(
     """Complete ``rows`` (at least ``image``, ``score``, ``group``) into the standard table.
 
     Fills optional columns, computes ``score_unit``, checks that image names are unique and
-    that scores are finite, and sorts nothing: the original file order is kept. ``extra``
+    that scores and unit scores are finite, and sorts nothing: the original file order is kept. ``extra``
     names original columns worth keeping verbatim (KADID's ``var``) after the standard ones.
     """
     missing = {"image", "score", "group"} - set(rows.columns)
@@ -158,6 +158,10 @@ def standard_table(
         if column not in table.columns:
             table[column] = value
     table["score_unit"] = dataset.to_unit(table["score"])
+    if not np.isfinite(table["score_unit"]).all():  # 1e308 and -1e308: the span overflows
+        bad = table.loc[~np.isfinite(table["score_unit"])].iloc[0]
+        raise DatasetError(f"{dataset.name}: score {float(bad['score'])!r} of {bad['image']} "
+                           f"maps to no finite unit score (the scores span more than a float)")
     table["group"] = table["group"].astype(str)
     table["distortion"] = table["distortion"].fillna("").astype(str)
     table["official_split"] = table["official_split"].fillna("").astype(str)

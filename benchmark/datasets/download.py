@@ -1,14 +1,18 @@
 """Fetch a dataset's files, check them, unpack them safely, or say exactly what a human must do.
 
 Downloads resume from a ``.part`` file with HTTP Range requests and are renamed into place
-only when complete; a known sha256 is checked and a mismatching file is removed. Archives are
-checked member by member before anything is written (no absolute paths, no ``..``, no links
-leaving the target, no devices), unpacked into a temporary folder inside the target and then
-moved into place, so a refused or broken archive leaves nothing behind.
+only when complete; a known sha256 is checked and a mismatching file is renamed aside (never
+deleted: it may be the user's). Archives are checked member by member before anything is
+written (no absolute paths, no ``..``, no links leaving the target, no devices), unpacked into
+a temporary folder inside the target and then moved into place, so a refused or broken archive
+leaves nothing behind. Unpacking never deletes or overwrites what is already there: a member
+that collides with an existing path of another kind, or a file with other content, refuses
+the whole archive.
 """
 
 from __future__ import annotations
 
+import filecmp
 import os
 import posixpath
 import re
@@ -25,7 +29,7 @@ from pathlib import Path, PurePosixPath
 from tqdm import tqdm
 
 from benchmark.datasets.base import Dataset, DatasetError, Source
-from benchmark.io import sha256_file
+from benchmark.io import rename, sha256_file
 
 __all__ = [
     "DownloadError",
@@ -54,13 +58,25 @@ class HostUnreachable(DownloadError):
 
 
 def verify_sha256(path: Path, expected: str) -> None:
-    """Raise (and remove the file) when its sha256 differs from ``expected``."""
+    """Raise when the sha256 of ``path`` differs from ``expected``, first renaming the file
+    aside (kept for the user to inspect; a rerun then fetches or asks for a fresh copy)."""
     actual = sha256_file(path)
     if actual != expected.lower():
-        path.unlink(missing_ok=True)
+        aside = _free_name(path.with_name(path.name + ".sha256-mismatch"))
+        rename(path, aside)
         raise DatasetError(
-            f"{path}: sha256 mismatch, expected {expected.lower()}, got {actual} (file removed)"
+            f"{path}: sha256 mismatch, expected {expected.lower()}, got {actual} "
+            f"(file kept as {aside})"
         )
+
+
+def _free_name(path: Path) -> Path:
+    """``path``, or ``path.1``, ``path.2``…: the first name not taken."""
+    candidate, number = path, 0
+    while candidate.exists() or candidate.is_symlink():
+        number += 1
+        candidate = path.with_name(f"{path.name}.{number}")
+    return candidate
 
 
 def _content_range_start(header: str | None) -> int | None:
@@ -122,7 +138,7 @@ def download(url: str, dest: Path, sha256: str | None = None, progress: bool = T
 
 
 def _finish(part: Path, dest: Path, sha256: str | None) -> Path:
-    os.replace(part, dest)
+    rename(part, dest)
     if sha256:
         verify_sha256(dest, sha256)
     return dest
@@ -195,17 +211,49 @@ def check_archive(archive: Path, password: bytes | None = None) -> int:
         raise DatasetError(f"{archive}: {error}; unpack it by hand into {archive.parent}") from None
 
 
+def _kind(path: Path) -> str:
+    if path.is_symlink():
+        return "link"
+    return "folder" if path.is_dir() else "file"
+
+
+def _collision(archive: Path, source: Path, target: Path, staging: Path) -> None:
+    """Refuse the archive when a member would replace something already under ``target``:
+    a path of another kind, or a file (or link) with other content. A folder member merges
+    into an existing folder (or a link to one: data roots often link to their storage)."""
+    for child in sorted(source.iterdir()):
+        destination = target / child.name
+        if not (destination.exists() or destination.is_symlink()):
+            continue
+        member = child.relative_to(staging).as_posix()
+        if _kind(child) == "folder" and destination.is_dir():
+            _collision(archive, child, destination, staging)
+        elif _kind(child) != _kind(destination):
+            raise DatasetError(f"{archive}: member {member!r} is a {_kind(child)} but "
+                               f"{destination} exists as a {_kind(destination)}; refusing to "
+                               f"replace it (move it aside and rerun)")
+        elif not _same(child, destination):
+            raise DatasetError(f"{archive}: member {member!r} differs from the existing "
+                               f"{destination}; refusing to overwrite it (move it aside and "
+                               f"rerun)")
+
+
+def _same(a: Path, b: Path) -> bool:
+    if a.is_symlink():
+        return os.readlink(a) == os.readlink(b)
+    return filecmp.cmp(a, b, shallow=False)
+
+
 def _merge(source: Path, target: Path) -> None:
-    """Move the tree ``source`` into ``target``, replacing files that already exist there."""
+    """Move the tree ``source`` into ``target``; :func:`_collision` has checked that what
+    exists there already is either a folder to merge into or identical content."""
     target.mkdir(parents=True, exist_ok=True)
     for child in source.iterdir():
         destination = target / child.name
-        if child.is_dir() and not child.is_symlink() and destination.is_dir():
+        if _kind(child) == "folder" and destination.is_dir():
             _merge(child, destination)
-        else:
-            if destination.is_dir() and not destination.is_symlink():
-                shutil.rmtree(destination)
-            os.replace(child, destination)
+        elif not (destination.exists() or destination.is_symlink()):
+            rename(child, destination)
 
 
 def safe_extract(archive: Path, target: Path, password: bytes | None = None) -> int:
@@ -228,6 +276,7 @@ def safe_extract(archive: Path, target: Path, password: bytes | None = None) -> 
             raise DatasetError(f"{archive}: {error}; unpack it by hand into {target}") from None
         except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as error:
             raise DatasetError(f"{archive}: cannot unpack ({error})") from None
+        _collision(archive, staging, target, staging)
         _merge(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -97,7 +97,7 @@ def numeric_column(frame: pd.DataFrame, column: str, key: str, path: Path, datas
 class GenericConfig:
     """Where the labels are and what they mean. ``None`` columns are absent from the CSV."""
 
-    labels: str = "labels.csv"  # relative to the dataset root
+    labels: str = "labels.csv"  # relative to the dataset root, and inside it
     image: str = "image"
     score: str = "score"
     group: str | None = None  # default: each image is its own group (authentic sets)
@@ -183,10 +183,12 @@ def load_options(path: Path) -> dict[str, Any]:
     return options
 
 
-def _relative_image(value: str, path: Path) -> str:
+def _inside_root(value: str, what: str) -> str:
+    """``value`` as a POSIX path relative to the dataset root, refusing one that is absolute
+    or climbs out with ``..``: a dataset's own files never point outside it."""
     posix = PurePosixPath(value.strip().replace("\\", "/"))
     if not value.strip() or posix.is_absolute() or ".." in posix.parts or ":" in posix.parts[0]:
-        raise DatasetError(f"generic: {path} lists image {value!r}, not a path inside the root")
+        raise DatasetError(f"generic: {what} {value!r}, not a path inside the root")
     return posix.as_posix()
 
 
@@ -246,14 +248,15 @@ class Generic(Dataset):
     def parse(self, root: Path) -> pd.DataFrame:
         root = Path(root)
         config = self.resolve_config(root)
-        path = root / config.labels
+        source = f"{root / CONFIG_FILE} or options" if (root / CONFIG_FILE).is_file() else "options"
+        path = root / _inside_root(config.labels, f"{source} give labels")
         optional = [c for c in (config.group, config.std, config.split) if c is not None]
         text_columns = [config.image] + [c for c in (config.group, config.split) if c]
         frame = read_label_csv(path, self.name, [config.image, config.score, *optional],
                                dtype={c: str for c in text_columns}, keep_default_na=False,
                                na_values={c: [""] for c in (config.score, config.std) if c})
         rows = pd.DataFrame({
-            "image": [_relative_image(value, path) for value in frame[config.image]],
+            "image": [_inside_root(value, f"{path} lists image") for value in frame[config.image]],
             "score": numeric_column(frame, config.score, config.image, path, self.name),
         })
         rows["group"] = frame[config.group].str.strip() if config.group else rows["image"]

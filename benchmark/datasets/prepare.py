@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
-from PIL import Image, UnidentifiedImageError
 
 from benchmark.datasets.base import Dataset, DatasetError
 from benchmark.io import atomic_write_json, atomic_write_text, sha256_bytes
@@ -24,6 +23,7 @@ __all__ = [
     "missing_images",
     "decode_check",
     "prepare",
+    "adopt_split_file",
     "load_prepared",
     "summarize",
 ]
@@ -51,12 +51,14 @@ def missing_images(table: pd.DataFrame, root: Path) -> list[str]:
 
 
 def decode_check(path: Path) -> str | None:
-    """None if the image decodes fully, else a one-line reason (truncated JPEGs included)."""
+    """None if the image decodes fully, else a one-line reason (truncated JPEGs and images
+    over the pixel limit included)."""
+    from benchmark.images import ImageError, read_image
+
     try:
-        with Image.open(path) as image:
-            image.load()  # verify() misses truncated JPEG data; a full decode does not
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        return f"{path}: cannot decode image ({error})"
+        read_image(path)  # verify() misses truncated JPEG data; a full decode does not
+    except ImageError as error:
+        return str(error)
     return None
 
 
@@ -109,14 +111,34 @@ def prepare(
     return PreparedDataset(dataset.name, root, table, meta)
 
 
+#: what readers of meta.json rely on; one that lacks any is from a damaged or older prepare
+META_KEYS = ("dataset", "n_listed", "n_images", "n_missing", "first_missing", "partial",
+             "table_sha256", "splits_sha256", "protocol", "spec")
+
+
+def adopt_split_file(prepared: PreparedDataset, split_file: dict) -> None:
+    """Make ``split_file`` (an imported one) the split file runs use: written over
+    ``splits.json``, then its hash into ``meta.json``, which runs check the file against."""
+    save_split_file(prepared.split_path, split_file)
+    meta = {**prepared.meta, "splits_sha256": split_file["sha256"],
+            "splits_source": split_file.get("source")}
+    atomic_write_json(prepared.root / PREPARED_DIR / "meta.json", meta)
+    prepared.meta = meta
+
+
 def load_prepared(root: Path, name: str) -> PreparedDataset:
     root = Path(root)
     meta_path = root / PREPARED_DIR / "meta.json"
+    rerun = f"re-run `bench data prepare {name} --root {root}`"
     if not meta_path.is_file():
-        raise DatasetError(
-            f"{name}: no prepared data under {root} (run `bench data prepare {name} --root {root}`)"
-        )
-    meta = json.loads(meta_path.read_text())
+        raise DatasetError(f"{name}: no prepared data under {root} ({rerun})")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise DatasetError(f"{meta_path} is unreadable ({error}); {rerun}") from None
+    missing = [key for key in META_KEYS if key not in meta] if isinstance(meta, dict) else ["*"]
+    if missing:
+        raise DatasetError(f"{meta_path} has no {missing[0]!r} entry; {rerun}")
     if meta.get("dataset") != name:
         raise DatasetError(f"{root} was prepared for dataset {meta.get('dataset')!r}, not {name!r}")
     csv_path = root / PREPARED_DIR / "table.csv"
