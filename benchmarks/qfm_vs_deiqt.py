@@ -92,11 +92,13 @@ def format_comparison(table: pd.DataFrame, summary: dict) -> str:
               default=Path("results"), show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True)
+@click.option("--threads", type=int, default=0, show_default=True,
+              help="CPU threads per run (0: torch's default).")
 @click.option("--max-steps", type=int, default=0, help="Cap steps per epoch (smoke tests).")
 @click.option("--quiet", is_flag=True, help="No progress bars or training log.")
 @user_errors
-def main(dataset, root, splits, sets, qfm_sets, rule, metric, results, seed, device, max_steps,
-         quiet) -> None:
+def main(dataset, root, splits, sets, qfm_sets, rule, metric, results, seed, device, threads,
+         max_steps, quiet) -> None:
     """Train DEIQT and QFM-IQM on each split and print their paired differences."""
     from benchmark.suite import SuiteError, parse_indices
 
@@ -104,7 +106,7 @@ def main(dataset, root, splits, sets, qfm_sets, rule, metric, results, seed, dev
         indices = parse_indices(splits, "--splits")
     except SuiteError as error:
         raise BenchError(str(error)) from None
-    run = make_run_config(seed, device, "auto", 0, "memory", False, quiet, max_steps)
+    run = make_run_config(seed, device, "auto", 0, threads, "memory", False, quiet, max_steps)
     pairs = guarded(train_pairs, dataset, root, indices, parse_sets(sets), parse_sets(qfm_sets),
                     run, results, log=(lambda _: None) if quiet else click.echo)
     click.echo(format_comparison(*paired_comparison(pairs, rule, metric)))
