@@ -75,6 +75,18 @@ def median(truth: pd.DataFrame, model: str, dataset: str, metric: str, rule: str
     return float(np.median(chosen[metric]))
 
 
+def test_plain_text_summary_gives_each_cells_medians(built):
+    results, truth, *_ = built
+    text = (results / "tables" / "summary.txt").read_text()
+    lines = {tuple(line.split()[:2]): line.split()[2:] for line in text.splitlines()[2:]}
+    assert set(lines) == {(d, m) for m, d in CELLS}
+    for (model, dataset), (_, splits) in CELLS.items():
+        srcc, plcc, count = lines[(dataset, model)]
+        assert float(srcc) == pytest.approx(median(truth, model, dataset, "srcc"), abs=5e-4)
+        assert float(plcc) == pytest.approx(median(truth, model, dataset, "plcc"), abs=5e-4)
+        assert count == (str(splits) if splits >= 10 else f"{splits}*")  # * = fewer than expected
+
+
 def test_main_table_numbers_and_marks(built):
     results, truth, *_ = built
     tex = (results / "tables" / "main.tex").read_text()
