@@ -8,14 +8,20 @@ Only one forward pass runs the full ViT-B/8 at 224; everything else uses tiny va
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
 
 from benchmark.models import (ConfigError, TrainContext, config_from_dict, config_to_dict,
                               get_model_class)
 from baselines.maniqa import MANIQA, MANIQAConfig, TransposedAttention
-from baselines.musiq import MUSIQ, MUSIQConfig, hashed_positions, patchify
+from baselines.musiq import (MUSIQ, MUSIQConfig, gaussian_resize, hashed_positions, patchify,
+                             resize_longer)
 
+FIXTURES = Path(__file__).parent / "fixtures"
 TINY_MUSIQ = dict(hidden_size=64, depth=2, num_heads=2, mlp_dim=128, stem_width=32,
                   longer_sides=(32, 64), dropout=0.0)
 # test_vit: 6 blocks, width 64, patch 16 → an 8×8 grid at 128, so shifted windows are exercised
@@ -122,6 +128,22 @@ def test_patchify_pads_like_tf_same():
     assert torch.equal(patches[0, 0, :, 15, 15:], image[0, :, 0, :17])
     assert patches[0, 0, :, :15].abs().sum() == 0 and patches[0, 3, :, 16:].abs().sum() == 0
     assert torch.isclose(patches.sum(), image.sum())
+
+
+def test_musiq_resize_matches_tensorflow_gaussian_without_antialias():
+    """Numbers from TensorFlow 2.21 (tests/fixtures/musiq_tf_gaussian_resize.json): the official
+    preprocessing's output sizes, and tf.image.resize(..., GAUSSIAN) down, up and at scale 1
+    (where TF's fixed-width kernel still blurs)."""
+    fixture = json.loads((FIXTURES / "musiq_tf_gaussian_resize.json").read_text())
+    for case in fixture["sizes"]:
+        image = torch.zeros(1, 3, *case["in_hw"])
+        assert list(resize_longer(image, case["longer"]).shape[-2:]) == case["out_hw"], case
+    for case in fixture["resize"]:
+        image = np.random.default_rng(case["seed"]).random((*case["in_hw"], 3), dtype=np.float32)
+        image = torch.from_numpy(image).permute(2, 0, 1)[None].double()
+        expected = torch.tensor(case["expected_hwc"], dtype=torch.float64).permute(2, 0, 1)
+        got = gaussian_resize(image, case["out_hw"])[0]
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
 
 
 def test_musiq_token_count_and_training_cap(one_thread):
