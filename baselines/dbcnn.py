@@ -52,6 +52,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from baselines.scnn import SCNN, load_scnn_features, pretrain_scnn
+from baselines import pyiqa_keymaps
 from benchmark.models import (OPTIMIZERS, ConfigError, IQAModel, ModelConfig, backbone_norm,
                               check_choices, create_backbone, decay_groups)
 
@@ -121,6 +122,8 @@ class DBCNN(IQAModel):
     name = "dbcnn"
     Config = DBCNNConfig
     paper = "DBCNN, Zhang et al., IEEE TCSVT 2020 (github.com/zwx8981/DBCNN-PyTorch)"
+    #: pyiqa 0.1.16's state dict of this model → ours (loads pyiqa's released checkpoints)
+    pyiqa_key_map = staticmethod(pyiqa_keymaps.dbcnn)
 
     def __init__(self, config: DBCNNConfig):
         super().__init__(config)
@@ -157,9 +160,10 @@ class DBCNN(IQAModel):
                                       align_corners=True)
         height, width = content.shape[-2:]
         # sums of up to ~800 products of activations; half precision would lose the small ones
+        dtype = torch.promote_types(content.dtype, torch.float32)
         with torch.autocast(content.device.type, enabled=False):
-            pooled = torch.bmm(content.float().flatten(2),
-                               synthetic.float().flatten(2).transpose(1, 2)) / (height * width)
+            pooled = torch.bmm(content.to(dtype).flatten(2),
+                               synthetic.to(dtype).flatten(2).transpose(1, 2)) / (height * width)
             pooled = pooled.flatten(1)
             pooled = torch.sign(pooled) * torch.sqrt(pooled.abs() + 1e-8)
             return F.normalize(pooled, dim=1)

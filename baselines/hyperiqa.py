@@ -56,6 +56,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from baselines import pyiqa_keymaps
 from benchmark.models import (ConfigError, IQAModel, ModelConfig, backbone_norm, create_backbone,
                               decay_groups)
 
@@ -167,6 +168,8 @@ class HyperIQA(IQAModel):
     name = "hyperiqa"
     Config = HyperIQAConfig
     paper = "HyperIQA, Su et al., CVPR 2020 (github.com/SSL92/hyperIQA)"
+    #: pyiqa 0.1.16's state dict of this model → ours (loads pyiqa's released checkpoints)
+    pyiqa_key_map = staticmethod(pyiqa_keymaps.hyperiqa)
 
     def __init__(self, config: HyperIQAConfig):
         super().__init__(config)

@@ -52,6 +52,7 @@ import torch
 from timm.models.swin_transformer import SwinTransformerBlock
 from torch import nn
 
+from baselines import pyiqa_keymaps
 from benchmark.models import ConfigError, IQAModel, ModelConfig, create_backbone
 
 __all__ = ["MANIQA", "MANIQAConfig"]
@@ -152,6 +153,8 @@ class MANIQA(IQAModel):
     name = "maniqa"
     Config = MANIQAConfig
     paper = "MANIQA: Multi-dimension Attention Network for NR-IQA (Yang et al., CVPRW 2022)"
+    #: pyiqa 0.1.16's state dict of this model → ours (loads pyiqa's released checkpoints)
+    pyiqa_key_map = staticmethod(pyiqa_keymaps.maniqa)
 
     def __init__(self, config: MANIQAConfig):
         super().__init__(config)

@@ -56,6 +56,7 @@ from timm.layers import pad_same
 from timm.models.vision_transformer import Block
 from torch import nn
 
+from baselines import pyiqa_keymaps
 from benchmark.models import ConfigError, IQAModel, ModelConfig, load_local_weights, decay_groups
 
 __all__ = ["MUSIQ", "MUSIQConfig", "gaussian_resize", "hashed_positions", "patchify",
@@ -206,6 +207,8 @@ class MUSIQ(IQAModel):
     name = "musiq"
     Config = MUSIQConfig
     paper = "MUSIQ: Multi-scale Image Quality Transformer (Ke et al., ICCV 2021)"
+    #: pyiqa 0.1.16's state dict of this model → ours (loads pyiqa's released checkpoints)
+    pyiqa_key_map = staticmethod(pyiqa_keymaps.musiq)
 
     def __init__(self, config: MUSIQConfig):
         super().__init__(config)

@@ -54,6 +54,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from baselines import pyiqa_keymaps
 from benchmark.models import (ConfigError, IQAModel, ModelConfig, TrainContext, backbone_norm,
                               create_backbone, regression_loss)
 
@@ -186,6 +187,8 @@ class TReS(IQAModel):
     name = "tres"
     Config = TReSConfig
     paper = "TReS, Golestaneh et al., WACV 2022 (github.com/isalirezag/TReS)"
+    #: pyiqa 0.1.16's state dict of this model → ours (loads pyiqa's released checkpoints)
+    pyiqa_key_map = staticmethod(pyiqa_keymaps.tres)
 
     def __init__(self, config: TReSConfig):
         super().__init__(config)
