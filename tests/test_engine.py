@@ -262,10 +262,13 @@ def test_an_optimizer_stage_switch_builds_a_fresh_optimizer_and_resumes_exactly(
 def test_dbcnn_runs_sgd_on_the_head_then_adam_on_everything():
     from baselines.dbcnn import DBCNN, DBCNNConfig
 
-    both = DBCNN(DBCNNConfig(backbone="vgg11", pretrained="false", head_epochs=2, epochs=4))
+    both = DBCNN(DBCNNConfig(backbone="vgg11", pretrained="false", scnn_weights="none",
+                             head_epochs=2, epochs=4))
     assert [both.optimizer_stage(e) for e in range(4)] == ["sgd", "sgd", "adam", "adam"]
-    head = DBCNN(DBCNNConfig(backbone="vgg11", pretrained="false", stage="head"))
-    everything = DBCNN(DBCNNConfig(backbone="vgg11", pretrained="false", stage="all"))
+    head = DBCNN(DBCNNConfig(backbone="vgg11", pretrained="false", scnn_weights="none",
+                             stage="head"))
+    everything = DBCNN(DBCNNConfig(backbone="vgg11", pretrained="false", scnn_weights="none",
+                                   stage="all"))
     assert head.optimizer_stage(60) == "sgd" and everything.optimizer_stage(0) == "adam"
     with pytest.raises(ConfigError, match="'head_optimizer' expects one of adamw, adam, sgd"):
         DBCNNConfig(head_optimizer="rmsprop")
