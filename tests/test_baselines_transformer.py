@@ -9,6 +9,7 @@ Only one forward pass runs the full ViT-B/8 at 224; everything else uses tiny va
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -22,10 +23,11 @@ from baselines.musiq import (MUSIQ, MUSIQConfig, gaussian_resize, hashed_positio
                              resize_longer)
 
 FIXTURES = Path(__file__).parent / "fixtures"
+CTX = TrainContext(epoch=0, step=0, steps_per_epoch=1, label_range=1.0, device=torch.device("cpu"))
 TINY_MUSIQ = dict(hidden_size=64, depth=2, num_heads=2, mlp_dim=128, stem_width=32,
                   longer_sides=(32, 64), dropout=0.0)
 # test_vit: 6 blocks, width 64, patch 16 → an 8×8 grid at 128, so shifted windows are exercised
-TINY_MANIQA = dict(backbone="test_vit", img_size=128, block_indices=(2, 3, 4, 5), dim_mlp=64,
+TINY_MANIQA = dict(backbone="test_vit", pretrained="false", img_size=128, block_indices=(2, 3, 4, 5), dim_mlp=64,
                    drop=0.0, drop_path=0.0)
 
 
@@ -198,8 +200,10 @@ def test_musiq_overfits_a_fixed_batch(one_thread):
 def test_maniqa_paper_model_params_and_forward():
     total, unused = maniqa_official_params()
     assert total == 135_747_530  # what train_maniqa.py logs
-    assert n_params(MANIQA(MANIQAConfig(official_layers=False))) == total - unused == 114_164_578
-    model = MANIQA(MANIQAConfig()).eval()
+    random_vit = MANIQAConfig(pretrained="false")
+    assert n_params(MANIQA(replace(random_vit, official_layers=False))) == total - unused \
+        == 114_164_578
+    model = MANIQA(random_vit).eval()
     assert n_params(model) == total  # the default builds the official, never-used layers too
     with torch.no_grad():  # the one full-size ViT-B/8 forward of this file
         score = model(torch.rand(1, 3, 224, 224))
@@ -213,6 +217,36 @@ def test_maniqa_small_shapes(one_thread):
         assert model(torch.rand(3, 3, 128, 128)).shape == (3,)
         assert model.forward_features(torch.rand(3, 3, 128, 128)).shape == (3, 64, 32)
         assert model.features(torch.rand(3, 3, 128, 128)).shape == (3, model.num_features)
+
+
+@pytest.mark.parametrize("flip, axis, prob", [("vertical", 2, 0.7), ("horizontal", 3, 0.7),
+                                              ("none", None, 0.0)])
+def test_maniqa_flips_as_the_released_training(flip, axis, prob, one_thread):
+    """np.fliplr on C×H×W arrays reverses the rows: by default 70 % of images flip vertically."""
+    assert (MANIQAConfig().flip, MANIQAConfig().flip_prob, MANIQAConfig().hflip) == \
+        ("vertical", 0.7, False)
+    model = MANIQA(MANIQAConfig(**TINY_MANIQA, flip=flip))
+    seen = []
+    model.forward = lambda x: seen.append(x) or x.mean(dim=(1, 2, 3))
+    images = torch.rand(2000, 3, 4, 4)
+    torch.manual_seed(0)
+    model.loss({"image": images, "label": torch.zeros(2000)}, CTX)
+    (got,) = seen
+    kept = (got == images).flatten(1).all(1)
+    if axis is None:
+        assert bool(kept.all())
+        return
+    flipped = (got == images.flip(axis)).flatten(1).all(1)
+    assert bool((kept | flipped).all())
+    assert abs(float(flipped.float().mean()) - prob) < 0.03
+
+
+def test_maniqa_refuses_a_second_flip():
+    with pytest.raises(ConfigError, match="draws its own flips"):
+        MANIQAConfig(hflip=True)
+    assert MANIQAConfig(hflip=True, flip="none").hflip
+    with pytest.raises(ConfigError, match="'flip' expects one of vertical, horizontal, none"):
+        MANIQAConfig(flip="diagonal")
 
 
 def test_transposed_attention_keeps_the_official_reshape():
