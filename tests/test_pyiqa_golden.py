@@ -1,7 +1,7 @@
 """Golden outputs: our HyperIQA, DBCNN, MUSIQ, MANIQA and TReS score like pyiqa's ports.
 
 For each model, pyiqa 0.1.16's architecture is built with every weight download stubbed out,
-filled with seeded random weights (:func:`fill_seeded`), mapped into ours through
+filled with seeded random weights (``seeded_weights.fill_seeded``), mapped into ours through
 ``baselines.pyiqa_keymaps`` and loaded with ``strict=True``; both then score the same seeded
 images in eval mode and must agree within 1e-5. pyiqa's test-time crop helpers are replaced by
 the identity (the inputs already have the crop size), and for MUSIQ both sides use our
@@ -23,31 +23,9 @@ from pyiqa.archs import dbcnn_arch, hypernet_arch, maniqa_arch, musiq_arch, tres
 from pyiqa.data import multiscale_trans_util  # noqa: E402
 
 from benchmark.models import get_model_class  # noqa: E402
+from seeded_weights import fill_seeded  # noqa: E402
 
 TOLERANCE = 1e-5
-
-
-def fill_seeded(module: torch.nn.Module, seed: int) -> None:
-    """Seeded weights that keep activations O(1) through deep stacks, in state-dict order:
-    parameters with two or more axes N(0, 1/fan_in), 1-D weights (norm scales) 1 + N(0, 0.1²),
-    other 1-D parameters N(0, 0.1²); BatchNorm running means N(0, 0.1²) and variances
-    U(0.5, 1.5). Other buffers (fixed filters, masks, indices) keep their computed values."""
-    generator = torch.Generator().manual_seed(seed)
-    parameters = {name for name, _ in module.named_parameters()}
-    with torch.no_grad():
-        for name, tensor in module.state_dict().items():
-            if name.endswith("running_var"):
-                tensor.copy_(torch.rand(tensor.shape, generator=generator) + 0.5)
-                continue
-            if name not in parameters and not name.endswith("running_mean"):
-                continue
-            noise = torch.randn(tensor.shape, generator=generator)
-            if tensor.ndim >= 2:
-                tensor.copy_(noise / tensor[0].numel() ** 0.5)
-            elif name.endswith("weight"):
-                tensor.copy_(1 + 0.1 * noise)
-            else:
-                tensor.copy_(0.1 * noise)
 
 
 @pytest.fixture
