@@ -141,6 +141,8 @@ class DBCNN(IQAModel):
     name = "dbcnn"
     Config = DBCNNConfig
     paper = "DBCNN, Zhang et al., IEEE TCSVT 2020 (github.com/zwx8981/DBCNN-PyTorch)"
+    paper_selection = "srcc"  # the released code's test-set epoch rule
+    original_precision = "fp32"  # no autocast in the released code
     #: pyiqa 0.1.16's state dict of this model → ours (loads pyiqa's released checkpoints)
     pyiqa_key_map = staticmethod(pyiqa_keymaps.dbcnn)
 

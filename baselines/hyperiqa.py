@@ -170,6 +170,8 @@ class HyperIQA(IQAModel):
     name = "hyperiqa"
     Config = HyperIQAConfig
     paper = "HyperIQA, Su et al., CVPR 2020 (github.com/SSL92/hyperIQA)"
+    paper_selection = "srcc"  # the released code's test-set epoch rule
+    original_precision = "fp32"  # no autocast in the released code
     #: pyiqa 0.1.16's state dict of this model → ours (loads pyiqa's released checkpoints)
     pyiqa_key_map = staticmethod(pyiqa_keymaps.hyperiqa)
 

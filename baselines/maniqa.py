@@ -176,6 +176,8 @@ class MANIQA(IQAModel):
     name = "maniqa"
     Config = MANIQAConfig
     paper = "MANIQA: Multi-dimension Attention Network for NR-IQA (Yang et al., CVPRW 2022)"
+    paper_selection = "srcc+plcc"  # the released code's test-set epoch rule
+    original_precision = "fp32"  # no autocast in the released code
     #: pyiqa 0.1.16's state dict of this model → ours (loads pyiqa's released checkpoints)
     pyiqa_key_map = staticmethod(pyiqa_keymaps.maniqa)
 

@@ -189,6 +189,8 @@ class TReS(IQAModel):
     name = "tres"
     Config = TReSConfig
     paper = "TReS, Golestaneh et al., WACV 2022 (github.com/isalirezag/TReS)"
+    paper_selection = "srcc"  # the released code's test-set epoch rule
+    original_precision = "fp32"  # no autocast in the released code
     #: pyiqa 0.1.16's state dict of this model → ours (loads pyiqa's released checkpoints)
     pyiqa_key_map = staticmethod(pyiqa_keymaps.tres)
 

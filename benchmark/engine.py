@@ -22,6 +22,7 @@ from benchmark.data import ImageCache, EvalCrops, TrainCrops, collate
 from benchmark.io import atomic_write_bytes
 from benchmark.metrics import all_metrics
 from benchmark.models import IQAModel, TrainContext, eval_crop
+from benchmark.protocol import paper_epoch
 
 __all__ = ["RunConfig", "SplitData", "CheckpointError", "NonFiniteLossError", "fit", "predict",
            "extract", "resolve_device", "build_optimizer",
@@ -42,7 +43,9 @@ class RunConfig:
 
     seed: int = 0
     device: str = "cpu"  # cpu | cuda | cuda:N | auto (resolved and recorded by the runner)
-    amp: str = "auto"  # auto (bf16 where supported, fp16+scaler on older GPUs, off on CPU) | bf16 | fp16 | off
+    # auto: the model's original precision (the runner makes it off for fp32 originals), else
+    # bf16 where supported, fp16+scaler on older GPUs, off on CPU | bf16 | fp16 | off
+    amp: str = "auto"
     compile: bool = False
     channels_last: bool = True
     workers: int = 0
@@ -75,6 +78,7 @@ class FitResult:
     selection: dict[str, dict] = field(default_factory=dict)
     train_s: float = 0.0
     eval_s: float = 0.0
+    precision: str = "fp32"  # what the forward passes computed in: fp32 | bf16 | fp16
 
 
 def resolve_device(name: str) -> torch.device:
@@ -94,6 +98,9 @@ def _amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     if amp in ("fp16", "auto"):
         return torch.float16
     raise ValueError(f"unknown amp mode {amp!r} (auto, bf16, fp16, off)")
+
+
+_DTYPE_NAMES = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
 def lr_factor(step: int, steps_per_epoch: int, config: Any) -> float:
@@ -200,24 +207,21 @@ def load_checkpoint(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def _select(history: list[dict]) -> dict[str, dict]:
-    """The epoch reported under each selection rule."""
-    def pick(key: Callable[[dict], float]) -> dict:
-        scored = [(key(h), -h["epoch"], h) for h in history]
-        finite = [s for s in scored if not math.isnan(s[0])]
-        best = max(finite, key=lambda s: (s[0], s[1]))[2] if finite else history[-1]
-        return {"epoch": best["epoch"], "val": best["val"], "test": best["test"]}
+def _select(history: list[dict], paper_rule: str) -> dict[str, dict]:
+    """The epoch reported under each selection rule; ``test_oracle`` is ``paper_rule``, the
+    test-set rule of the model's released code (:data:`benchmark.protocol.PAPER_RULES`)."""
+    def chosen(entry: dict) -> dict:
+        return {"epoch": entry["epoch"], "val": entry["val"], "test": entry["test"]}
 
-    has_val = any(not math.isnan(h["val"].get("srcc", float("nan"))) for h in history)
+    val_scored = [h for h in history if not math.isnan(h["val"].get("srcc", float("nan")))]
+    best_val = max(val_scored, key=lambda h: (h["val"]["srcc"], -h["epoch"])) if val_scored \
+        else history[-1]
     selection = {
-        "val": pick(lambda h: h["val"].get("srcc", float("nan"))),
-        "last": {k: history[-1][k] for k in ("epoch", "val", "test")},
-        # DEIQT's official code reports the epoch with the highest test PLCC
-        "test_oracle": pick(lambda h: h["test"].get("plcc", float("nan"))),
+        "val": {**chosen(best_val),
+                "rule_fallback": None if val_scored else "no validation images: last epoch"},
+        "last": chosen(history[-1]),
+        "test_oracle": {**chosen(paper_epoch(history, paper_rule)), "rule": paper_rule},
     }
-    selection["val"]["rule_fallback"] = None if has_val else "no validation images: last epoch"
-    if not has_val:
-        selection["val"].update({k: history[-1][k] for k in ("epoch", "val", "test")})
     return selection
 
 
@@ -290,7 +294,7 @@ def fit(model: IQAModel, data: SplitData, config: Any, run: RunConfig, work_dir:
     optimizer_name, optimizer, scheduler = _stage_optimizer(model, config, steps, 0)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     step_fn = torch.compile(model) if run.compile else model
-    result, start_epoch = FitResult(), 0
+    result, start_epoch = FitResult(precision=_DTYPE_NAMES[amp_dtype]), 0
     checkpoint_path = work_dir / "checkpoint.pt"
     preds: dict[str, list] = {"val": [], "test": []}
     if resume and checkpoint_path.is_file():
@@ -377,7 +381,7 @@ def fit(model: IQAModel, data: SplitData, config: Any, run: RunConfig, work_dir:
             "history": result.history, "preds": {k: [torch.tensor(v) for v in preds[k]] for k in preds},
             "train_s": result.train_s, "eval_s": result.eval_s})
     result.predictions = {k: np.stack(v) if v else np.zeros((0, 0)) for k, v in preds.items()}
-    result.selection = _select(result.history)
+    result.selection = _select(result.history, type(model).paper_selection)
     return result
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import shutil
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
@@ -26,6 +26,7 @@ from benchmark.io import atomic_write_json, atomic_write_text
 from benchmark.metrics import HIGHER_IS_BETTER, all_metrics
 from benchmark.models import (ConfigError, FitModel, IQAModel, config_from_dict, config_to_dict,
                               get_model_class)
+from benchmark.protocol import precision_facts, resolve_amp
 from benchmark.records import (RECORD_SCHEMA, SELECTION_RULES, RunKey, config_hash, find_record,
                                git_state, latest_record, load_record, package_versions, run_dir)
 from benchmark.registry import dataset_registry
@@ -67,6 +68,7 @@ def plan_run(model: str, dataset: str, split: int, root: Path, overrides: dict |
     split_file = load_split_file(prepared.split_path)
     parts = split_images(split_file, split)
     cls, config = resolve_config(model, name, overrides)
+    run = replace(run, amp=resolve_amp(run.amp, cls.original_precision))  # hashed as resolved
     key = RunKey(cls.name, name, split)
     prerequisites = {}
     pins = pins or {}
@@ -176,7 +178,7 @@ def run_one(model: str, dataset: str, split: int, root: Path, overrides: dict | 
         log(f"already done: {existing}")
         return load_record(existing)
     device = resolve_device(run.device)
-    run = RunConfig(**{**asdict(run), "device": str(device)})
+    run = RunConfig(**{**asdict(run), "device": str(device), "amp": plan["identity"]["run"]["amp"]})
     cls, config = plan["cls"], plan["config"]
     import torch
 
@@ -228,6 +230,7 @@ def _record(plan, run, result, data, device, facts, timings) -> dict:
                  "n_test": len(parts["test"]), "partial_dataset": plan["prepared"].meta.get("partial")},
         "prerequisites": plan["prerequisites"], "fit_facts": facts, "timings": timings,
         "history": result.history, "metrics": result.selection,
+        "precision": precision_facts(result.precision, plan["cls"].original_precision),
         "higher_is_better": HIGHER_IS_BETTER, "suite_tag": plan["identity"]["config"].get("preset"),
         "status": "complete", "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }

@@ -38,6 +38,8 @@ def test_record_and_predictions_are_complete(demo_root, tmp_path):
     assert record["metrics"]["val"]["epoch"] == val_pick["epoch"]
     oracle = max(record["history"], key=lambda h: (h["test"]["plcc"], -h["epoch"]))
     assert record["metrics"]["test_oracle"]["epoch"] == oracle["epoch"]
+    assert record["metrics"]["test_oracle"]["rule"] == "plcc"  # named: each original has its own
+    assert record["precision"] == {"dtype": "fp32", "original": None, "differs": None}
     predictions = pd.read_csv(run_dir / "predictions.csv")
     assert (predictions["part"] == "test").sum() == record["data"]["n_test"]
     test_rows = predictions[predictions["part"] == "test"]
