@@ -37,9 +37,11 @@ native images (the paper's setting) needs a loader that passes a list of (3, H_i
 tensors, which :meth:`MUSIQ.forward` accepts. Testing scores each full-size image, as the
 paper does (``test_img_size=0``: whole images, one per batch when their sizes differ).
 
-Weights. No timm weights exist for MUSIQ: ``backbone`` must be ``"musiq"`` and
-``pretrained`` is ``"false"`` (random init as the official initialisers) or the path of a
-state dict of this module (e.g. the official ImageNet checkpoint, converted offline).
+Weights. No timm weights exist for MUSIQ: ``backbone`` must be ``"musiq"``. ``pretrained``
+is ``"imagenet"`` (the default, as the paper fine-tunes from ImageNet): the official
+``imagenet_pretrain.npz`` from the weights cache, mapped key by key
+(:mod:`baselines.musiq_weights`; the 1000-class head is not taken); ``"false"``: random init
+as the official initialisers; or a path: an official ``.npz`` or a state dict of this module.
 """
 
 from __future__ import annotations
@@ -57,7 +59,9 @@ from timm.models.vision_transformer import Block
 from torch import nn
 
 from baselines import pyiqa_keymaps
-from benchmark.models import ConfigError, IQAModel, ModelConfig, load_local_weights, decay_groups
+from baselines.musiq_weights import IMAGENET, load_official_npz
+from benchmark.models import ConfigError, IQAModel, ModelConfig, decay_groups, load_local_weights
+from benchmark.weights import fetch_weights
 
 __all__ = ["MUSIQ", "MUSIQConfig", "gaussian_resize", "hashed_positions", "patchify",
            "resize_longer"]
@@ -169,6 +173,7 @@ class _PatchStem(nn.Module):
 @dataclass(frozen=True)
 class MUSIQConfig(ModelConfig):
     backbone: str = "musiq"  # no timm backbone: the stem and encoder are MUSIQ's own
+    pretrained: str = "imagenet"  # the official ImageNet checkpoint | false | a path
     img_size: int = 384
     epochs: int = 30
     batch_size: int = 96
@@ -231,12 +236,27 @@ class MUSIQ(IQAModel):
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         self.head = nn.Linear(dim, 1)
         self._init_official()
-        flag = str(config.pretrained).lower()
-        if flag in ("true", "offline-lite0"):
-            raise ConfigError(f"MUSIQ has no {flag!r} weights; use pretrained=false or the path "
-                              f"of a state dict for this model")
-        if flag != "false":
-            load_local_weights(self, Path(config.pretrained))
+        self._load_weights(str(config.pretrained))
+
+    def _load_weights(self, pretrained: str) -> None:
+        if pretrained.lower() == "false":
+            return
+        if pretrained.lower() in ("true", "offline-lite0"):
+            raise ConfigError(f"MUSIQ has no {pretrained!r} weights; use pretrained=imagenet, "
+                              f"false, or the path of an official .npz or a state dict")
+        path = fetch_weights(IMAGENET) if pretrained == "imagenet" else Path(pretrained)
+        if path.suffix != ".npz":
+            load_local_weights(self, path)
+            return
+        try:
+            missing, unexpected = self.load_state_dict(
+                load_official_npz(path, self.config.depth), strict=False)
+        except RuntimeError as error:
+            raise ConfigError(f"MUSIQ weights {path} do not fit this config: "
+                              f"{str(error).splitlines()[-1].strip()}") from None
+        if unexpected or set(missing) != {"head.weight", "head.bias"}:
+            raise ConfigError(f"MUSIQ weights {path} do not cover the model: missing "
+                              f"{sorted(set(missing) - {'head.weight', 'head.bias'})[:3]}")
 
     def _init_official(self) -> None:
         """Flax's initialisers in the official model: Xavier-uniform q/k/v/out and MLP kernels,

@@ -3,7 +3,8 @@
 A model names a :class:`WeightFile` (URL, sha256, file name) and calls :func:`fetch_weights`,
 which returns the file in the weights cache (``$BENCH_CACHE/weights``, default
 ``~/.cache/iqa-bench/weights``), downloading it there first if needed. A cached file is
-checked against its hash on every use and removed when it does not match. With
+checked against its hash on every use and removed when it does not match; a file whose hash
+is not yet known is never downloaded, only used when the user has put it there. With
 ``HF_HUB_OFFLINE`` set (the project's offline switch, as for timm's hub weights) nothing is
 downloaded: the error says which URL to fetch and where to put the file.
 
@@ -30,12 +31,14 @@ class WeightFile:
 
     name: str  # file name in the cache
     url: str  # pinned to a commit or release, so the hash stays valid
-    sha256: str
+    sha256: str  # "" only while unknown: such a file is never downloaded, only used if present
     what: str  # for messages: whose weights these are
 
     @property
     def cached_name(self) -> str:
         """The cache file name, carrying the hash prefix so two releases never collide."""
+        if not self.sha256:
+            return self.name
         stem, dot, suffix = self.name.rpartition(".")
         return f"{stem}-{self.sha256[:8]}{dot}{suffix}" if dot else f"{self.name}-{self.sha256[:8]}"
 
@@ -53,6 +56,11 @@ def _offline() -> bool:
 def fetch_weights(file: WeightFile) -> Path:
     """The verified local copy of ``file``, downloaded into the cache on first use."""
     dest = weights_cache() / file.cached_name
+    if not file.sha256:  # never download what cannot be verified; a copy the user placed is theirs
+        if dest.is_file():
+            return dest
+        raise ConfigError(f"{file.what} has no pinned sha256, so it is not downloaded "
+                          f"automatically: download {file.url} to {dest}")
     where = f"download {file.url} to {dest} (sha256 {file.sha256})"
     if dest.is_file():
         try:

@@ -71,3 +71,15 @@ def test_unreachable_host_is_one_line_naming_where_to_put_the_file(cache, monkey
     with pytest.raises(ConfigError, match="could not fetch a test network") as error:
         fetch_weights(FILE)
     assert str(cache / FILE.cached_name) in str(error.value)
+
+
+def test_a_file_without_a_pinned_hash_is_never_downloaded(cache, monkeypatch):
+    unpinned = WeightFile(name="net.npz", url="https://example.org/net.npz", sha256="",
+                          what="an unpinned network")
+    monkeypatch.setattr(weights, "download", lambda *a, **k: pytest.fail("downloaded unpinned"))
+    with pytest.raises(ConfigError, match="no pinned sha256") as error:
+        fetch_weights(unpinned)
+    assert str(cache / "net.npz") in str(error.value)
+    cache.mkdir()
+    (cache / "net.npz").write_bytes(b"placed by the user")
+    assert fetch_weights(unpinned) == cache / "net.npz"
