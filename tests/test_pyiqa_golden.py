@@ -7,7 +7,7 @@ images in eval mode and must agree within 1e-5. pyiqa's test-time crop helpers a
 the identity (the inputs already have the crop size), and for MUSIQ both sides use our
 resize, whose match to TensorFlow's is tested in ``test_baselines_transformer.py``.
 
-Skipped without pyiqa: ``pip install -e '.[pyiqa]'`` (see README, "Tests").
+Skipped without pyiqa: ``pip install -e '.[golden]' && pip install --no-deps pyiqa==0.1.16``.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-pytest.importorskip("pyiqa", reason="pyiqa is not installed (pip install -e '.[pyiqa]')")
+pytest.importorskip("pyiqa", reason="pyiqa is not installed: pip install -e '.[golden]' && "
+                                     "pip install --no-deps pyiqa==0.1.16")
 
 import timm  # noqa: E402
 import torchvision  # noqa: E402
