@@ -3,10 +3,13 @@
 Paper: Zhang, Ma, Yan, Deng, Wang, "Blind Image Quality Assessment Using a Deep Bilinear
 Convolutional Neural Network", IEEE TCSVT 30(1):36-47, 2020. Original code:
 https://github.com/zwx8981/DBCNN-PyTorch (``DBCNN.py``; read for the architecture and recipe,
-not copied). Weights: the content stream is VGG-16 (ImageNet, timm ``vgg16``); the synthetic
-stream is S-CNN (:mod:`baselines.scnn`), loaded from ``scnn_weights``: our
-:func:`~baselines.scnn.pretrain_scnn` output or the original's ``pretrained_scnn/scnn.pkl``.
-An empty ``scnn_weights`` leaves S-CNN randomly initialised, which is not the paper's model.
+not copied). Weights: the content stream is VGG-16 (torchvision's ImageNet weights, timm
+``vgg16.tv_in1k``, as the original's ``models.vgg16(pretrained=True)``); the synthetic stream
+is S-CNN (:mod:`baselines.scnn`), chosen by ``scnn_weights``: ``"original"`` (the default) is
+the original's released ``pretrained_scnn/scnn.pkl``, fetched on first use and checked against
+its pinned sha256 (:data:`baselines.scnn.ORIGINAL_SCNN`); a path loads another S-CNN file (our
+21-class :func:`~baselines.scnn.pretrain_scnn` substitute, or a local copy of ``scnn.pkl``);
+``"none"`` leaves S-CNN randomly initialised, which is not the paper's model.
 
 The model: VGG-16 up to conv5_3 (after its ReLU, before the last max-pool; 512 channels, stride
 16) and S-CNN's convolutional part (128 channels, stride 16) see the same image; if their maps
@@ -45,15 +48,18 @@ follow the code (``img_size`` 0 in ``dataset_overrides`` trains on whole images;
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from baselines.scnn import SCNN, load_scnn_features, pretrain_scnn
+from baselines import pyiqa_keymaps
+from baselines.scnn import ORIGINAL_SCNN, SCNN, load_scnn_features, pretrain_scnn
 from benchmark.models import (OPTIMIZERS, ConfigError, IQAModel, ModelConfig, backbone_norm,
                               check_choices, create_backbone, decay_groups)
+from benchmark.weights import fetch_weights
 
 __all__ = ["DBCNN", "DBCNNConfig", "STAGES"]
 
@@ -64,9 +70,9 @@ STAGES = ("head", "all", "both")
 class DBCNNConfig(ModelConfig):
     """DBCNN's recipe as ``DBCNN.py`` runs it (see the module docstring for the stages)."""
 
-    backbone: str = "vgg16"
+    backbone: str = "vgg16.tv_in1k"  # torchvision's ImageNet VGG-16, as the original
     pretrained: str = "true"  # ImageNet VGG-16; offline: a local weights file
-    scnn_weights: str = ""  # S-CNN checkpoint (pretrain_scnn output or the original scnn.pkl)
+    scnn_weights: str = "original"  # "original" (released scnn.pkl) | "none" (random) | a path
     stage: str = "both"  # head | all | both
     head_epochs: int = 50  # stage 1's length when stage="both"
     head_lr: float = 1e-3  # stage 1's lr (FC only)
@@ -112,6 +118,20 @@ def _content_stream(config: DBCNNConfig) -> tuple[nn.Sequential, int, nn.Module]
     return features[:-1], width, vgg
 
 
+def _synthetic_stream(scnn_weights: str) -> nn.Sequential:
+    """S-CNN's convolutional part with the weights ``scnn_weights`` names."""
+    features = SCNN().features
+    if scnn_weights == "none":
+        return features
+    path = fetch_weights(ORIGINAL_SCNN) if scnn_weights == "original" else Path(scnn_weights)
+    try:
+        features.load_state_dict(load_scnn_features(path))
+    except RuntimeError as error:
+        raise ConfigError(f"scnn_weights file {path} does not fit S-CNN: "
+                          f"{str(error).splitlines()[0]}") from None
+    return features
+
+
 class DBCNN(IQAModel):
     """VGG-16 content stream x S-CNN synthetic stream → bilinear pooling → linear score (B,)."""
 
@@ -121,18 +141,16 @@ class DBCNN(IQAModel):
     name = "dbcnn"
     Config = DBCNNConfig
     paper = "DBCNN, Zhang et al., IEEE TCSVT 2020 (github.com/zwx8981/DBCNN-PyTorch)"
+    paper_selection = "srcc"  # the released code's test-set epoch rule
+    original_precision = "fp32"  # no autocast in the released code
+    #: pyiqa 0.1.16's state dict of this model → ours (loads pyiqa's released checkpoints)
+    pyiqa_key_map = staticmethod(pyiqa_keymaps.dbcnn)
 
     def __init__(self, config: DBCNNConfig):
         super().__init__(config)
         self.content, width, vgg = _content_stream(config)
         self.set_input_norm(*backbone_norm(vgg, config))
-        self.synthetic = SCNN().features
-        if config.scnn_weights:
-            try:
-                self.synthetic.load_state_dict(load_scnn_features(config.scnn_weights))
-            except RuntimeError as error:
-                raise ConfigError(f"scnn_weights file {config.scnn_weights} does not fit S-CNN: "
-                                  f"{str(error).splitlines()[0]}") from None
+        self.synthetic = _synthetic_stream(config.scnn_weights)
         self.num_features = width * SCNN.out_channels
         self.fc = nn.Linear(self.num_features, 1)
         nn.init.kaiming_normal_(self.fc.weight)
@@ -157,9 +175,10 @@ class DBCNN(IQAModel):
                                       align_corners=True)
         height, width = content.shape[-2:]
         # sums of up to ~800 products of activations; half precision would lose the small ones
+        dtype = torch.promote_types(content.dtype, torch.float32)
         with torch.autocast(content.device.type, enabled=False):
-            pooled = torch.bmm(content.float().flatten(2),
-                               synthetic.float().flatten(2).transpose(1, 2)) / (height * width)
+            pooled = torch.bmm(content.to(dtype).flatten(2),
+                               synthetic.to(dtype).flatten(2).transpose(1, 2)) / (height * width)
             pooled = pooled.flatten(1)
             pooled = torch.sign(pooled) * torch.sqrt(pooled.abs() + 1e-8)
             return F.normalize(pooled, dim=1)

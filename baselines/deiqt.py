@@ -158,6 +158,7 @@ class DEIQT(IQAModel):
     name = "deiqt"
     Config = DEIQTConfig
     paper = "DEIQT, Qin et al., AAAI 2023 (github.com/narthchin/DEIQT)"
+    original_precision = "mixed"  # the official main.py trains under autocast (AMP_ENABLE)
 
     def __init__(self, config: DEIQTConfig):
         super().__init__(config)

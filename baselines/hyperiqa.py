@@ -3,8 +3,10 @@
 Paper: Su, Yan, Zhu, Zhang, Ge, Sun, Zhang, "Blindly Assess Image Quality in the Wild Guided
 by a Self-Adaptive Hyper Network", CVPR 2020. Original code: https://github.com/SSL92/hyperIQA
 (``models.py``, ``HyerIQASolver.py``, ``train_test_IQA.py``, ``data_loader.py``; read for the
-architecture and recipe, not copied). Weights: ResNet-50, ImageNet (timm ``resnet50``); the rest
-is trained from scratch.
+architecture and recipe, not copied). Weights: ResNet-50 with torchvision's V1 ImageNet
+weights (``models.resnet50(pretrained=True)``, ``resnet50-19c8e357``; timm
+``resnet50.tv_in1k``; timm's untagged ``resnet50`` is the RSB A1 network); the rest is trained
+from scratch.
 
 The model, for a 224x224 crop (the only size it takes: the hyper network's maps must be 7x7):
 
@@ -56,6 +58,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from baselines import pyiqa_keymaps
 from benchmark.models import (ConfigError, IQAModel, ModelConfig, backbone_norm, create_backbone,
                               decay_groups)
 
@@ -75,8 +78,8 @@ _HYPER_RATIO_UNTIL = 9  # ... and drops its 10x ratio from epoch 10 on
 class HyperIQAConfig(ModelConfig):
     """HyperIQA's recipe from ``train_test_IQA.py`` and ``HyerIQASolver.py``."""
 
-    backbone: str = "resnet50"
-    pretrained: str = "true"  # ImageNet ResNet-50; offline: a local weights file
+    backbone: str = "resnet50.tv_in1k"  # torchvision's V1 ImageNet weights, as the original
+    pretrained: str = "true"  # offline: a local weights file
     img_size: int = _CROP
     epochs: int = 16
     batch_size: int = 96
@@ -167,6 +170,10 @@ class HyperIQA(IQAModel):
     name = "hyperiqa"
     Config = HyperIQAConfig
     paper = "HyperIQA, Su et al., CVPR 2020 (github.com/SSL92/hyperIQA)"
+    paper_selection = "srcc"  # the released code's test-set epoch rule
+    original_precision = "fp32"  # no autocast in the released code
+    #: pyiqa 0.1.16's state dict of this model → ours (loads pyiqa's released checkpoints)
+    pyiqa_key_map = staticmethod(pyiqa_keymaps.hyperiqa)
 
     def __init__(self, config: HyperIQAConfig):
         super().__init__(config)

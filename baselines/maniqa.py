@@ -18,9 +18,12 @@ Dropout 0.1, Linear, ReLU) and a weight (the same with a sigmoid); the image sco
 and window masks as the official ``SwinBlock``).
 
 Weights. The backbone comes from :func:`benchmark.models.create_backbone`:
-``pretrained="true"`` loads timm's ``vit_base_patch8_224`` ImageNet weights, which is what
-the official code does; ``"false"`` is random; a path loads a local file. MANIQA's own layers
-start from PyTorch's and timm's default initialisation, as in the official code.
+``pretrained="true"`` (the default) loads ``vit_base_patch8_224.augreg_in21k_ft_in1k``, the
+AugReg ImageNet-21k → 1k weights the official ``timm.create_model('vit_base_patch8_224',
+pretrained=True)`` loaded in the timm of its time (today's untagged name resolves to the later
+``augreg2`` fine-tune, another network); ``"false"`` is random; a path loads a local file.
+MANIQA's own layers start from PyTorch's and timm's default initialisation, as in the official
+code.
 
 Parameters. ``train_maniqa.py`` logs 135,747,530 (computed here from the official shapes).
 21,582,952 of them cannot affect the score: each official ``SwinTransformer`` builds a 3×3/2
@@ -33,12 +36,17 @@ layers: 42,533,986). The score is the same either way.
 
 Recipe (``train_maniqa.py``): Adam, lr 1e-5, weight decay 1e-5, batch 8, 300 epochs,
 MSE on scores min-max normalised to [0, 1] (``label_scale="unit"``), inputs normalised with
-mean = std = 0.5, one random 224 crop per image per epoch, horizontal flips with probability
-0.7 (the engine flips with 0.5). The official ``CosineAnnealingLR(T_max=50)`` is stepped
+mean = std = 0.5, one random 224 crop per image per epoch, flips with probability 0.7. The
+official ``RandHorizontalFlip`` calls ``np.fliplr`` on C×H×W arrays, which reverses axis 1,
+the rows: the released training flips *vertically*. :meth:`MANIQA.loss` draws those flips
+(``flip="vertical"``, ``flip_prob=0.7``; ``flip="horizontal"`` keeps the flip the code's name
+promises, ``"none"`` turns it off), so the loader's own 0.5 horizontal flip (``hflip``) is
+off. The official ``CosineAnnealingLR(T_max=50)`` is stepped
 every batch, so its lr cycles every 100 batches; ``schedule="cosine_periodic"`` with
 ``cycle_steps=50`` replays it (``"cosine"`` spans the whole run instead).
 Evaluation averages five crops (four corners and centre; the engine draws five seeded
-crops); only ``predict_one_image.py`` averages 20. On KonIQ-10k the official loader first
+crops); only ``predict_one_image.py`` averages 20. The released training script's validation,
+whose best epoch the published numbers report, scores one random crop per image. On KonIQ-10k the official loader first
 resizes every image to 224×224 (bicubic; the engine's resize is bilinear) and evaluates one
 crop (``dataset_overrides``). The first release (2022) used an SSTB scale of 0.13, the
 latest 0.8.
@@ -52,9 +60,14 @@ import torch
 from timm.models.swin_transformer import SwinTransformerBlock
 from torch import nn
 
-from benchmark.models import ConfigError, IQAModel, ModelConfig, create_backbone
+from baselines import pyiqa_keymaps
+from benchmark.models import (ConfigError, IQAModel, ModelConfig, TrainContext, check_choices,
+                              create_backbone, regression_loss)
 
-__all__ = ["MANIQA", "MANIQAConfig"]
+__all__ = ["MANIQA", "MANIQAConfig", "FLIPS"]
+
+#: MANIQA's training flips: the released code's (vertical), the one it names, or none
+FLIPS = ("vertical", "horizontal", "none")
 
 
 class TransposedAttention(nn.Module):
@@ -115,7 +128,8 @@ def _score_branch(dim: int, drop: float, out: nn.Module) -> nn.Sequential:
 
 @dataclass(frozen=True)
 class MANIQAConfig(ModelConfig):
-    backbone: str = "vit_base_patch8_224"
+    backbone: str = "vit_base_patch8_224.augreg_in21k_ft_in1k"
+    pretrained: str = "true"  # the official ImageNet ViT-B/8; offline: a local weights file
     img_size: int = 224
     epochs: int = 300
     batch_size: int = 8
@@ -129,6 +143,9 @@ class MANIQAConfig(ModelConfig):
     clip_grad: float = 0.0
     train_crops: int = 1
     test_crops: int = 5
+    hflip: bool = False  # the flips are loss()'s
+    flip: str = "vertical"  # vertical (the released code) | horizontal | none
+    flip_prob: float = 0.7
     label_scale: str = "unit"
     loss: str = "mse"
     mean: tuple[float, float, float] | None = (0.5, 0.5, 0.5)
@@ -147,11 +164,22 @@ class MANIQAConfig(ModelConfig):
 
     dataset_overrides = {"koniq": {"resize_hw": (224, 224), "test_crops": 1}}
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_choices(self, {"flip": FLIPS})
+        if self.hflip and self.flip != "none":
+            raise ConfigError("MANIQA draws its own flips (flip, flip_prob); keep hflip false "
+                              "or set flip=none")
+
 
 class MANIQA(IQAModel):
     name = "maniqa"
     Config = MANIQAConfig
     paper = "MANIQA: Multi-dimension Attention Network for NR-IQA (Yang et al., CVPRW 2022)"
+    paper_selection = "srcc+plcc"  # the released code's test-set epoch rule
+    original_precision = "fp32"  # no autocast in the released code
+    #: pyiqa 0.1.16's state dict of this model → ours (loads pyiqa's released checkpoints)
+    pyiqa_key_map = staticmethod(pyiqa_keymaps.maniqa)
 
     def __init__(self, config: MANIQAConfig):
         super().__init__(config)
@@ -218,3 +246,12 @@ class MANIQA(IQAModel):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         tokens = self.forward_features(images)
         return (self.fc_score(tokens).squeeze(-1) * self._patch_shares(tokens)).sum(1)
+
+    def loss(self, batch: dict[str, torch.Tensor], ctx: TrainContext) -> dict[str, torch.Tensor]:
+        """The configured loss after the released code's random flips (see the module docstring)."""
+        images, c = batch["image"], self.config
+        if c.flip != "none":
+            chosen = torch.rand(len(images), device=images.device) < c.flip_prob
+            flipped = images.flip(2 if c.flip == "vertical" else 3)
+            images = torch.where(chosen[:, None, None, None], flipped, images)
+        return {"loss": regression_loss(self(images), batch["label"], c.loss)}

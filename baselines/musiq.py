@@ -6,7 +6,8 @@ google-research/google-research, ``musiq/`` (``model/multiscale_transformer.py``
 ``run_predict_image.py``). Re-implemented here from those files; no code is copied.
 
 Input. Each image becomes one token sequence: its aspect-ratio-preserving resizes to longer
-sides 224 and 384 (scale ids 0, 1, in ascending order) followed by the image at its own
+sides 224 and 384 (TF's Gaussian resize without antialiasing, :func:`gaussian_resize`; scale
+ids 0, 1, in ascending order) followed by the image at its own
 resolution (scale id 2). Every one is cut into 32×32 patches with TF "SAME" zero padding in
 the [-1, 1] input range. A patch at (row, col) of an r×c grid gets the hashed spatial position
 ``(row·G // r)·G + col·G // c`` on a G×G = 10×10 grid of learned embeddings (the nearest-
@@ -30,14 +31,17 @@ raw MOS; inputs scaled to [-1, 1]; the model is first pretrained on ImageNet. Th
 no epoch count; 30 is this benchmark's choice.
 
 Harness note. The engine trains on fixed-size crops, so ``img_size`` is 384: a crop is then
-a "native" image of 12×12 patches and its 384-scale copy is the crop itself. Training on full
+a "native" image of 12×12 patches, and its 384-scale copy is the crop passed through the
+official resize (which blurs even at scale 1, see :func:`gaussian_resize`). Training on full
 native images (the paper's setting) needs a loader that passes a list of (3, H_i, W_i)
 tensors, which :meth:`MUSIQ.forward` accepts. Testing scores each full-size image, as the
 paper does (``test_img_size=0``: whole images, one per batch when their sizes differ).
 
-Weights. No timm weights exist for MUSIQ: ``backbone`` must be ``"musiq"`` and
-``pretrained`` is ``"false"`` (random init as the official initialisers) or the path of a
-state dict of this module (e.g. the official ImageNet checkpoint, converted offline).
+Weights. No timm weights exist for MUSIQ: ``backbone`` must be ``"musiq"``. ``pretrained``
+is ``"imagenet"`` (the default, as the paper fine-tunes from ImageNet): the official
+``imagenet_pretrain.npz`` from the weights cache, mapped key by key
+(:mod:`baselines.musiq_weights`; the 1000-class head is not taken); ``"false"``: random init
+as the official initialisers; or a path: an official ``.npz`` or a state dict of this module.
 """
 
 from __future__ import annotations
@@ -47,15 +51,20 @@ from functools import partial
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from timm.layers import pad_same
 from timm.models.vision_transformer import Block
 from torch import nn
 
-from benchmark.models import ConfigError, IQAModel, ModelConfig, load_local_weights, decay_groups
+from baselines import pyiqa_keymaps
+from baselines.musiq_weights import IMAGENET, load_official_npz
+from benchmark.models import ConfigError, IQAModel, ModelConfig, decay_groups, load_local_weights
+from benchmark.weights import fetch_weights
 
-__all__ = ["MUSIQ", "MUSIQConfig", "hashed_positions", "patchify"]
+__all__ = ["MUSIQ", "MUSIQConfig", "gaussian_resize", "hashed_positions", "patchify",
+           "resize_longer"]
 
 
 def patchify(images: torch.Tensor, patch: int) -> tuple[torch.Tensor, int, int]:
@@ -76,14 +85,38 @@ def hashed_positions(rows: int, cols: int, grid: int, device=None) -> torch.Tens
     return (row_hash[:, None] * grid + col_hash[None, :]).reshape(-1)
 
 
-def _resize_longer(images: torch.Tensor, longer: int) -> torch.Tensor:
-    # The official resize is TF's antialiased Gaussian; torch's antialiased bilinear is closest.
+def _gaussian_matrix(size_in: int, size_out: int) -> torch.Tensor:
+    """(size_out, size_in) weights of TF's ``ScaleAndTranslate`` Gaussian kernel without
+    antialiasing (radius 1.5, sigma 0.5, each output row normalised). The sample positions and
+    the radius test are computed in float32, as TF's kernel does: sources can fall exactly on
+    the radius, and one just inside it carries a weight of e^-4.5 that float64 could drop."""
+    scale = torch.tensor(size_out, dtype=torch.float32) / size_in
+    inverse = torch.tensor(1.0 / float(scale), dtype=torch.float32)
+    sample = (torch.arange(size_out, dtype=torch.float32) + 0.5) * inverse
+    distance = ((torch.arange(size_in, dtype=torch.float32) + 0.5)[None] - sample[:, None]).abs()
+    distance = distance.double()
+    weight = torch.where(distance < 1.5, torch.exp(-2.0 * distance ** 2), 0.0)
+    return weight / weight.sum(1, keepdim=True)
+
+
+def gaussian_resize(images: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """(n, C, H, W) → (n, C, *size) as ``tf.image.resize(..., GAUSSIAN)`` with TF's default
+    ``antialias=False``: a fixed 3-pixel-wide Gaussian sampled at any scale, so it blurs an
+    image even at scale 1, and downscaling aliases; both are kept, as the released models saw
+    them."""
+    rows, cols = (_gaussian_matrix(n_in, n_out).to(images.device, images.dtype)
+                  for n_in, n_out in zip(images.shape[-2:], size))
+    return torch.einsum("oh,nchw,pw->ncop", rows, images, cols)
+
+
+def resize_longer(images: torch.Tensor, longer: int) -> torch.Tensor:
+    """Aspect-preserving resize to a longer side of ``longer``, as the official
+    ``resize_preserve_aspect_ratio``: sides rounded half-to-even from a float32 ratio, then
+    :func:`gaussian_resize`."""
     height, width = images.shape[-2:]
-    ratio = longer / max(height, width)
-    size = (max(1, round(height * ratio)), max(1, round(width * ratio)))
-    if size == (height, width):
-        return images
-    return F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=True)
+    ratio = np.float32(longer) / np.float32(max(height, width))
+    return gaussian_resize(images, [max(1, int(np.round(np.float32(side) * ratio)))
+                                    for side in (height, width)])
 
 
 class _StdConv(nn.Conv2d):
@@ -140,6 +173,7 @@ class _PatchStem(nn.Module):
 @dataclass(frozen=True)
 class MUSIQConfig(ModelConfig):
     backbone: str = "musiq"  # no timm backbone: the stem and encoder are MUSIQ's own
+    pretrained: str = "imagenet"  # the official ImageNet checkpoint | false | a path
     img_size: int = 384
     epochs: int = 30
     batch_size: int = 96
@@ -178,6 +212,8 @@ class MUSIQ(IQAModel):
     name = "musiq"
     Config = MUSIQConfig
     paper = "MUSIQ: Multi-scale Image Quality Transformer (Ke et al., ICCV 2021)"
+    #: pyiqa 0.1.16's state dict of this model → ours (loads pyiqa's released checkpoints)
+    pyiqa_key_map = staticmethod(pyiqa_keymaps.musiq)
 
     def __init__(self, config: MUSIQConfig):
         super().__init__(config)
@@ -200,12 +236,27 @@ class MUSIQ(IQAModel):
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         self.head = nn.Linear(dim, 1)
         self._init_official()
-        flag = str(config.pretrained).lower()
-        if flag in ("true", "offline-lite0"):
-            raise ConfigError(f"MUSIQ has no {flag!r} weights; use pretrained=false or the path "
-                              f"of a state dict for this model")
-        if flag != "false":
-            load_local_weights(self, Path(config.pretrained))
+        self._load_weights(str(config.pretrained))
+
+    def _load_weights(self, pretrained: str) -> None:
+        if pretrained.lower() == "false":
+            return
+        if pretrained.lower() in ("true", "offline-lite0"):
+            raise ConfigError(f"MUSIQ has no {pretrained!r} weights; use pretrained=imagenet, "
+                              f"false, or the path of an official .npz or a state dict")
+        path = fetch_weights(IMAGENET) if pretrained == "imagenet" else Path(pretrained)
+        if path.suffix != ".npz":
+            load_local_weights(self, path)
+            return
+        try:
+            missing, unexpected = self.load_state_dict(
+                load_official_npz(path, self.config.depth), strict=False)
+        except RuntimeError as error:
+            raise ConfigError(f"MUSIQ weights {path} do not fit this config: "
+                              f"{str(error).splitlines()[-1].strip()}") from None
+        if unexpected or set(missing) != {"head.weight", "head.bias"}:
+            raise ConfigError(f"MUSIQ weights {path} do not cover the model: missing "
+                              f"{sorted(set(missing) - {'head.weight', 'head.bias'})[:3]}")
 
     def _init_official(self) -> None:
         """Flax's initialisers in the official model: Xavier-uniform q/k/v/out and MLP kernels,
@@ -235,7 +286,7 @@ class MUSIQ(IQAModel):
         patches, spatial, scale = [], [], []
         native_id = len(config.longer_sides)
         for scale_id, longer in enumerate([*sorted(config.longer_sides), None]):
-            view = images if longer is None else _resize_longer(images, longer)
+            view = images if longer is None else resize_longer(images, longer)
             cut, rows, cols = patchify(view, config.patch_size)
             index = hashed_positions(rows, cols, config.grid_size, images.device)
             limit = config.train_max_native_patches

@@ -9,7 +9,8 @@ channels; stride 2 at layers 2, 4, 6 and 9, so the map is 1/16 of the input), gl
 pooling, two 1x1 conv + BN + ReLU projections to 256 and a linear classifier. Conv, linear and
 BN are initialised as the original does (Kaiming normal for ReLU, zero bias, BN 1/0). The module
 layout matches the original's, so its released ``pretrained_scnn/scnn.pkl`` (39 classes, stored
-under a ``module.`` prefix) loads too: 640,983 parameters, 531,120 of them in ``features``.
+under a ``module.`` prefix; :data:`ORIGINAL_SCNN`, DBCNN's default) loads too: 640,983
+parameters, 531,120 of them in ``features``.
 
 How the pre-training differs from the original (state it when reporting a DBCNN run):
 
@@ -40,8 +41,10 @@ from torch import nn
 from benchmark.datasets.demo import DISTORTIONS, REFERENCES
 from benchmark.io import atomic_write_bytes
 from benchmark.models import ConfigError
+from benchmark.weights import WeightFile
 
-__all__ = ["SCNN", "CLASSES", "make_example", "pretrain_scnn", "load_scnn_features"]
+__all__ = ["SCNN", "CLASSES", "ORIGINAL_SCNN", "make_example", "pretrain_scnn",
+           "load_scnn_features"]
 
 #: (channels out, stride) of the nine conv layers of ``features``
 _LAYERS = ((48, 1), (48, 2), (64, 1), (64, 2), (64, 1), (64, 2), (128, 1), (128, 1), (128, 2))
@@ -49,6 +52,15 @@ _KINDS = ("blur", "noise", "jpeg", "contrast")
 #: class 0 is the pristine crop; then each kind at its five levels, mildest first
 CLASSES: tuple[tuple[str, int], ...] = (("pristine", 0),) + tuple(
     (kind, level) for kind in _KINDS for level in range(1, 6))
+#: the original's released S-CNN (39 classes, 68 tensors under ``module.``, 54 of them in
+#: ``features``), at the commit that added it; a legacy torch file that loads with
+#: ``weights_only=True``. pyiqa republishes the same bytes as ``DBCNN_scnn-7ea73d75.pth``.
+ORIGINAL_SCNN = WeightFile(
+    name="scnn.pkl",
+    url="https://raw.githubusercontent.com/zwx8981/DBCNN-PyTorch/"
+        "1035ecbb1a8e5bd3da37613dfbc0e3ac8d1bea1d/pretrained_scnn/scnn.pkl",
+    sha256="7ea73d75539cefcf4953800a896e024ea1a3216de2392f242810b113fd940a42",
+    what="DBCNN's released S-CNN (zwx8981/DBCNN-PyTorch pretrained_scnn/scnn.pkl)")
 _IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 _IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 

@@ -4,7 +4,9 @@ Paper: Golestaneh, Dadsetan, Kitani, "No-Reference Image Quality Assessment via 
 Relative Ranking, and Self-Consistency", WACV 2022. Original code:
 https://github.com/isalirezag/TReS (``models.py``, ``transformers.py``, ``posencode.py``,
 ``args.py``, ``run.sh``, ``data_loader.py``; read for the architecture and recipe, not copied).
-Weights: ResNet-50, ImageNet (timm ``resnet50``); the rest is trained from scratch.
+Weights: ResNet-50 with torchvision's V1 ImageNet weights (``models.resnet50(pretrained=True)``;
+timm ``resnet50.tv_in1k``, not the untagged ``resnet50``, which is RSB A1); the rest is trained
+from scratch.
 
 The model: each ResNet stage's map is L2-normalised over channels, L2-pooled (3x3 Hann window
 [0.5, 1, 0.5]², stride 1), dropped out (p 0.1) and average-pooled to stage 4's grid (8x8, 4x4,
@@ -54,6 +56,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from baselines import pyiqa_keymaps
 from benchmark.models import (ConfigError, IQAModel, ModelConfig, TrainContext, backbone_norm,
                               create_backbone, regression_loss)
 
@@ -64,8 +67,8 @@ __all__ = ["TReS", "TReSConfig", "relative_ranking_loss", "sine_positions"]
 class TReSConfig(ModelConfig):
     """TReS's recipe from ``run.sh`` (ResNet-50 lines) and ``args.py``."""
 
-    backbone: str = "resnet50"
-    pretrained: str = "true"  # ImageNet ResNet-50; offline: a local weights file
+    backbone: str = "resnet50.tv_in1k"  # torchvision's V1 ImageNet weights, as the original
+    pretrained: str = "true"  # offline: a local weights file
     img_size: int = 224
     epochs: int = 3
     batch_size: int = 53
@@ -186,6 +189,10 @@ class TReS(IQAModel):
     name = "tres"
     Config = TReSConfig
     paper = "TReS, Golestaneh et al., WACV 2022 (github.com/isalirezag/TReS)"
+    paper_selection = "srcc"  # the released code's test-set epoch rule
+    original_precision = "fp32"  # no autocast in the released code
+    #: pyiqa 0.1.16's state dict of this model → ours (loads pyiqa's released checkpoints)
+    pyiqa_key_map = staticmethod(pyiqa_keymaps.tres)
 
     def __init__(self, config: TReSConfig):
         super().__init__(config)

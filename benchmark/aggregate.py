@@ -47,7 +47,8 @@ CELL_KEYS = ["model", "dataset", "config_id", "rule"]
 #: run settings that change a result (engine.RunConfig.RESULT_FIELDS); the rest is plumbing
 RESULT_RUN_FIELDS = ("seed", "amp", "compile")
 RUN_COLUMNS = ["model", "dataset", "config_id", "rule", "split", "epoch", "preset", "suite_tag",
-               "n_test", "config_hash", "dir", *METRICS, *(f"val_{m}" for m in METRICS)]
+               "n_test", "config_hash", "dir", "precision_differs", *METRICS,
+               *(f"val_{m}" for m in METRICS)]
 #: presets that are a model's main configuration rather than an ablation (QFM-IQM's default)
 MAIN_PRESETS = ("full",)
 BOOTSTRAP_RESAMPLES = 2000
@@ -87,6 +88,8 @@ def runs_table(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
                 "preset": preset, "suite_tag": record.get("suite_tag"),
                 "n_test": (record.get("data") or {}).get("n_test"),
                 "config_hash": record.get("config_hash"), "dir": record.get("_dir"),
+                # trained in another precision than its original (fp32 vs mixed)
+                "precision_differs": bool((record.get("precision") or {}).get("differs")),
             }
             row.update({m: _number(chosen.get("test", {}).get(m)) for m in METRICS})
             row.update({f"val_{m}": _number(chosen.get("val", {}).get(m)) for m in METRICS})
@@ -146,6 +149,8 @@ def summarize(runs: pd.DataFrame, expected: Mapping[str, int] | int = 10) -> pd.
         cell = dict(zip(CELL_KEYS, key))
         want = int(expected.get(cell["dataset"], expected.get("*", 10)))
         splits = ",".join(str(s) for s in sorted(group["split"]))
+        differs = bool(group["precision_differs"].astype(bool).any()) \
+            if "precision_differs" in group else False
         for metric in METRICS:
             values = group[metric].to_numpy(float)
             finite = values[np.isfinite(values)]
@@ -159,9 +164,11 @@ def summarize(runs: pd.DataFrame, expected: Mapping[str, int] | int = 10) -> pd.
                 "ci_low": low, "ci_high": high,
                 "n": int(finite.size), "n_nan": int(values.size - finite.size),
                 "expected": want, "complete": bool(finite.size >= want), "splits": splits,
+                "precision_differs": differs,
             })
     columns = [*CELL_KEYS, "preset", "suite_tag", "metric", "higher_is_better", "median", "mean",
-               "std", "ci_low", "ci_high", "n", "n_nan", "expected", "complete", "splits"]
+               "std", "ci_low", "ci_high", "n", "n_nan", "expected", "complete", "splits",
+               "precision_differs"]
     return pd.DataFrame(rows, columns=columns)
 
 

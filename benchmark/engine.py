@@ -43,7 +43,9 @@ class RunConfig:
 
     seed: int = 0
     device: str = "cpu"  # cpu | cuda | cuda:N | auto (resolved and recorded by the runner)
-    amp: str = "auto"  # auto (bf16 where supported, fp16+scaler on older GPUs, off on CPU) | bf16 | fp16 | off
+    # auto: the model's original precision (the runner makes it off for fp32 originals), else
+    # bf16 where supported, fp16+scaler on older GPUs, off on CPU | bf16 | fp16 | off
+    amp: str = "auto"
     compile: bool = False
     channels_last: bool = True
     workers: int = 0
@@ -91,6 +93,7 @@ class FitResult:
     selection: dict[str, dict] = field(default_factory=dict)
     train_s: float = 0.0
     eval_s: float = 0.0
+    precision: str = "fp32"  # what the forward passes computed in: fp32 | bf16 | fp16
 
 
 def _parse_device(name: str) -> torch.device:
@@ -121,6 +124,9 @@ def _amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     if amp in ("fp16", "auto"):
         return torch.float16
     raise ValueError(f"unknown amp mode {amp!r} (auto, bf16, fp16, off)")
+
+
+_DTYPE_NAMES = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
 def lr_factor(step: int, steps_per_epoch: int, config: Any) -> float:
@@ -289,7 +295,7 @@ def fit(model: IQAModel, data: SplitData, config: Any, run: RunConfig, work_dir:
     optimizer_name, optimizer, scheduler = _stage_optimizer(model, config, steps, 0)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     step_fn = torch.compile(model) if run.compile else model
-    result, start_epoch = FitResult(), 0
+    result, start_epoch = FitResult(precision=_DTYPE_NAMES[amp_dtype]), 0
     checkpoint_path = work_dir / "checkpoint.pt"
     preds: dict[str, list] = {"val": [], "test": []}
     if resume and checkpoint_path.is_file():
@@ -384,7 +390,7 @@ def fit(model: IQAModel, data: SplitData, config: Any, run: RunConfig, work_dir:
             "history": result.history, "preds": {k: [torch.tensor(v) for v in preds[k]] for k in preds},
             "train_s": result.train_s, "eval_s": result.eval_s})
     result.predictions = {k: np.stack(v) if v else np.zeros((0, 0)) for k, v in preds.items()}
-    result.selection = select_epochs(result.history)
+    result.selection = select_epochs(result.history, type(model).paper_selection)
     return result
 
 

@@ -71,6 +71,9 @@ class IQAModel(nn.Module):
     training_kind: ClassVar[str] = "gradient"
     #: one-line provenance shown by `bench models`
     paper: ClassVar[str] = ""
+    #: the original's test-set epoch rule and training precision (see benchmark.protocol)
+    paper_selection: ClassVar[str] = "plcc"
+    original_precision: ClassVar[str] = ""
 
     def __init__(self, config: ModelConfig):
         super().__init__()

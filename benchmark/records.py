@@ -69,25 +69,24 @@ class RunKey:
     split: int
 
 
-def select_epochs(history: list[dict]) -> dict[str, dict]:
-    """The epoch reported under each selection rule, from a run's per-epoch history."""
-    def pick(key: Callable[[dict], float]) -> dict:
-        scored = [(key(h), -h["epoch"], h) for h in history]
-        finite = [s for s in scored if not math.isnan(s[0])]
-        best = max(finite, key=lambda s: (s[0], s[1]))[2] if finite else history[-1]
-        return {"epoch": best["epoch"], "val": best["val"], "test": best["test"]}
+def select_epochs(history: list[dict], paper_rule: str = "plcc") -> dict[str, dict]:
+    """The epoch reported under each selection rule, from a run's per-epoch history;
+    ``test_oracle`` is ``paper_rule``, the test-set rule of the model's released code
+    (:data:`benchmark.protocol.PAPER_RULES`)."""
+    from benchmark.protocol import paper_epoch
 
-    has_val = any(not math.isnan(h["val"].get("srcc", float("nan"))) for h in history)
-    selection = {
-        "val": pick(lambda h: h["val"].get("srcc", float("nan"))),
-        "last": {k: history[-1][k] for k in ("epoch", "val", "test")},
-        # DEIQT's official code reports the epoch with the highest test PLCC
-        "test_oracle": pick(lambda h: h["test"].get("plcc", float("nan"))),
+    def chosen(entry: dict) -> dict:
+        return {"epoch": entry["epoch"], "val": entry["val"], "test": entry["test"]}
+
+    val_scored = [h for h in history if not math.isnan(h["val"].get("srcc", float("nan")))]
+    best_val = max(val_scored, key=lambda h: (h["val"]["srcc"], -h["epoch"])) if val_scored \
+        else history[-1]
+    return {
+        "val": {**chosen(best_val),
+                "rule_fallback": None if val_scored else "no validation images: last epoch"},
+        "last": chosen(history[-1]),
+        "test_oracle": {**chosen(paper_epoch(history, paper_rule)), "rule": paper_rule},
     }
-    selection["val"]["rule_fallback"] = None if has_val else "no validation images: last epoch"
-    if not has_val:
-        selection["val"].update({k: history[-1][k] for k in ("epoch", "val", "test")})
-    return selection
 
 
 def config_hash(identity: dict[str, Any]) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
@@ -26,6 +26,7 @@ from benchmark.io import DiskFullError, atomic_write_json, atomic_write_text, ex
 from benchmark.metrics import HIGHER_IS_BETTER, all_metrics
 from benchmark.models import (ConfigError, FitModel, IQAModel, check_trainable, config_from_dict,
                               config_to_dict, get_model_class)
+from benchmark.protocol import precision_facts, resolve_amp
 from benchmark.records import (RECORD_SCHEMA, SELECTION_RULES, RunKey, config_hash, find_record,
                                git_state, latest_record, load_record, package_versions, run_dir)
 from benchmark.registry import UnknownNameError, dataset_registry
@@ -93,6 +94,7 @@ def plan_run(model: str, dataset: str, split: int, root: Path, overrides: dict |
         raise ConfigError(f"batch_size {config.batch_size} exceeds the {crops} training crops of "
                           f"{name} split {split} ({len(parts['train'])} images x train_crops "
                           f"{config.train_crops}): lower batch_size")
+    run = replace(run, amp=resolve_amp(run.amp, cls.original_precision))  # hashed as resolved
     key = RunKey(cls.name, name, split)
     prerequisites = {}
     pins = pins or {}
@@ -241,8 +243,9 @@ def run_one(model: str, dataset: str, split: int, root: Path, overrides: dict | 
     if run.threads:
         torch.set_num_threads(run.threads)
     try:
-        resolved = RunConfig(**{**asdict(run), "device": str(device),
-                                "threads": torch.get_num_threads()})
+        # amp as hashed (auto resolved to the original's precision), device and threads as used
+        resolved = replace(run, device=str(device), amp=plan["identity"]["run"]["amp"],
+                           threads=torch.get_num_threads())
         return _train(plan, resolved, run, device, Path(root), results, force, resume, log)
     finally:
         torch.set_num_threads(previous_threads)
@@ -354,6 +357,7 @@ def _record(plan, run, result, data, device, facts, timings) -> dict:
                  "n_test": len(parts["test"]), "partial_dataset": plan["prepared"].meta.get("partial")},
         "prerequisites": plan["prerequisites"], "fit_facts": facts, "timings": timings,
         "history": result.history, "metrics": result.selection,
+        "precision": precision_facts(result.precision, plan["cls"].original_precision),
         "higher_is_better": HIGHER_IS_BETTER, "suite_tag": plan["identity"]["config"].get("preset"),
         "status": "complete", "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }

@@ -21,10 +21,11 @@ import torch
 
 from baselines.dbcnn import DBCNN, DBCNNConfig
 from baselines.hyperiqa import HyperIQA, HyperIQAConfig
-from baselines.scnn import CLASSES, SCNN, load_scnn_features, pretrain_scnn
+from baselines.scnn import CLASSES, ORIGINAL_SCNN, SCNN, load_scnn_features, pretrain_scnn
 from baselines.tres import L2Pool, TReS, TReSConfig, relative_ranking_loss, sine_positions
 from benchmark.models import (ConfigError, TrainContext, config_from_dict, config_to_dict,
                               get_model_class)
+from benchmark.weights import weights_cache
 
 MODELS = {"hyperiqa": (HyperIQA, HyperIQAConfig), "dbcnn": (DBCNN, DBCNNConfig),
           "tres": (TReS, TReSConfig)}
@@ -45,6 +46,8 @@ def _one_thread():
 def _meta(name: str, **overrides):
     """The paper-default model with shapes only: counts and shape checks without the compute."""
     cls, config_cls = MODELS[name]
+    if name == "dbcnn":  # shapes only: no need for the released S-CNN file
+        overrides.setdefault("scnn_weights", "none")
     with torch.device("meta"):
         return cls(config_cls(pretrained="false", **overrides))
 
@@ -125,7 +128,7 @@ def test_hyperiqa_lr_rule_replays_the_code():
 @pytest.fixture(scope="module")
 def vgg16_dbcnn():
     torch.manual_seed(0)
-    return DBCNN(DBCNNConfig(pretrained="false")).eval()
+    return DBCNN(DBCNNConfig(pretrained="false", scnn_weights="none")).eval()
 
 
 @pytest.mark.parametrize("batch", [1, 3])
@@ -145,7 +148,7 @@ def test_dbcnn_config_checks():
     with pytest.raises(ConfigError, match="head_epochs"):
         DBCNNConfig(head_epochs=100, epochs=100)
     with pytest.raises(ConfigError, match="VGG"):
-        DBCNN(DBCNNConfig(backbone="test_resnet", pretrained="false"))
+        DBCNN(DBCNNConfig(backbone="test_resnet", pretrained="false", scnn_weights="none"))
 
 
 def test_dbcnn_stage_groups():
@@ -208,7 +211,8 @@ def test_tres_overfits_a_batch():
 
 def test_dbcnn_two_stages_on_a_batch():
     torch.manual_seed(0)
-    model = DBCNN(DBCNNConfig(backbone="vgg11", pretrained="false", head_epochs=1, epochs=2))
+    model = DBCNN(DBCNNConfig(backbone="vgg11", pretrained="false", scnn_weights="none",
+                              head_epochs=1, epochs=2))
     images = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     streams = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("fc.")}
     model.on_epoch_start(0)
@@ -270,3 +274,26 @@ def test_scnn_weights_errors_name_the_file(tmp_path):
         load_scnn_features(tmp_path / "missing.pt")
     with pytest.raises(ValueError, match="smaller"):
         pretrain_scnn(tmp_path / "x.pt", _small_images(), steps=1, batch_size=2, crop=64)
+
+
+def test_dbcnn_defaults_to_the_released_scnn(tmp_path, monkeypatch):
+    """Offline with an empty cache, the default names the pinned file and where it goes."""
+    monkeypatch.setenv("BENCH_CACHE", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert DBCNNConfig().scnn_weights == "original"
+    with pytest.raises(ConfigError) as error:
+        DBCNN(DBCNNConfig(backbone="vgg11", pretrained="false"))
+    message = str(error.value)
+    assert ORIGINAL_SCNN.url in message and ORIGINAL_SCNN.sha256 in message
+    assert str(tmp_path / "weights" / "scnn-7ea73d75.pkl") in message
+
+
+def test_released_scnn_loads_every_feature_tensor():
+    path = weights_cache() / ORIGINAL_SCNN.cached_name
+    if not path.is_file():
+        pytest.skip(f"the released S-CNN is not cached; download {ORIGINAL_SCNN.url} to {path}")
+    features = load_scnn_features(path)  # weights_only: the legacy pickle holds tensors only
+    assert len(features) == 54 and features["0.weight"].shape == (48, 3, 3, 3)
+    model = DBCNN(DBCNNConfig(backbone="vgg11", pretrained="false"))
+    loaded = model.synthetic.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in features.items())

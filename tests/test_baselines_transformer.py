@@ -8,18 +8,26 @@ Only one forward pass runs the full ViT-B/8 at 224; everything else uses tiny va
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
 
 from benchmark.models import (ConfigError, TrainContext, config_from_dict, config_to_dict,
                               get_model_class)
 from baselines.maniqa import MANIQA, MANIQAConfig, TransposedAttention
-from baselines.musiq import MUSIQ, MUSIQConfig, hashed_positions, patchify
+from baselines.musiq import (MUSIQ, MUSIQConfig, gaussian_resize, hashed_positions, patchify,
+                             resize_longer)
 
-TINY_MUSIQ = dict(hidden_size=64, depth=2, num_heads=2, mlp_dim=128, stem_width=32,
+FIXTURES = Path(__file__).parent / "fixtures"
+CTX = TrainContext(epoch=0, step=0, steps_per_epoch=1, label_range=1.0, device=torch.device("cpu"))
+TINY_MUSIQ = dict(pretrained="false", hidden_size=64, depth=2, num_heads=2, mlp_dim=128, stem_width=32,
                   longer_sides=(32, 64), dropout=0.0)
 # test_vit: 6 blocks, width 64, patch 16 → an 8×8 grid at 128, so shifted windows are exercised
-TINY_MANIQA = dict(backbone="test_vit", img_size=128, block_indices=(2, 3, 4, 5), dim_mlp=64,
+TINY_MANIQA = dict(backbone="test_vit", pretrained="false", img_size=128, block_indices=(2, 3, 4, 5), dim_mlp=64,
                    drop=0.0, drop_path=0.0)
 
 
@@ -124,6 +132,22 @@ def test_patchify_pads_like_tf_same():
     assert torch.isclose(patches.sum(), image.sum())
 
 
+def test_musiq_resize_matches_tensorflow_gaussian_without_antialias():
+    """Numbers from TensorFlow 2.21 (tests/fixtures/musiq_tf_gaussian_resize.json): the official
+    preprocessing's output sizes, and tf.image.resize(..., GAUSSIAN) down, up and at scale 1
+    (where TF's fixed-width kernel still blurs)."""
+    fixture = json.loads((FIXTURES / "musiq_tf_gaussian_resize.json").read_text())
+    for case in fixture["sizes"]:
+        image = torch.zeros(1, 3, *case["in_hw"])
+        assert list(resize_longer(image, case["longer"]).shape[-2:]) == case["out_hw"], case
+    for case in fixture["resize"]:
+        image = np.random.default_rng(case["seed"]).random((*case["in_hw"], 3), dtype=np.float32)
+        image = torch.from_numpy(image).permute(2, 0, 1)[None].double()
+        expected = torch.tensor(case["expected_hwc"], dtype=torch.float64).permute(2, 0, 1)
+        got = gaussian_resize(image, case["out_hw"])[0]
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+
+
 def test_musiq_token_count_and_training_cap(one_thread):
     model = MUSIQ(MUSIQConfig(**{**TINY_MUSIQ, "longer_sides": (224, 384),
                                  "train_max_native_patches": 5}))
@@ -149,7 +173,7 @@ def test_musiq_mixed_resolutions_in_one_call(one_thread):
 
 
 def test_musiq_paper_model_params_and_shapes():
-    model = MUSIQ(MUSIQConfig()).eval()
+    model = MUSIQ(MUSIQConfig(pretrained="false")).eval()
     reference = musiq_official_params()
     assert reference == 27_125_825  # the paper: "around 27 million"
     assert n_params(model) == reference
@@ -162,7 +186,82 @@ def test_musiq_rejects_weights_it_cannot_have():
     with pytest.raises(ConfigError, match="backbone must be 'musiq'"):
         MUSIQ(MUSIQConfig(**TINY_MUSIQ, backbone="vit_small_patch16_224"))
     with pytest.raises(ConfigError, match="no 'true' weights"):
-        MUSIQ(MUSIQConfig(**TINY_MUSIQ, pretrained="true"))
+        MUSIQ(MUSIQConfig(**{**TINY_MUSIQ, "pretrained": "true"}))
+
+
+def official_arrays(depth: int, dim: int, heads: int, mlp: int, width: int, grid: int,
+                    scales: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random arrays under the official npz's keys, in Flax's layouts (kernels (in, out) and
+    HWIO; attention (D, heads, head dim) and (heads, head dim, D))."""
+    rng = np.random.default_rng(seed)
+    shapes = {"conv_root/kernel": (7, 7, 3, width), "gn_root/scale": (width,),
+              "gn_root/bias": (width,), "embedding/kernel": (4 * width * 8 * 8, dim),
+              "embedding/bias": (dim,), "head/kernel": (dim, 1000), "head/bias": (1000,),
+              "Transformer/posembed_input/pos_embedding": (1, grid * grid, dim),
+              "Transformer/scaleembed_input/scale_embedding": (1, scales, dim),
+              "Transformer/cls": (1, 1, dim), "Transformer/encoder_norm/scale": (dim,),
+              "Transformer/encoder_norm/bias": (dim,)}
+    for name, shape in (("conv_proj", (1, 1, width, 4 * width)), ("conv1", (1, 1, width, width)),
+                        ("conv2", (3, 3, width, width)), ("conv3", (1, 1, width, 4 * width))):
+        shapes[f"block1/unit1/{name}/kernel"] = shape
+        norm = name.replace("conv", "gn")
+        shapes[f"block1/unit1/{norm}/scale"] = shapes[f"block1/unit1/{norm}/bias"] = (shape[-1],)
+    for i in range(depth):
+        block = f"Transformer/encoderblock_{i}"
+        for norm in ("LayerNorm_0", "LayerNorm_2"):
+            shapes[f"{block}/{norm}/scale"] = shapes[f"{block}/{norm}/bias"] = (dim,)
+        for part in ("query", "key", "value"):
+            shapes[f"{block}/MultiHeadDotProductAttention_1/{part}/kernel"] = (dim, heads, dim // heads)
+            shapes[f"{block}/MultiHeadDotProductAttention_1/{part}/bias"] = (heads, dim // heads)
+        shapes[f"{block}/MultiHeadDotProductAttention_1/out/kernel"] = (heads, dim // heads, dim)
+        shapes[f"{block}/MultiHeadDotProductAttention_1/out/bias"] = (dim,)
+        for dense, (n_in, n_out) in (("Dense_0", (dim, mlp)), ("Dense_1", (mlp, dim))):
+            shapes[f"{block}/MlpBlock_3/{dense}/kernel"] = (n_in, n_out)
+            shapes[f"{block}/MlpBlock_3/{dense}/bias"] = (n_out,)
+    return {f"opt/target/{key}": rng.standard_normal(shape).astype(np.float32)
+            for key, shape in shapes.items()}
+
+
+def test_musiq_loads_the_official_npz_key_by_key(tmp_path):
+    arrays = official_arrays(depth=2, dim=64, heads=2, mlp=128, width=32, grid=10, scales=3)
+    arrays["opt/state/step"] = np.zeros(1)  # optimiser state beside the parameters is ignored
+    np.savez(tmp_path / "official.npz", **arrays)
+    model = MUSIQ(MUSIQConfig(**{**TINY_MUSIQ, "pretrained": str(tmp_path / "official.npz")}))
+    w = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+    a = {k[len("opt/target/"):]: v for k, v in arrays.items() if k.startswith("opt/target/")}
+    attention = "Transformer/encoderblock_1/MultiHeadDotProductAttention_1"
+    assert w["stem.conv_root.weight"][5, 2, 6, 1] == a["conv_root/kernel"][6, 1, 2, 5]
+    assert w["stem.unit.conv2.weight"][3, 4, 0, 2] == a["block1/unit1/conv2/kernel"][0, 2, 4, 3]
+    assert w["stem.embedding.weight"][7, 100] == a["embedding/kernel"][100, 7]
+    # head 1, dim 5 of query / key / value: rows 32 + 5 of each 64-row block of qkv
+    for offset, part in ((0, "query"), (64, "key"), (128, "value")):
+        assert w["blocks.1.attn.qkv.weight"][offset + 37, 9] == a[f"{attention}/{part}/kernel"][9, 1, 5]
+        assert w["blocks.1.attn.qkv.bias"][offset + 37] == a[f"{attention}/{part}/bias"][1, 5]
+    assert w["blocks.1.attn.proj.weight"][11, 37] == a[f"{attention}/out/kernel"][1, 5, 11]
+    fc1 = a["Transformer/encoderblock_0/MlpBlock_3/Dense_0/kernel"]
+    assert w["blocks.0.mlp.fc1.weight"][120, 3] == fc1[3, 120]
+    assert w["blocks.0.norm2.weight"][4] == a["Transformer/encoderblock_0/LayerNorm_2/scale"][4]
+    assert (w["pos_embed"][42] == a["Transformer/posembed_input/pos_embedding"][0, 42]).all()
+    assert (w["scale_embed"] == a["Transformer/scaleembed_input/scale_embedding"][0]).all()
+    assert not w["head.weight"].any()  # the ImageNet classifier is not taken
+
+
+def test_musiq_defaults_to_the_official_imagenet_checkpoint(tmp_path, monkeypatch):
+    from baselines.musiq_weights import IMAGENET
+
+    monkeypatch.setenv("BENCH_CACHE", str(tmp_path))
+    assert MUSIQConfig().pretrained == "imagenet"
+    config = {**TINY_MUSIQ, "pretrained": "imagenet"}
+    with pytest.raises(ConfigError, match="not downloaded automatically") as error:
+        MUSIQ(MUSIQConfig(**config))
+    destination = tmp_path / "weights" / "imagenet_pretrain.npz"
+    assert IMAGENET.url in str(error.value) and str(destination) in str(error.value)
+    del_key = "opt/target/Transformer/encoderblock_1/MlpBlock_3/Dense_1/bias"
+    arrays = official_arrays(depth=2, dim=64, heads=2, mlp=128, width=32, grid=10, scales=3)
+    destination.parent.mkdir()
+    np.savez(destination, **{k: v for k, v in arrays.items() if k != del_key})
+    with pytest.raises(ConfigError, match="lack the official key .*Dense_1/bias"):
+        MUSIQ(MUSIQConfig(**config))
 
 
 def test_musiq_overfits_a_fixed_batch(one_thread):
@@ -176,8 +275,10 @@ def test_musiq_overfits_a_fixed_batch(one_thread):
 def test_maniqa_paper_model_params_and_forward():
     total, unused = maniqa_official_params()
     assert total == 135_747_530  # what train_maniqa.py logs
-    assert n_params(MANIQA(MANIQAConfig(official_layers=False))) == total - unused == 114_164_578
-    model = MANIQA(MANIQAConfig()).eval()
+    random_vit = MANIQAConfig(pretrained="false")
+    assert n_params(MANIQA(replace(random_vit, official_layers=False))) == total - unused \
+        == 114_164_578
+    model = MANIQA(random_vit).eval()
     assert n_params(model) == total  # the default builds the official, never-used layers too
     with torch.no_grad():  # the one full-size ViT-B/8 forward of this file
         score = model(torch.rand(1, 3, 224, 224))
@@ -191,6 +292,36 @@ def test_maniqa_small_shapes(one_thread):
         assert model(torch.rand(3, 3, 128, 128)).shape == (3,)
         assert model.forward_features(torch.rand(3, 3, 128, 128)).shape == (3, 64, 32)
         assert model.features(torch.rand(3, 3, 128, 128)).shape == (3, model.num_features)
+
+
+@pytest.mark.parametrize("flip, axis, prob", [("vertical", 2, 0.7), ("horizontal", 3, 0.7),
+                                              ("none", None, 0.0)])
+def test_maniqa_flips_as_the_released_training(flip, axis, prob, one_thread):
+    """np.fliplr on C×H×W arrays reverses the rows: by default 70 % of images flip vertically."""
+    assert (MANIQAConfig().flip, MANIQAConfig().flip_prob, MANIQAConfig().hflip) == \
+        ("vertical", 0.7, False)
+    model = MANIQA(MANIQAConfig(**TINY_MANIQA, flip=flip))
+    seen = []
+    model.forward = lambda x: seen.append(x) or x.mean(dim=(1, 2, 3))
+    images = torch.rand(2000, 3, 4, 4)
+    torch.manual_seed(0)
+    model.loss({"image": images, "label": torch.zeros(2000)}, CTX)
+    (got,) = seen
+    kept = (got == images).flatten(1).all(1)
+    if axis is None:
+        assert bool(kept.all())
+        return
+    flipped = (got == images.flip(axis)).flatten(1).all(1)
+    assert bool((kept | flipped).all())
+    assert abs(float(flipped.float().mean()) - prob) < 0.03
+
+
+def test_maniqa_refuses_a_second_flip():
+    with pytest.raises(ConfigError, match="draws its own flips"):
+        MANIQAConfig(hflip=True)
+    assert MANIQAConfig(hflip=True, flip="none").hflip
+    with pytest.raises(ConfigError, match="'flip' expects one of vertical, horizontal, none"):
+        MANIQAConfig(flip="diagonal")
 
 
 def test_transposed_attention_keeps_the_official_reshape():

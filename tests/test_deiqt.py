@@ -1,8 +1,11 @@
-"""DEIQT: size, decoder structure and init, optimiser groups, CNN adaptation, overfitting."""
+"""DEIQT: official outputs, size, decoder structure and init, optimiser groups, CNN adaptation,
+overfitting."""
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,6 +13,7 @@ import torch.nn.functional as F
 
 from baselines.deiqt import DEIQT, DEIQTConfig
 from benchmark.models import ConfigError, TrainContext
+from seeded_weights import fill_seeded
 
 TINY = dict(backbone="vit_tiny_patch16_224", pretrained="false", img_size=64,
             backbone_kwargs={"depth": 2, "embed_dim": 48, "num_heads": 3}, decoder_dim=48)
@@ -41,6 +45,27 @@ def test_default_vit_s_has_the_published_size():
     assert count(model.decoder.layer) == 2_366_592
     assert model.decoder.panel.numel() == 2_304 and model.decoder.score.weight.numel() == 384
     assert model.projection is None
+
+
+def test_reproduces_the_official_models_outputs():
+    """Numbers from running the official code (tests/fixtures/deiqt_official_outputs.json): the
+    same seeded weights give the same scores, CLS vectors and patch tokens, in float64."""
+    fixture = json.loads((Path(__file__).parent / "fixtures" / "deiqt_official_outputs.json")
+                         .read_text())
+    model = DEIQT(DEIQTConfig(pretrained="false")).eval()
+    assert count(model) == fixture["official_parameters"]
+    fill_seeded(model, fixture["weight_seed"])
+    model.double()
+    generator = torch.Generator().manual_seed(fixture["input_seed"])
+    images = torch.rand(fixture["input_shape"], generator=generator, dtype=torch.float64)
+    images[1] = images[1] ** 4
+    with torch.no_grad():
+        cls, patches = model.forward_tokens(images)
+        score = model.decode(cls, patches)
+    for got, name in ((score, "score"), (cls.sum(1), "cls_sum"), (patches.mean((1, 2)), "patch_mean")):
+        expected = torch.tensor(fixture[name], dtype=torch.float64)
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-5, msg=name)
+    assert float(score[1] - score[0]) > 0.5  # distinct inputs, distinct scores
 
 
 def test_recipe_defaults_and_dataset_overrides():

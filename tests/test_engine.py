@@ -38,6 +38,8 @@ def test_record_and_predictions_are_complete(demo_root, tmp_path):
     assert record["metrics"]["val"]["epoch"] == val_pick["epoch"]
     oracle = max(record["history"], key=lambda h: (h["test"]["plcc"], -h["epoch"]))
     assert record["metrics"]["test_oracle"]["epoch"] == oracle["epoch"]
+    assert record["metrics"]["test_oracle"]["rule"] == "plcc"  # named: each original has its own
+    assert record["precision"] == {"dtype": "fp32", "original": None, "differs": None}
     predictions = pd.read_csv(run_dir / "predictions.csv")
     assert (predictions["part"] == "test").sum() == record["data"]["n_test"]
     test_rows = predictions[predictions["part"] == "test"]
@@ -263,10 +265,13 @@ def test_an_optimizer_stage_switch_builds_a_fresh_optimizer_and_resumes_exactly(
 def test_dbcnn_runs_sgd_on_the_head_then_adam_on_everything():
     from baselines.dbcnn import DBCNN, DBCNNConfig
 
-    both = DBCNN(DBCNNConfig(backbone="vgg11", pretrained="false", head_epochs=2, epochs=4))
+    both = DBCNN(DBCNNConfig(backbone="vgg11", pretrained="false", scnn_weights="none",
+                             head_epochs=2, epochs=4))
     assert [both.optimizer_stage(e) for e in range(4)] == ["sgd", "sgd", "adam", "adam"]
-    head = DBCNN(DBCNNConfig(backbone="vgg11", pretrained="false", stage="head"))
-    everything = DBCNN(DBCNNConfig(backbone="vgg11", pretrained="false", stage="all"))
+    head = DBCNN(DBCNNConfig(backbone="vgg11", pretrained="false", scnn_weights="none",
+                             stage="head"))
+    everything = DBCNN(DBCNNConfig(backbone="vgg11", pretrained="false", scnn_weights="none",
+                                   stage="all"))
     assert head.optimizer_stage(60) == "sgd" and everything.optimizer_stage(0) == "adam"
     with pytest.raises(ConfigError, match="'head_optimizer' expects one of adamw, adam, sgd"):
         DBCNNConfig(head_optimizer="rmsprop")

@@ -153,6 +153,25 @@ def test_protocol_table_optimism(built):
         pytest.fail("no QFM-IQM KonIQ row")
 
 
+def test_a_run_in_another_precision_than_its_original_is_flagged(tmp_path):
+    from benchmark.aggregate import aggregate
+    from benchmark.report.tables import DDAGGER, PRECISION_NOTE, main_table, protocol_table
+
+    write_run(tmp_path, "hyperiqa", "livec", 0, 0.80, seed=1)
+    write_run(tmp_path, "deiqt", "livec", 0, 0.85, seed=2)
+    path = next((tmp_path / "runs" / "hyperiqa").rglob("record.json"))
+    record = json.loads(path.read_text())
+    record["precision"] = {"dtype": "bf16", "original": "fp32", "differs": True}
+    path.write_text(json.dumps(record))
+    summary = aggregate(tmp_path, expected=1)["summary"]
+    flagged = summary.groupby("model")["precision_differs"].all().to_dict()
+    assert flagged == {"deiqt": False, "hyperiqa": True}
+    rows = {line.split(" & ")[0]: line for line in main_table(summary).splitlines() if " & " in line}
+    assert DDAGGER in rows["HyperIQA"] and DDAGGER not in rows["DEIQT"]
+    assert PRECISION_NOTE in main_table(summary) and PRECISION_NOTE in protocol_table(summary)
+    assert PRECISION_NOTE not in main_table(summary[summary["model"] == "deiqt"])
+
+
 def test_ablation_table_by_preset(built):
     results, _, ablation, *_ = built
     table = rows((results / "tables" / "ablation.tex").read_text())

@@ -43,6 +43,8 @@ DAGGER = r"$^\dagger$"
 RULE_NOTE = ("Median over splits of the test-split metric at the epoch chosen on the "
              "validation part.")
 INCOMPLETE_NOTE = rf"{DAGGER} fewer finished splits than expected."
+DDAGGER = r"$^\ddagger$"
+PRECISION_NOTE = rf"{DDAGGER} trained in another precision than the original code (fp32 vs mixed)."
 
 
 def dataset_label(name: str) -> str:
@@ -93,21 +95,30 @@ def rank_marks(values: list[float | None], higher_is_better: bool = True) -> lis
     return [marks.get(v) if v is not None else None for v in shown]
 
 
-def _decorate(value: float | None, mark: str | None, complete: bool = True) -> str:
+def _decorate(value: float | None, mark: str | None, complete: bool = True,
+              precision_differs: bool = False) -> str:
     text = number(value)
     if mark == "best":
         text = rf"\textbf{{{text}}}"
     elif mark == "second":
         text = rf"\underline{{{text}}}"
-    return text if complete or text == MISSING else text + DAGGER
+    if text == MISSING:
+        return text
+    return text + ("" if complete else DAGGER) + (DDAGGER if precision_differs else "")
 
 
-def _cells(summary: pd.DataFrame, rule: str) -> dict[tuple, tuple[float, bool]]:
-    """(model, dataset, metric) → (median, complete) of the primary configuration."""
+def _cells(summary: pd.DataFrame, rule: str) -> dict[tuple, tuple[float, bool, bool]]:
+    """(model, dataset, metric) → (median, complete, precision differs from the original's)
+    of the primary configuration."""
     chosen = primary_cells(summary)
     chosen = chosen[chosen["rule"] == rule]
-    return {(r.model, r.dataset, r.metric): (float(r.median), bool(r.complete))
+    return {(r.model, r.dataset, r.metric):
+            (float(r.median), bool(r.complete), bool(getattr(r, "precision_differs", False)))
             for r in chosen.itertuples()}
+
+
+def _precision_note(*tables: Mapping[tuple, tuple]) -> str:
+    return PRECISION_NOTE if any(cell[2] for cells in tables for cell in cells.values()) else ""
 
 
 def _float(body: list[str], colspec: str, caption: str, label: str, notes: list[str],
@@ -125,7 +136,8 @@ def _float(body: list[str], colspec: str, caption: str, label: str, notes: list[
               rf"\begin{{tabular}}{{{colspec}}}", r"\toprule", *body, r"\bottomrule",
               r"\end{tabular}}"]
     if notes:
-        lines.append(r"\par\smallskip{\footnotesize\raggedright " + " ".join(notes) + r"\par}")
+        lines.append(r"\par\smallskip{\footnotesize\raggedright " + " ".join(n for n in notes if n)
+                     + r"\par}")
     lines.append(rf"\end{{{environment}}}")
     return "\n".join(lines) + "\n"
 
@@ -164,10 +176,10 @@ def main_table(summary: pd.DataFrame, rule: str = "val",
         for d in datasets:
             for m in metrics:
                 cell = columns[(d, m)][i]
-                row.append(_decorate(cell[0], marks[(d, m)][i], cell[1]) if cell else MISSING)
+                row.append(_decorate(cell[0], marks[(d, m)][i], *cell[1:]) if cell else MISSING)
         body.append(_row(row))
     notes = [RULE_NOTE, "Bold: best; underlined: second.", INCOMPLETE_NOTE,
-             f"{MISSING}: no result."]
+             _precision_note(cells), f"{MISSING}: no result."]
     return _float(body, "l" + "c" * len(header[1:]), "Median SRCC and PLCC over random splits.",
                   "tab:main", notes, wide=True)
 
@@ -217,7 +229,7 @@ def published_table(summary: pd.DataFrame, published: pd.DataFrame, rule: str = 
             ours = cells.get((model, dataset, metric))
             text, value = _published_cell(published, model, dataset, metric, used)
             difference = ours[0] - value if ours and value is not None else None
-            row += [_decorate(ours[0], None, ours[1]) if ours else MISSING, text,
+            row += [_decorate(ours[0], None, *ours[1:]) if ours else MISSING, text,
                     number(difference, signed=True) if difference is not None else ""]
         return row
 
@@ -226,7 +238,7 @@ def published_table(summary: pd.DataFrame, published: pd.DataFrame, rule: str = 
     notes = [RULE_NOTE, r"$\Delta$ = ours $-$ published; empty where no number is published.",
              "Published numbers are medians of 10 random 80/20 splits as their sources state; the "
              "published code picks the epoch on the test split (see the protocol table).",
-             _source_note(used), INCOMPLETE_NOTE]
+             _source_note(used), INCOMPLETE_NOTE, _precision_note(cells)]
     return _float(body, "llcccccc", "Our results beside published numbers.", "tab:published",
                   [n for n in notes if n])
 
@@ -251,16 +263,17 @@ def protocol_table(summary: pd.DataFrame) -> str:
         row = []
         for metric in ("srcc", "plcc"):
             a, b = val.get((model, dataset, metric)), oracle.get((model, dataset, metric))
-            row += [_decorate(a[0], None, a[1]) if a else MISSING,
-                    _decorate(b[0], None, b[1]) if b else MISSING,
+            row += [_decorate(a[0], None, *a[1:]) if a else MISSING,
+                    _decorate(b[0], None, *b[1:]) if b else MISSING,
                     number(b[0] - a[0], signed=True) if a and b else MISSING]
         return row
 
     body = _two_metric_header("val.", "test", r"$\Delta$") + _paired_rows(keys, values)
-    notes = ["val.: epoch chosen on the validation part (this harness); test: epoch with the best "
-             "test PLCC, as the published code selects it.",
+    notes = ["val.: epoch chosen on the validation part (this harness); test: the epoch each "
+             "model's released code picks on the test split (best test PLCC for DEIQT; best SRCC "
+             "for HyperIQA, DBCNN and TReS; SRCC or PLCC beating the running best for MANIQA).",
              r"$\Delta$ = test $-$ val.: the optimism of selecting on the test split.",
-             INCOMPLETE_NOTE]
+             INCOMPLETE_NOTE, _precision_note(val, oracle)]
     return _float(body, "llcccccc", "Effect of the model-selection protocol.", "tab:protocol",
                   notes)
 
@@ -332,7 +345,7 @@ def ablation_table(summary: pd.DataFrame, rule: str = "val",
         for d in datasets:
             for m in metrics:
                 cell = columns[(d, m)][i]
-                row.append(_decorate(cell[0], marks[(d, m)][i], cell[1]) if cell else MISSING)
+                row.append(_decorate(cell[0], marks[(d, m)][i], *cell[1:]) if cell else MISSING)
         body.append(_row(row))
         previous = model
     notes = [RULE_NOTE, "Bold: best; underlined: second, per column.", INCOMPLETE_NOTE]
