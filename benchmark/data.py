@@ -20,7 +20,8 @@ from PIL import Image
 
 from benchmark.io import atomic_dir, canonical_json, sha256_bytes
 
-__all__ = ["DecodeSpec", "ImageCache", "decode_image", "TrainCrops", "EvalCrops", "collate"]
+__all__ = ["DecodeSpec", "ImageCache", "ImageArrays", "decode_image", "fit_to_spec", "image_key",
+           "TrainCrops", "EvalCrops", "collate"]
 
 #: salt separating test-crop randomness from training randomness
 _TEST_STREAM = 7919
@@ -36,11 +37,16 @@ class DecodeSpec:
 
 def decode_image(path: Path, spec: DecodeSpec) -> np.ndarray:
     with Image.open(path) as image:
-        image = image.convert("RGB")
-        if spec.resize_hw is not None:
-            height, width = spec.resize_hw
-            image = image.resize((width, height), Image.BILINEAR)
-        array = np.asarray(image, dtype=np.uint8)
+        return fit_to_spec(image, spec)
+
+
+def fit_to_spec(image: Image.Image, spec: DecodeSpec) -> np.ndarray:
+    """An opened image as the cached uint8 array: RGB, resized, padded up to the crop."""
+    image = image.convert("RGB")
+    if spec.resize_hw is not None:
+        height, width = spec.resize_hw
+        image = image.resize((width, height), Image.BILINEAR)
+    array = np.asarray(image, dtype=np.uint8)
     pad_h, pad_w = max(0, spec.min_side - array.shape[0]), max(0, spec.min_side - array.shape[1])
     if pad_h or pad_w:
         mode = "reflect" if pad_h < array.shape[0] and pad_w < array.shape[1] else "edge"
@@ -87,6 +93,27 @@ class ImageCache:
             return []
         pixels = np.memmap(folder / "pixels.u8", dtype=np.uint8, mode="r")
         return [pixels[o : o + h * w * c].reshape(h, w, c) for o, h, w, c in shapes]
+
+    def __len__(self) -> int:
+        return len(self._arrays)
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        return self._arrays[index]
+
+    @property
+    def keys(self) -> list[int]:
+        """The per-image seeds of the evaluation crops (:func:`image_key`)."""
+        return [image_key(p) for p in self.paths]
+
+
+class ImageArrays:
+    """Decoded images (uint8 HxWx3, as :func:`fit_to_spec` makes them) with the keys of their
+    evaluation crops: given (files: :func:`image_key`), or by default their pixels', so the
+    same picture gets the same crops wherever it sits in a batch."""
+
+    def __init__(self, arrays: list[np.ndarray], keys: list[int] | None = None):
+        self._arrays = [np.ascontiguousarray(a) for a in arrays]
+        self.keys = keys if keys is not None else [zlib.crc32(a.tobytes()) for a in self._arrays]
 
     def __len__(self) -> int:
         return len(self._arrays)
@@ -152,8 +179,7 @@ class EvalCrops(torch.utils.data.Dataset):
 
     def __init__(self, cache: ImageCache, crop: int, n_crops: int, seed: int):
         self.cache, self.crop, self.n_crops, self.seed = cache, crop, n_crops, seed
-        paths = getattr(cache, "paths", None)
-        self.keys = [image_key(p) for p in paths] if paths else list(range(len(cache)))
+        self.keys = list(getattr(cache, "keys", range(len(cache))))
 
     def __len__(self) -> int:
         return len(self.cache) * self.n_crops
