@@ -53,7 +53,7 @@ class LabelScale:
     def describe(self) -> str:
         if self.score_range is None:
             return (f"{self.score_type}: the training dataset's scale and direction are unknown "
-                    "(no record.json beside the checkpoint)")
+                    "(no run record)")
         low, high = self.score_range
         direction = "higher is better" if self.higher_is_better else "lower is better"
         return f"{self.score_type} {low:g}\u2013{high:g}, {direction}"
@@ -69,6 +69,8 @@ class Scored:
 
 
 def _label_scale(trained: Trained) -> LabelScale:
+    if trained.source == "pyiqa":  # a released file says nothing of its labels
+        return LabelScale("pyiqa output", None, None, None)
     labels = trained.record.get("labels")
     predictions = trained.path.parent / "predictions.csv"
     if labels is None and trained.record and predictions.is_file():
@@ -118,7 +120,7 @@ class Metric:
         record = trained.record
         self.name = (f"{record['model']}/{record['dataset']}/split{record['split']}-"
                      f"{record['config_hash'][:10]}" if record else
-                     f"{self.model.name}:{trained.path.name}")
+                     f"{trained.source}:{self.model.name}:{trained.path.name}")
 
     @property
     def higher_is_better(self) -> bool | None:
@@ -127,6 +129,14 @@ class Metric:
     @property
     def score_range(self) -> tuple[float, float] | None:
         return self.scale.score_range
+
+    def origin(self) -> str:
+        """Which weights these are, in one line."""
+        trained = self.trained
+        if trained.source == "pyiqa":
+            return f"{self.model.name}: pyiqa checkpoint {trained.path} through its key map"
+        return (f"{self.model.name}: epoch {trained.epoch}, rule "
+                f"{trained.rule or 'unknown (a renamed checkpoint file)'} ({trained.path})")
 
     def __repr__(self) -> str:
         return (f"Metric({self.name}, rule {self.trained.rule}, epoch {self.trained.epoch}, "
@@ -207,12 +217,15 @@ class Metric:
         return outputs
 
 
-def load_metric(path: str | Path, device: str = "cpu", rule: str | None = None) -> Metric:
-    """A run directory, or one of its checkpoint files, as a :class:`Metric`.
+def load_metric(path: str | Path, device: str = "cpu", rule: str | None = None,
+                overrides: dict[str, Any] | None = None) -> Metric:
+    """A run directory, one of its checkpoint files, or a pyiqa checkpoint
+    (``pyiqa:MODEL:FILE``, :mod:`benchmark.pyiqa_weights`) as a :class:`Metric`.
 
     ``rule`` picks a run directory's weights: ``val`` (default: the validation-selected epoch
-    the record reports) or ``last``; ``device``: cpu, cuda, cuda:N or auto."""
-    return Metric(load_trained(Path(path), rule), device)
+    the record reports) or ``last``; ``device``: cpu, cuda, cuda:N or auto; ``overrides``:
+    config values of a pyiqa checkpoint's model (its architecture options, its test crops)."""
+    return Metric(load_trained(path, rule, overrides), device)
 
 
 def list_images(folder: Path) -> list[Path]:

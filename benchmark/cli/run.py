@@ -132,18 +132,21 @@ def run(model, dataset, root, sets, results, seed, device, amp, workers, threads
 
 @click.command()
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--checkpoint", required=True, type=click.Path(path_type=Path),
-              help="A run directory or its checkpoint.pt / best_val.pt.")
+@click.option("--checkpoint", required=True,
+              help="A run directory, its checkpoint.pt / best_val.pt, or a pyiqa checkpoint "
+                   "as pyiqa:MODEL:FILE.")
 @click.option("--rule", type=click.Choice(["val", "last"]), default=None,
               help="Which epoch of a run directory: val, the validation-selected one the record "
                    "reports [default], or last.")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="Config value of a pyiqa checkpoint's model (repeatable).")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the scores to FILE.csv (image,score) or FILE.json.")
 @json_option
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @user_errors
-def score(images, checkpoint, rule, device, out, as_json, quiet) -> None:
+def score(images, checkpoint, rule, sets, device, out, as_json, quiet) -> None:
     """Score image files and folders (recursive) with a trained model, on the scale of its
     training labels (e.g. MOS), with the run's own evaluation crops.
 
@@ -155,16 +158,15 @@ def score(images, checkpoint, rule, device, out, as_json, quiet) -> None:
     Examples:
       bench score photos/ --checkpoint results/runs/probe/demo/split0-<hash>
       bench score a.jpg b.png --checkpoint run_dir --out scores.csv
+      bench score photos/ --checkpoint pyiqa:dbcnn:DBCNN_KonIQ.pth
     """
     from benchmark.metric import collect_images, load_metric
 
     if out is not None and out.suffix.lower() not in (".csv", ".json"):
         raise BenchError(f"--out {out}: the file must end in .csv or .json")
-    metric = guarded(load_metric, checkpoint, device=device, rule=rule)
-    trained = metric.trained
-    click.echo(f"{trained.model.name}: epoch {trained.epoch}, rule "
-               f"{trained.rule or 'unknown (a renamed checkpoint file)'} ({trained.path})",
-               err=True)
+    metric = guarded(load_metric, checkpoint, device=device, rule=rule,
+                     overrides=parse_sets(sets))
+    click.echo(metric.origin(), err=True)
     click.echo(f"scale: {metric.scale.describe()}", err=True)
     paths, missing = collect_images(list(images))
     scored = metric.score_files(paths, progress=not quiet)
