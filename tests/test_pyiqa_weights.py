@@ -113,3 +113,32 @@ def test_bench_score_takes_a_pyiqa_checkpoint_and_its_architecture(seeded, tmp_p
     refused = CliRunner().invoke(main, ["score", str(image), "--checkpoint", str(path),
                                         "--set", "img_size=32"])
     assert refused.exit_code == 1 and "overrides apply to pyiqa checkpoints only" in refused.output
+
+
+@torch.no_grad()
+def test_a_file_saved_as_pyiqa_saves_hyperiqa_gives_pyiqas_outputs(tmp_path, monkeypatch):
+    """With the real key map: pyiqa's HyperNet (a small ResNet, seeded weights) saved as pyiqa
+    saves it, loaded by our path, scores the same images alike (float64)."""
+    hypernet = pytest.importorskip("pyiqa.archs.hypernet_arch",
+                                   reason="pyiqa is not installed: pip install --no-deps "
+                                          "pyiqa==0.1.16")
+    seeded = pytest.importorskip("seeded_weights", reason="needs the key maps' golden helpers")
+    if getattr(get_model_class("hyperiqa"), "pyiqa_key_map", None) is None:
+        pytest.skip("hyperiqa has no pyiqa key map")
+    import timm
+
+    from benchmark.pyiqa_weights import load_pyiqa_model
+
+    create = timm.create_model
+    monkeypatch.setattr(timm, "create_model", lambda name, *args, **kwargs: create(
+        name, *args, **{**kwargs, "pretrained": False}))
+    theirs = hypernet.HyperNet(base_model_name="resnet14t", pretrained=False).eval()
+    seeded.fill_seeded(theirs, 0)
+    path = tmp_path / "HyperIQA_seeded.pth"
+    torch.save({"params": {f"module.{k}": v for k, v in theirs.state_dict().items()}}, path)
+    ours = load_pyiqa_model("hyperiqa", path, {"backbone": "resnet14t"}).double()
+    x = torch.rand(2, 3, 224, 224, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    x[1] = x[1] ** 4
+    expected = theirs.double().forward_patch(x).reshape(-1)
+    assert abs(float(expected[0] - expected[1])) > 1e-3  # the images score apart
+    torch.testing.assert_close(ours(x).reshape(-1), expected, rtol=0, atol=1e-5)
