@@ -29,8 +29,9 @@ import torch
 from PIL import Image
 
 from benchmark.data import DecodeSpec, ImageArrays, decode_image, fit_to_spec, image_key
-from benchmark.engine import predict, resolve_device
+from benchmark.engine import CheckpointError, predict, resolve_device
 from benchmark.models import eval_crop
+from benchmark.pyiqa_weights import load_pyiqa_model, parse_source
 from benchmark.runner import Trained, label_facts, load_trained
 
 __all__ = ["IMAGE_SUFFIXES", "LabelScale", "Scored", "Metric", "load_metric", "list_images",
@@ -165,8 +166,8 @@ class Metric:
 
     def score_files(self, paths: list[Path], progress: bool = False) -> Scored:
         """Score image files in chunks of ``batch_size`` decoded images: a chunk holds whole
-        batches of crops, so the scores do not depend on how many files failed or how many
-        were asked for (a progress bar on stderr with ``progress``, on a terminal only)."""
+        batches of crops, as the run's own evaluation batched them, and memory stays bounded
+        on large folders (a progress bar on stderr with ``progress``, on a terminal only)."""
         from tqdm import tqdm
 
         kept, failed, scores = [], [], []
@@ -225,7 +226,16 @@ def load_metric(path: str | Path, device: str = "cpu", rule: str | None = None,
     ``rule`` picks a run directory's weights: ``val`` (default: the validation-selected epoch
     the record reports) or ``last``; ``device``: cpu, cuda, cuda:N or auto; ``overrides``:
     config values of a pyiqa checkpoint's model (its architecture options, its test crops)."""
-    return Metric(load_trained(path, rule, overrides), device)
+    pyiqa = parse_source(path)
+    if pyiqa is not None:
+        if rule:
+            raise CheckpointError(f"{path} is one set of weights: a rule applies to run folders")
+        return Metric(Trained(load_pyiqa_model(*pyiqa, overrides), {}, None, None, pyiqa[1],
+                              "pyiqa"), device)
+    if overrides:
+        raise CheckpointError(f"config overrides apply to pyiqa checkpoints only; {path} "
+                              "carries its run's config")
+    return Metric(load_trained(Path(path), rule), device)
 
 
 def list_images(folder: Path) -> list[Path]:

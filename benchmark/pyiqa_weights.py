@@ -6,8 +6,8 @@ pyiqa (0.1.16) saves a trained network as ``{"params": state_dict}`` (BasicSR's
 ``torch.load(..., weights_only=True)`` (tensors only: nothing is unpickled), renames its keys
 with the model's explicit key map (the class attribute ``pyiqa_key_map``, a pure function
 from pyiqa's state dict to ours that fails on any key it does not know) and loads the result
-strictly (every key of ours filled, none left over) into our model built from its paper config plus the caller's overrides,
-backbone weights off (the checkpoint holds the whole network).
+strictly (every key of ours filled, none left over) into our model, built from its paper
+config plus the caller's overrides with backbone weights off (the file holds the network).
 
 ``bench score --checkpoint pyiqa:dbcnn:DBCNN_KonIQ.pth`` and
 ``load_metric("pyiqa:dbcnn:DBCNN_KonIQ.pth")`` then score with our evaluation protocol. Such

@@ -370,25 +370,12 @@ class Trained:
     source: str = "bench"  # or "pyiqa": a pyiqa checkpoint through the model's key map
 
 
-def load_trained(path: Path | str, rule: str | None = None,
-                 overrides: dict[str, Any] | None = None) -> Trained:
-    """A trained model from a run directory, a checkpoint file or ``pyiqa:MODEL:FILE``, in eval
-    mode.
+def load_trained(path: Path, rule: str | None = None) -> Trained:
+    """A trained model from a run directory or a checkpoint file, in eval mode.
 
     A directory gives the weights of ``rule`` (default ``val``, the epoch the record reports);
     a file named ``best_val.pt`` or ``checkpoint.pt`` is the weights of its rule, and asking
-    for another rule with it is refused. ``overrides`` (config values) apply to pyiqa
-    checkpoints only (:mod:`benchmark.pyiqa_weights`): a run's config is its own."""
-    from benchmark.pyiqa_weights import load_pyiqa_model, parse_source
-
-    pyiqa = parse_source(path)
-    if pyiqa is not None:
-        if rule:
-            raise CheckpointError(f"{path} is one set of weights: a rule applies to run folders")
-        return Trained(load_pyiqa_model(*pyiqa, overrides), {}, None, None, pyiqa[1], "pyiqa")
-    if overrides:
-        raise CheckpointError(f"config overrides apply to pyiqa checkpoints only; {path} "
-                              "carries its run's config")
+    for another rule with it is refused."""
     path = Path(path)
     named = {file: name for name, file in RULE_CHECKPOINTS.items()}
     if path.is_dir():

@@ -57,7 +57,8 @@ def _bench(*args):
 def test_metric_scores_as_the_run_did_on_the_mos_scale(run, demo_root):
     record, test = run
     metric = load_metric(record["_dir"])
-    assert metric.trained.rule == "val" and metric.trained.epoch == record["metrics"]["val"]["epoch"]
+    assert metric.trained.rule == "val"
+    assert metric.trained.epoch == record["metrics"]["val"]["epoch"]
     assert metric.name == f"probe/demo/split0-{record['config_hash'][:10]}"
     assert metric.higher_is_better is True and metric.score_range == (0.0, 100.0)
     assert metric.scale.describe() == "MOS 0\u2013100, higher is better"
@@ -98,8 +99,10 @@ def test_folder_scoring_names_the_corrupt_file_and_scores_the_rest(run, folder, 
     result = _bench(root, "--checkpoint", record["_dir"], "--out", out)
     assert result.exit_code == 1
     errors = [line for line in result.stderr.splitlines() if "broken.png" in line]
-    assert len(errors) == 1 and errors[0].startswith(f"{root / 'sub' / 'broken.png'}: cannot decode")
-    assert result.stderr.splitlines()[-1] == "Error: 1 of 6 input(s) could not be scored (listed above)"
+    assert len(errors) == 1
+    assert errors[0].startswith(f"{root / 'sub' / 'broken.png'}: cannot decode")
+    assert result.stderr.splitlines()[-1] == \
+        "Error: 1 of 6 input(s) could not be scored (listed above)"
     scored = [float(line.split("\t")[1]) for line in result.stdout.splitlines()]
     assert scored == [round(v, 6) for v in good]
     written = json.loads(out.read_text())

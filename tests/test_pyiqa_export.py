@@ -32,7 +32,8 @@ def test_livec_export_opens_with_t1_to_t7_and_shifts_its_cells(tmp_path):
     assert exported.pyiqa_class == "LIVEChallengeDataset"
     meta = pd.read_csv(pd.io.common.StringIO(exported.meta_csv), keep_default_na=False)
     assert meta["img_name"][:7].tolist() == [f"pics/trainingImages/t{k}.bmp" for k in range(1, 8)]
-    assert (meta["mos"][:7] == "").all() and meta["img_name"][7:].tolist() == table["image"].tolist()
+    assert (meta["mos"][:7] == "").all()
+    assert meta["img_name"][7:].tolist() == table["image"].tolist()
     for entry, column in zip(ours["splits"], exported.columns):
         # the class drops rows 0-6, then reads cell i for the image at row i + 7
         cells = meta[column].tolist()

@@ -77,7 +77,8 @@ def test_pyiqa_checkpoints_that_do_not_fit_are_refused_in_one_line(seeded, tmp_p
                                               r"config \(1 missing key\(s\), first head.bias; "
                                               r"1 unexpected key\(s\), first extra.weight\)"):
         load_metric(other, overrides=ARCH)
-    narrow = variant("narrow.pth", lambda p: p.update({"module.net_head.weight": torch.zeros(1, 3)}))
+    narrow = variant("narrow.pth",
+                     lambda p: p.update({"module.net_head.weight": torch.zeros(1, 3)}))
     with pytest.raises(CheckpointError, match=r"narrow.pth does not fit our probe with this "
                                               r"config \(size mismatch for head.weight"):
         load_metric(narrow, overrides=ARCH)
