@@ -21,7 +21,8 @@ from PIL import Image
 from benchmark.images import read_image
 from benchmark.io import atomic_dir, canonical_json, sha256_bytes
 
-__all__ = ["DecodeSpec", "ImageCache", "decode_image", "TrainCrops", "EvalCrops", "collate"]
+__all__ = ["DecodeSpec", "ImageCache", "ImageArrays", "decode_image", "fit_to_spec", "image_key",
+           "TrainCrops", "EvalCrops", "collate"]
 
 #: salt separating test-crop randomness from training randomness
 _TEST_STREAM = 7919
@@ -38,7 +39,12 @@ class DecodeSpec:
 def decode_image(path: Path, spec: DecodeSpec) -> np.ndarray:
     """The cached array of one file; a broken or oversized file is an ImageError naming it
     (``prepare --no-decode`` leaves such files for the first run to find)."""
-    image = read_image(path).convert("RGB")
+    return fit_to_spec(read_image(path), spec)
+
+
+def fit_to_spec(image: Image.Image, spec: DecodeSpec) -> np.ndarray:
+    """An opened image as the cached uint8 array: RGB, resized, padded up to the crop."""
+    image = image.convert("RGB")
     if spec.resize_hw is not None:
         height, width = spec.resize_hw
         image = image.resize((width, height), Image.BILINEAR)
@@ -89,6 +95,27 @@ class ImageCache:
             return []
         pixels = np.memmap(folder / "pixels.u8", dtype=np.uint8, mode="r")
         return [pixels[o : o + h * w * c].reshape(h, w, c) for o, h, w, c in shapes]
+
+    def __len__(self) -> int:
+        return len(self._arrays)
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        return self._arrays[index]
+
+    @property
+    def keys(self) -> list[int]:
+        """The per-image seeds of the evaluation crops (:func:`image_key`)."""
+        return [image_key(p) for p in self.paths]
+
+
+class ImageArrays:
+    """Decoded images (uint8 HxWx3, as :func:`fit_to_spec` makes them) with the keys of their
+    evaluation crops: given (files: :func:`image_key`), or by default their pixels', so the
+    same picture gets the same crops wherever it sits in a batch."""
+
+    def __init__(self, arrays: list[np.ndarray], keys: list[int] | None = None):
+        self._arrays = [np.ascontiguousarray(a) for a in arrays]
+        self.keys = keys if keys is not None else [zlib.crc32(a.tobytes()) for a in self._arrays]
 
     def __len__(self) -> int:
         return len(self._arrays)
@@ -154,8 +181,7 @@ class EvalCrops(torch.utils.data.Dataset):
 
     def __init__(self, cache: ImageCache, crop: int, n_crops: int, seed: int):
         self.cache, self.crop, self.n_crops, self.seed = cache, crop, n_crops, seed
-        paths = getattr(cache, "paths", None)
-        self.keys = [image_key(p) for p in paths] if paths else list(range(len(cache)))
+        self.keys = list(getattr(cache, "keys", range(len(cache))))
 
     def __len__(self) -> int:
         return len(self.cache) * self.n_crops

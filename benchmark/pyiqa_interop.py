@@ -1,25 +1,22 @@
-"""Splits to and from pyiqa (chaofengc/IQA-PyTorch): meta-info CSVs and split files.
+"""Splits from pyiqa (chaofengc/IQA-PyTorch): meta-info CSVs, their split columns, split files.
 
 pyiqa describes a dataset by a meta-info CSV (one row per image: a name column such as
-``img_name``, ``dist_name`` or ``Image name``, then ``mos`` and more) and a split file
-``{split_index: {"train": [...], "val": [...], "test": [...]}}`` of row indices into that
-CSV. Its split files are pickles; **pickles are never loaded here** (unpickling runs
-arbitrary code), so only the same content as JSON is read, with string keys
-(``{"1": {"train": [...], "val": [...]}}``), and a ``.pkl`` file (or pickle bytes under
-another name) is refused.
+``img_name``, ``dist_name`` or ``Image name``, then ``mos`` and more). Its splits are either
+columns of that CSV whose names contain ``split`` (each cell ``train``, ``val`` or ``test``,
+empty for rows outside the split), or a split file
+``{split_index: {"train": [...], "val": [...], "test": [...]}}`` of row indices. Its split
+files are pickles; **pickles are never loaded here** (unpickling runs arbitrary code), so
+only the same content as JSON is read, with string keys (``{"1": {"train": [...], "val":
+[...]}}``), and a ``.pkl`` file (or pickle bytes under another name) is refused. Without a
+split file the import reads the CSV's split columns (all of them, or those named), the cell
+at position ``i`` of a column playing the part of index ``i``.
 
 Part names. pyiqa's 10-split files (``train_split_info/*_seed123.pkl``) have no ``test``
 part: ``val`` is the held-out 20 % that its configs evaluate and report. Its official
-splits (KonIQ-10k, FLIVE) have all three. So:
-
-- import: when every split's ``test`` is empty, pyiqa ``train`` -> our ``train`` and pyiqa
-  ``val`` -> our ``test``, and our ``val`` stays empty (the engine then selects by the last
-  epoch); otherwise the parts map by name (``train``/``val``/``test``).
-- export (``parts``): ``holdout`` writes our ``train`` + ``val`` as pyiqa ``train`` and our
-  ``test`` as pyiqa ``val`` with an empty ``test``, the inverse of the import (the model
-  selection slice is merged back into training, as in the published 80/20 protocol);
-  ``same`` writes the three parts under their own names (pyiqa's official-split layout);
-  ``auto`` picks ``same`` for an official split file and ``holdout`` otherwise.
+splits (KonIQ-10k, FLIVE) have all three. So when every split's ``test`` is empty, pyiqa
+``train`` -> our ``train`` and pyiqa ``val`` -> our ``test``, and our ``val`` stays empty
+(the engine then selects by the last epoch); otherwise the parts map by name. The export
+(:mod:`benchmark.pyiqa_export`) is the inverse.
 
 Matching. Rows are matched to the prepared table by image name, not by position: a pyiqa
 name matches the table image whose path ends with it (case-insensitive, on ``/``
@@ -29,18 +26,12 @@ differences are reported, not fatal (pyiqa reads LIVE's ``dmos.mat`` where we ma
 realigned file).
 
 CLIVE row offset. pyiqa's CLIVE meta CSV keeps the 7 rater-training images ``t1.bmp`` ...
-``t7.bmp`` as its first rows, and ``LIVEChallengeDataset`` drops them before applying the
-split indices, so in its split files index ``i`` is CSV row ``i + 7``. (Its newer split
-*columns* are written against the unsliced CSV, which shifts labels by 7 rows inside pyiqa
-itself.) The import detects a CSV that opens with ``t1.bmp`` ... ``t7.bmp``: if the indices
-cover exactly the rows after them it applies offset 7 and says so in ``notes``; if they
-cannot be told apart it refuses and asks for ``row_offset``. It never shifts silently.
-
-Export writes ``img_name,mos,std`` for pyiqa's ``GeneralNRDataset`` with
-``dataroot_target`` = our dataset root (``img_name`` is our root-relative path); the CSV
-has no rater-training rows, so it must not be used with ``LIVEChallengeDataset``. pyiqa
-opens split files with ``pickle`` and integer keys: convert the JSON in your own
-environment (``{int(k): v for k, v in json.load(f).items()}``).
+``t7.bmp`` as its first rows, and ``LIVEChallengeDataset`` drops them before it indexes rows
+(split-file indices and split-column cells alike), so index ``i`` is CSV row ``i + 7``. The
+import detects a CSV that opens with ``t1.bmp`` ... ``t7.bmp``: if the indices cover exactly
+the rows after them it applies offset 7 and says so in ``notes``; if they reach past them it
+reads them as written (a CSV whose columns sit beside their rows); if they cannot be told
+apart it refuses and asks for ``row_offset``. It never shifts silently.
 """
 
 from __future__ import annotations
@@ -48,8 +39,6 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Literal
-
 import numpy as np
 import pandas as pd
 
@@ -64,11 +53,10 @@ __all__ = [
     "SCORE_COLUMNS",
     "PyiqaMeta",
     "PyiqaImport",
-    "PyiqaExport",
     "read_meta",
     "read_split_json",
+    "read_split_columns",
     "import_splits",
-    "export_splits",
 ]
 
 #: pyiqa's image-name columns, most specific first (FR sheets also carry ``ref_name``)
@@ -85,19 +73,13 @@ class PyiqaMeta:
     scores: np.ndarray | None
     name_column: str
     score_column: str | None
+    split_columns: dict[str, list[str]]  # every column whose name contains "split": its cells
 
 
 @dataclass(frozen=True)
 class PyiqaImport:
     split_file: dict  # benchmark.splits format, checksummed
     counts: list[dict[str, int]]  # per split, images per part
-    notes: list[str]
-
-
-@dataclass(frozen=True)
-class PyiqaExport:
-    meta_csv: str
-    splits: dict[str, dict[str, list[int]]]
     notes: list[str]
 
 
@@ -115,7 +97,33 @@ def read_meta(path: Path) -> PyiqaMeta:
     names = frame[name_column].str.strip().tolist()
     if "" in names:
         raise DatasetError(f"pyiqa: {path} row {names.index('') + 1} has an empty {name_column}")
-    return PyiqaMeta(path, names, scores, name_column, score_column)
+    # pyiqa's own rule for what a split column is (BaseIQADataset.get_split)
+    splits = {c: frame[c].str.strip().tolist() for c in frame.columns if "split" in c}
+    return PyiqaMeta(path, names, scores, name_column, score_column, splits)
+
+
+def read_split_columns(meta: PyiqaMeta,
+                       columns: list[str] | None = None) -> dict[str, dict[str, list[int]]]:
+    """The split columns of ``meta`` (all, or ``columns``) as split-file content: the positions
+    of each column's ``train``/``val``/``test`` cells; empty cells are outside the split."""
+    chosen = list(columns) if columns else list(meta.split_columns)
+    if not chosen:
+        raise SplitFileError(f"pyiqa: {meta.path} has no split columns (names containing "
+                             "'split'); give a split file")
+    splits = {}
+    for column in chosen:
+        if column not in meta.split_columns:
+            raise SplitFileError(f"pyiqa: {meta.path} has no split column {column!r} (split "
+                                 f"columns: {', '.join(meta.split_columns) or 'none'})")
+        cells = meta.split_columns[column]
+        bad = next((row for row, cell in enumerate(cells) if cell not in ("", *PARTS)), None)
+        if bad is not None:
+            raise SplitFileError(
+                f"pyiqa: {meta.path} column {column!r} row {bad + 2} is {cells[bad]!r}, not "
+                f"train, val, test or empty (choose the split columns with --column)")
+        splits[column] = {part: [row for row, cell in enumerate(cells) if cell == part]
+                          for part in PARTS}
+    return splits
 
 
 def read_split_json(path: Path) -> dict[str, dict[str, list[int]]]:
@@ -234,11 +242,15 @@ def _refuse_training_rows(meta: PyiqaMeta, splits: dict, offset: int,
             "does not hold: the indices probably count from row 8 (row offset 7)")
 
 
-def import_splits(table: pd.DataFrame, dataset: str, meta_path: Path, split_path: Path,
-                  row_offset: int | None = None, allow_missing: bool = False) -> PyiqaImport:
-    """pyiqa meta CSV + split JSON -> our split-file dict for ``table`` (see module doc)."""
+def import_splits(table: pd.DataFrame, dataset: str, meta_path: Path,
+                  split_path: Path | None = None, row_offset: int | None = None,
+                  allow_missing: bool = False, columns: list[str] | None = None) -> PyiqaImport:
+    """pyiqa meta CSV + split JSON, or the CSV's split columns without one -> our split-file
+    dict for ``table`` (see module doc)."""
     meta = read_meta(meta_path)
-    splits = read_split_json(split_path)
+    if split_path is not None and columns:
+        raise SplitFileError("give a split file or split columns, not both")
+    splits = read_split_json(split_path) if split_path else read_split_columns(meta, columns)
     offset, notes = _row_offset(meta, splits, row_offset)
     images = table["image"].astype(str).tolist()
     matched = _match_rows(meta, images)
@@ -289,8 +301,10 @@ def import_splits(table: pd.DataFrame, dataset: str, meta_path: Path, split_path
         "protocol": {"source": "pyiqa", "official": official, "parts": mapping,
                      "row_offset": offset, "allow_missing": allow_missing},
         "source": {"meta_csv": meta.path.name, "meta_sha256": sha256_file(meta.path),
-                   "split_json": Path(split_path).name,
-                   "split_sha256": sha256_file(Path(split_path)), "dropped_rows": len(dropped)},
+                   **({"split_json": Path(split_path).name,
+                       "split_sha256": sha256_file(Path(split_path))} if split_path else
+                      {"split_columns": list(splits)}),
+                   "dropped_rows": len(dropped)},
         "splits": entries,
     }
     split_file = {**body, "sha256": sha256_bytes(canonical_json(body).encode())}
@@ -324,32 +338,3 @@ def _is_official(table: pd.DataFrame, entries: list[dict]) -> bool:
         return False
     assigned = {image: part for part in PARTS for image in entries[0][part]}
     return all(assigned.get(image) == part for image, part in zip(table["image"], official))
-
-
-def export_splits(table: pd.DataFrame, split_file: dict,
-                  parts: Literal["auto", "holdout", "same"] = "auto") -> PyiqaExport:
-    """Our table + split file -> pyiqa meta CSV text and split dict (see module doc)."""
-    if parts not in ("auto", "holdout", "same"):
-        raise ValueError(f"parts must be auto, holdout or same, not {parts!r}")
-    if parts == "auto":
-        parts = "same" if split_file.get("protocol", {}).get("official") else "holdout"
-    rows = {image: row for row, image in enumerate(table["image"].astype(str))}
-    exported: dict[str, dict[str, list[int]]] = {}
-    for entry in split_file["splits"]:
-        for part in PARTS:
-            unknown = [image for image in entry[part] if image not in rows]
-            if unknown:
-                raise SplitFileError(f"split {entry['index']} lists {unknown[0]} ({len(unknown)} "
-                                     "image(s) in all), which is not in the prepared table")
-        index = {part: [rows[image] for image in entry[part]] for part in PARTS}
-        if parts == "holdout":
-            index = {"train": index["train"] + index["val"], "val": index["test"], "test": []}
-        exported[str(int(entry["index"]) + 1)] = index
-    meta = pd.DataFrame({"img_name": table["image"], "mos": table["score"],
-                         "std": table["score_std"]})
-    notes = [f"parts mapped as {parts!r}: " + ("our train+val -> pyiqa train, our test -> pyiqa "
-             "val (what its 10-split configs report)" if parts == "holdout"
-             else "train/val/test by name (pyiqa's official-split layout)"),
-             "use with pyiqa's GeneralNRDataset, dataroot_target = the dataset root; split "
-             "keys are strings here, pyiqa's pickles use int keys"]
-    return PyiqaExport(meta.to_csv(index=False, lineterminator="\n"), exported, notes)

@@ -34,7 +34,7 @@ from benchmark.splits import check_split_file, load_split_file, split_images
 
 __all__ = ["MissingPrerequisiteError", "ResumableRunError", "dataset_recipe", "resolve_config",
            "plan_run", "prerequisite_command", "run_one", "load_trained", "Trained",
-           "RULE_CHECKPOINTS", "unit_mapping"]
+           "RULE_CHECKPOINTS", "unit_mapping", "label_facts"]
 
 
 class MissingPrerequisiteError(RuntimeError):
@@ -73,6 +73,18 @@ def unit_mapping(table: pd.DataFrame) -> tuple[float, float]:
         return 1.0, 0.0
     a, b = np.polyfit(scores, units, 1)
     return float(a), float(b)
+
+
+def label_facts(table: pd.DataFrame, score_type: str | None) -> dict[str, Any]:
+    """The scale of a run's labels, recorded so a trained model scores on it later
+    (:mod:`benchmark.metric`): the affine map to ``score_unit``, the raw scores at unit 0 and 1
+    (the range ``to_unit`` used, widened to the observed labels) and the direction."""
+    a, b = unit_mapping(table)
+    ends = sorted((unit - b) / a for unit in (0.0, 1.0))
+    digits = 9 - int(np.floor(np.log10(ends[1] - ends[0])))  # drop polyfit's last bits
+    ends = [float(round(end, digits)) + 0.0 for end in ends]  # + 0.0: no -0.0
+    return {"score_type": score_type, "higher_is_better": bool(a > 0), "score_range": ends,
+            "unit_map": [a, b]}
 
 
 def plan_run(model: str, dataset: str, split: int, root: Path, overrides: dict | None = None,
@@ -358,6 +370,8 @@ def _record(plan, run, result, data, device, facts, timings) -> dict:
         "prerequisites": plan["prerequisites"], "fit_facts": facts, "timings": timings,
         "history": result.history, "metrics": result.selection,
         "precision": precision_facts(result.precision, plan["cls"].original_precision),
+        "labels": label_facts(plan["prepared"].table,
+                              plan["prepared"].meta.get("spec", {}).get("score_type")),
         "higher_is_better": HIGHER_IS_BETTER, "suite_tag": plan["identity"]["config"].get("preset"),
         "status": "complete", "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
@@ -401,8 +415,9 @@ class Trained:
     model: IQAModel
     record: dict
     rule: str | None  # None: a checkpoint file of another name, chosen by the user
-    epoch: int
+    epoch: int | None
     path: Path
+    source: str = "bench"  # or "pyiqa": a pyiqa checkpoint through the model's key map
 
 
 def load_trained(path: Path, rule: str | None = None) -> Trained:

@@ -1,4 +1,4 @@
-"""pyiqa meta CSV + split JSON import/export.
+"""pyiqa meta CSV + split JSON (or split columns) import, and the export read back.
 
 The real pyiqa files (CLIVE, TID2013, KonIQ-10k, SPAQ) in $BENCH_SHARED_DATA/pyiqa are
 imported against our parsed tables (skipped without them); everything else runs on small
@@ -25,7 +25,8 @@ from benchmark.datasets.livec import Livec
 from benchmark.datasets.prepare import prepare
 from benchmark.datasets.spaq import Spaq
 from benchmark.datasets.tid2013 import Tid2013
-from benchmark.pyiqa_interop import export_splits, import_splits, read_split_json
+from benchmark.pyiqa_export import export_splits
+from benchmark.pyiqa_interop import import_splits, read_split_json
 from benchmark.runner import plan_run
 from benchmark.splits import SplitFileError, SplitProtocol, build_split_file, load_split_file
 
@@ -125,13 +126,18 @@ def test_tid2013_reference_split_and_round_trip(tmp_path):
     groups = table.set_index("image")["group"]
     first = result.split_file["splits"][0]
     assert groups[first["test"]].nunique() == 5 and groups[first["train"]].nunique() == 20
-    # export (holdout) and import again: the same parts in the same order
+    # export (holdout) and import again: the same parts, in the same order through the
+    # index lists, in table order through the split columns
     exported = export_splits(table, result.split_file, "holdout")
     (tmp_path / "meta.csv").write_text(exported.meta_csv)
-    (tmp_path / "split.json").write_text(json.dumps(exported.splits))
+    (tmp_path / "split.json").write_text(json.dumps(exported.pickle_splits))
     again = import_splits(table, "tid2013", tmp_path / "meta.csv", tmp_path / "split.json")
     assert [{p: e[p] for p in PARTS} for e in again.split_file["splits"]] == [
         {p: e[p] for p in PARTS} for e in result.split_file["splits"]]
+    columns = import_splits(table, "tid2013", tmp_path / "meta.csv")
+    assert [e["pyiqa_split"] for e in columns.split_file["splits"]] == exported.columns
+    assert [{p: sorted(e[p]) for p in PARTS} for e in columns.split_file["splits"]] == [
+        {p: sorted(e[p]) for p in PARTS} for e in result.split_file["splits"]]
 
 
 @pytest.mark.realdata
@@ -253,19 +259,48 @@ def test_export_mappings(tmp_path):
     ours = build_split_file(table, "generic", SplitProtocol(seeds=(3,), val_fraction=0.25))
     entry = ours["splits"][0]
     rows = {image: k for k, image in enumerate(table["image"])}
-    holdout = export_splits(table, ours).splits["1"]
-    assert holdout == {"train": [rows[i] for i in entry["train"] + entry["val"]],
-                       "val": [rows[i] for i in entry["test"]], "test": []}
-    same = export_splits(table, ours, "same").splits["1"]
-    assert same == {p: [rows[i] for i in entry[p]] for p in PARTS}
-    assert [len(same[p]) for p in PARTS] == [6, 2, 2]  # 5 refs: 4 train+val groups, 1 val
-    meta = pd.read_csv(pd.io.common.StringIO(export_splits(table, ours).meta_csv))
-    assert meta.columns.tolist() == ["img_name", "mos", "std"]
+    holdout = export_splits(table, ours)
+    assert holdout.pyiqa_class == "GeneralNRDataset" and holdout.columns == ["bench_split_00"]
+    assert holdout.pickle_splits == {1: {"train": [rows[i] for i in entry["train"] + entry["val"]],
+                                         "val": [rows[i] for i in entry["test"]], "test": []}}
+    same = export_splits(table, ours, "same")
+    assert same.pickle_splits[1] == {p: [rows[i] for i in entry[p]] for p in PARTS}
+    # 5 references: 4 for train+val, of which the validation slice takes min_val_groups = 3
+    assert [len(same.pickle_splits[1][p]) for p in PARTS] == [2, 6, 2]
+    meta = pd.read_csv(pd.io.common.StringIO(holdout.meta_csv), keep_default_na=False)
+    assert meta.columns.tolist() == ["img_name", "mos", "std", "bench_split_00"]
     assert meta["img_name"].tolist() == table["image"].tolist()
-    assert meta["mos"].tolist() == table["score"].tolist() and meta["std"].isna().all()
+    assert meta["mos"].tolist() == table["score"].tolist() and (meta["std"] == "").all()
+    cells = dict(zip(meta["img_name"], meta["bench_split_00"]))
+    assert {i for i, c in cells.items() if c == "val"} == set(entry["test"])
+    assert {i for i, c in cells.items() if c == "train"} == set(entry["train"] + entry["val"])
+    same_cells = pd.read_csv(pd.io.common.StringIO(same.meta_csv))["bench_split_00"]
+    assert same_cells.value_counts().to_dict() == {"train": 2, "val": 6, "test": 2}
     ours["splits"][0]["test"].append("pics/99.png")
     with pytest.raises(SplitFileError, match="lists pics/99.png .* not in the prepared table"):
         export_splits(table, ours)
+
+
+def test_split_columns_import_and_their_errors(tmp_path):
+    table = small_table(tmp_path, n=4)
+    meta = tmp_path / "meta.csv"
+    meta.write_text("img_name,mos,split_a,b_split,split_odd\n00.png,0,train,val,0\n"
+                    "01.png,10,train,,1\n02.png,20,val,train,2\n03.png,30,,val,0\n")
+    result = import_splits(table, "generic", meta, columns=["split_a", "b_split"])
+    first, second = result.split_file["splits"]
+    assert (first["pyiqa_split"], first["train"], first["test"]) == (
+        "split_a", ["pics/00.png", "pics/01.png"], ["pics/02.png"])  # holdout: val -> test
+    assert (second["train"], second["val"], second["test"]) == (["pics/02.png"], [],
+                                                                ["pics/00.png", "pics/03.png"])
+    assert result.split_file["source"]["split_columns"] == ["split_a", "b_split"]
+    with pytest.raises(SplitFileError, match=r"column 'split_odd' row 2 is '0', not train"):
+        import_splits(table, "generic", meta)
+    with pytest.raises(SplitFileError, match=r"no split column 'nope' \(split columns: "
+                                             r"split_a, b_split, split_odd\)"):
+        import_splits(table, "generic", meta, columns=["nope"])
+    meta.write_text("img_name,mos\n00.png,0\n01.png,10\n02.png,20\n03.png,30\n")
+    with pytest.raises(SplitFileError, match=r"has no split columns .*give a split file"):
+        import_splits(table, "generic", meta)
 
 
 def test_cli_round_trip(tmp_path):
@@ -276,17 +311,18 @@ def test_cli_round_trip(tmp_path):
     result = runner.invoke(export_pyiqa, ["generic", "--root", str(tmp_path), "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert "split 0: train 8, val 2, test 0" in result.output
-    meta, split = out / "meta_info_generic.csv", out / "split_generic.json"
-    assert sorted(json.loads(split.read_text())) == ["1", "2"]
+    meta = out / "meta_info_generic.csv"
+    assert sorted(p.name for p in out.iterdir()) == ["meta_info_generic.csv"]  # no split file
     result = runner.invoke(import_pyiqa, ["generic", "--root", str(tmp_path), "--meta", str(meta),
-                                          "--splits", str(split), "--json"])
+                                          "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
     assert report["counts"] == [{"train": 8, "val": 0, "test": 2}] * 2
     imported = load_split_file(tmp_path / "bench" / "splits_pyiqa.json")
     original = load_split_file(tmp_path / "bench" / "splits.json")
     for new, old in zip(imported["splits"], original["splits"]):
-        assert (new["train"], new["test"]) == (old["train"], old["test"])
+        assert (sorted(new["train"]), sorted(new["test"])) == (sorted(old["train"]),
+                                                               sorted(old["test"]))
     # copied over splits.json by hand, a run refuses it; imported there, meta.json vouches for it
     splits_json = tmp_path / "bench" / "splits.json"
     splits_json.write_text((tmp_path / "bench" / "splits_pyiqa.json").read_text())
@@ -297,8 +333,11 @@ def test_cli_round_trip(tmp_path):
     assert result.exit_code == 0, result.output
     assert plan_run("brisque", "generic", 1, tmp_path)["parts"]["test"] == \
         original["splits"][1]["test"]
-    (tmp_path / "split.pkl").write_bytes(b"\x80\x04junk")
+    result = runner.invoke(export_pyiqa, ["generic", "--root", str(tmp_path), "--out", str(out),
+                                          "--pickle"])
+    assert result.exit_code == 0 and (out / "split_generic.pkl").read_bytes()[:1] == b"\x80"
+    # the pickle is for pyiqa: our own import refuses it, unopened
     result = runner.invoke(import_pyiqa, ["generic", "--root", str(tmp_path), "--meta", str(meta),
-                                          "--splits", str(tmp_path / "split.pkl")])
+                                          "--splits", str(out / "split_generic.pkl")])
     assert result.exit_code == 1 and "pickles are never loaded" in result.output
     assert len(result.output.strip().splitlines()) == 1

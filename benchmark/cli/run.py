@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import click
 
-from benchmark.cli.options import BenchError, user_errors
+from benchmark.cli.options import BenchError, json_option, user_errors
 
 __all__ = ["models", "run", "score", "profile", "pretrain", "parse_sets", "guarded"]
 
@@ -131,37 +132,86 @@ def run(model, dataset, root, sets, results, seed, device, amp, workers, threads
 
 
 @click.command()
-@click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--checkpoint", required=True, type=click.Path(path_type=Path),
-              help="A run directory or its checkpoint.pt / best_val.pt.")
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--checkpoint", required=True,
+              help="A run directory, its checkpoint.pt / best_val.pt, or a pyiqa checkpoint "
+                   "as pyiqa:MODEL:FILE.")
 @click.option("--rule", type=click.Choice(["val", "last"]), default=None,
               help="Which epoch of a run directory: val, the validation-selected one the record "
                    "reports [default], or last.")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="Config value of a pyiqa checkpoint's model (repeatable).")
 @click.option("--device", default="cpu", show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the scores to FILE.csv (image,score) or FILE.json.")
+@json_option
+@click.option("--quiet", is_flag=True, help="No progress bar.")
 @user_errors
-def score(images, checkpoint, rule, device) -> None:
-    """Print a quality score per image with a trained model (model's label scale).
+def score(images, checkpoint, rule, sets, device, out, as_json, quiet) -> None:
+    """Score image files and folders (recursive) with a trained model, on the scale of its
+    training labels (e.g. MOS), with the run's own evaluation crops.
 
-    The epoch and rule used go to stderr, so stdout stays one line per image."""
-    from benchmark.datasets.prepare import decode_check
-    from benchmark.engine import extract, resolve_device
-    from benchmark.models import eval_crop
-    from benchmark.runner import load_trained
+    stdout is one ``path<TAB>score`` line per image (or one JSON object with --json); the
+    model, epoch, rule and scale go to stderr. Files that do not decode are reported one line
+    each on stderr and the rest are scored; the exit code is then 1.
 
-    for path in images:
-        reason = decode_check(path) if path.is_file() else f"{path}: no such image"
-        if reason:
-            raise BenchError(reason)
-    trained = guarded(load_trained, checkpoint, rule)
-    click.echo(f"{trained.model.name}: epoch {trained.epoch}, rule "
-               f"{trained.rule or 'unknown (a renamed checkpoint file)'} ({trained.path})",
-               err=True)
-    config = trained.model.config
-    target = resolve_device(device)
-    scores = extract(trained.model.to(target), list(images), eval_crop(config), config.test_crops,
-                     target, seed=trained.record.get("seed", 0))
-    for path, value in zip(images, scores):
-        click.echo(f"{path}\t{value:.4f}")
+    \b
+    Examples:
+      bench score photos/ --checkpoint results/runs/probe/demo/split0-<hash>
+      bench score a.jpg b.png --checkpoint run_dir --out scores.csv
+      bench score photos/ --checkpoint pyiqa:dbcnn:DBCNN_KonIQ.pth
+    """
+    from benchmark.metric import collect_images, load_metric
+
+    if out is not None and out.suffix.lower() not in (".csv", ".json"):
+        raise BenchError(f"--out {out}: the file must end in .csv or .json")
+    metric = guarded(load_metric, checkpoint, device=device, rule=rule,
+                     overrides=parse_sets(sets))
+    click.echo(metric.origin(), err=True)
+    click.echo(f"scale: {metric.scale.describe()}", err=True)
+    paths, missing = collect_images(list(images))
+    scored = metric.score_files(paths, progress=not quiet)
+    failed = missing + scored.failed
+    for _, reason in failed:
+        click.echo(reason, err=True)
+    if out is not None:
+        _write_scores(out, metric, scored, failed)
+    if as_json:
+        click.echo(json.dumps(_scores_payload(metric, scored, failed)))
+    else:
+        for path, value in zip(scored.paths, scored.scores):
+            click.echo(f"{path}\t{value:.6f}")
+    if failed:
+        raise click.ClickException(f"{len(failed)} of {len(paths) + len(missing)} input(s) "
+                                   "could not be scored (listed above)")
+
+
+def _scores_payload(metric, scored, failed) -> dict:
+    scale = metric.scale
+    return {"metric": metric.name, "model": metric.trained.model.name,
+            "rule": metric.trained.rule, "epoch": metric.trained.epoch,
+            "checkpoint": str(metric.trained.path),
+            "scale": {"score_type": scale.score_type, "higher_is_better": scale.higher_is_better,
+                      "score_range": list(scale.score_range) if scale.score_range else None},
+            "scores": [{"image": str(p), "score": float(v)}
+                       for p, v in zip(scored.paths, scored.scores)],
+            "failed": [{"image": str(p), "error": reason} for p, reason in failed]}
+
+
+def _write_scores(out: Path, metric, scored, failed) -> None:
+    import csv
+    import io
+
+    from benchmark.io import atomic_write_text
+
+    if out.suffix.lower() == ".json":
+        atomic_write_text(out, json.dumps(_scores_payload(metric, scored, failed), indent=1) + "\n")
+        return
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["image", "score"])
+    writer.writerows((str(p), repr(float(v))) for p, v in zip(scored.paths, scored.scores))
+    atomic_write_text(out, text.getvalue())
 
 
 @click.command()
