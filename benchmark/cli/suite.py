@@ -59,6 +59,12 @@ def check(params_path: Path, prune: bool, stamp: Path | None) -> None:
     click.echo(f"{params_path}: {len(counts)} suites valid ("
                + ", ".join(f"{name} {count} runs" for name, count in counts.items())
                + f"); active: {params.active}")
+    for name in params.suites:
+        for train, test in params.suite(name).cross:
+            if train == test:
+                click.echo(f"note: suites.{name}.cross: {train} -> {test} scores each split "
+                           f"model on its own training images too: a pipeline check, not a "
+                           f"cross-dataset result")
     if prune:
         for path in prune_exports(params.paths, params.suite().cells()):
             click.echo(f"removed {path} (no longer in suite {params.active})")
