@@ -177,6 +177,7 @@ def feature_distance(dataset: str, root: Path, checkpoints: tuple[Path, ...],
         --checkpoint results/runs/qfm/livec/split0-<hash>
     """
     from benchmark.datasets.prepare import load_prepared
+    from benchmark.models import ModelConfig
     from benchmark.registry import dataset_registry
     from benchmark.report.features import (backbone_features, checkpoint_features,
                                            distance_report, format_summary, select_images)
@@ -201,8 +202,8 @@ def feature_distance(dataset: str, root: Path, checkpoints: tuple[Path, ...],
         selection = select_images(prepared, part, split)
         sources = {}
         if backbone is not None:
-            sources[f"F0 {backbone}"] = backbone_features(backbone, pretrained, selection, crop,
-                                                          crops, device)
+            frozen = ModelConfig(backbone=backbone, pretrained=pretrained, img_size=crop)
+            sources[f"F0 {backbone}"] = backbone_features(frozen, selection, crop, crops, device)
         for path, record in zip(checkpoints, records):
             label = record["model"]
             if label in sources:  # two configurations of one model: tell them apart

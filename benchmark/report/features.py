@@ -66,19 +66,22 @@ def _extract(model, selection: Selection, crop: int, n_crops: int, device: str) 
                               torch_device, fn="features"), dtype=np.float64)
 
 
-def backbone_features(name: str, pretrained: str, selection: Selection, crop: int = 224,
-                      n_crops: int = 10, device: str = "cpu") -> np.ndarray:
-    """F0: a frozen timm backbone's pooled pre-logits (ViT: the CLS after the final LN)."""
+def backbone_features(config, selection: Selection, crop: int = 224, n_crops: int = 10,
+                      device: str = "cpu") -> np.ndarray:
+    """F0: the frozen backbone a model of ``config`` starts from (its timm backbone, weights
+    and kwargs, normalised as the model normalises): pooled pre-logits (ViT: the CLS after
+    the final LN)."""
     import torch
     from torch import nn
 
-    from benchmark.models import ModelConfig, backbone_norm, create_backbone
+    from benchmark.models import backbone_norm, create_backbone_at
 
     class Backbone(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.net = create_backbone(name, pretrained, num_classes=0)
-            mean, std = backbone_norm(self.net, ModelConfig(backbone=name))
+            self.net = create_backbone_at(config.backbone, config.pretrained, crop,
+                                          **getattr(config, "backbone_kwargs", {}))
+            mean, std = backbone_norm(self.net, config)
             self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
             self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
 
