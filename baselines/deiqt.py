@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from benchmark.models import (ConfigError, IQAModel, ModelConfig, backbone_norm,
-                              create_backbone, decay_groups)
+                              create_backbone_at, decay_groups)
 
 __all__ = ["DEIQT", "DEIQTConfig", "PanelDecoder", "TokenProjection", "build_backbone",
            "backbone_tokens"]
@@ -125,15 +125,8 @@ class DEIQTConfig(ModelConfig):
 
 def build_backbone(config: DEIQTConfig) -> nn.Module:
     """The config's timm backbone without its classifier, at the config's crop side."""
-    kwargs = dict(config.backbone_kwargs)
-    backbone = create_backbone(config.backbone, config.pretrained, num_classes=0, **kwargs)
-    # a ViT built for another input side cannot take our crops: rebuild it at the crop side
-    grid_side = getattr(getattr(backbone, "patch_embed", None), "img_size", None)
-    if grid_side is not None and "img_size" not in kwargs and \
-            tuple(grid_side) != (config.img_size, config.img_size):
-        backbone = create_backbone(config.backbone, config.pretrained, num_classes=0,
-                                   img_size=config.img_size, **kwargs)
-    return backbone
+    return create_backbone_at(config.backbone, config.pretrained, config.img_size,
+                              **config.backbone_kwargs)
 
 
 def backbone_tokens(backbone: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -43,6 +43,7 @@ __all__ = [
     "get_model_class",
     "list_models",
     "create_backbone",
+    "create_backbone_at",
     "load_offline_lite0",
     "load_local_weights",
     "backbone_norm",
@@ -326,6 +327,17 @@ def create_backbone(name: str, pretrained: str, **kwargs: Any) -> nn.Module:
     elif flag != "false":
         load_local_weights(model, pretrained)
     return model
+
+
+def create_backbone_at(name: str, pretrained: str, side: int, **kwargs: Any) -> nn.Module:
+    """:func:`create_backbone` without its classifier, taking crops of ``side`` (0: any)."""
+    backbone = create_backbone(name, pretrained, num_classes=0, **kwargs)
+    # a ViT built for another input side cannot take these crops: rebuild it at the crop side
+    grid_side = getattr(getattr(backbone, "patch_embed", None), "img_size", None)
+    if side and grid_side is not None and "img_size" not in kwargs and \
+            tuple(grid_side) != (side, side):
+        backbone = create_backbone(name, pretrained, num_classes=0, img_size=side, **kwargs)
+    return backbone
 
 
 def backbone_norm(model: nn.Module, config: ModelConfig) -> tuple[tuple, tuple]:

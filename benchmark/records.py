@@ -52,8 +52,9 @@ _OLD_SCHEMAS = ("bench-run/1",)
 #: epoch on the test split) and is kept only to measure its optimism, never as the default
 SELECTION_RULES = ("val", "last", "test_oracle")
 
-#: a finished run's folder; ``split0-<hash10>.partial`` (a run in progress) never matches
-_FINISHED = re.compile(r"^split\d+-[0-9a-f]{10}$")
+#: a finished run's folder, or the fixed-name copy a DVC stage exports (``split0-dvc``, under
+#: the pipeline folder); ``split0-<hash10>.partial`` (a run in progress) never matches
+_FINISHED = re.compile(r"^split\d+-(?:[0-9a-f]{10}|dvc)$")
 #: keys every reader of a record relies on
 _REQUIRED = ("model", "dataset", "split", "config", "config_hash", "metrics")
 

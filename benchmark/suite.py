@@ -27,7 +27,9 @@ __all__ = ["SuiteError", "Paths", "Entry", "Cell", "Suite", "Params", "load_para
            "TOP_KEYS", "SUITE_KEYS", "RUN_KEYS"]
 
 TOP_KEYS = ("paths", "protocol", "models", "suites", "suite")
-SUITE_KEYS = ("datasets", "splits", "expect_splits", "run", "teacher", "models", "students")
+SUITE_KEYS = ("datasets", "splits", "expect_splits", "run", "teacher", "models", "students",
+              "cross")
+CROSS_KEYS = ("train", "test")
 RUN_KEYS = ("device", "seed", "amp", "compile", "workers", "cache", "threads")
 PROTOCOL_KEYS = ("seeds", "rounding", "val_fraction", "min_val_groups")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # a stage name part and a folder name
@@ -122,6 +124,8 @@ class Suite:
     teacher: str | None  # the entry whose run students need
     teacher_model: str | None
     run: dict[str, Any] = field(default_factory=dict, compare=False)
+    #: (train, test) dataset pairs: every entry's split models of train scored on all of test
+    cross: tuple[tuple[str, str], ...] = ()
 
     def cells(self) -> list[Cell]:
         """Every cell, teachers' cells before their students' (entry, dataset, split order)."""
@@ -171,10 +175,12 @@ class Params:
             splits = tuple(splits)
             _check_splits(splits, len(self.seeds), "--splits")
         teacher = raw["teacher"]
-        return Suite(name, datasets or tuple(raw["datasets"]), splits or tuple(raw["splits"]),
-                     tuple(entries), teacher,
+        datasets = datasets or tuple(raw["datasets"])
+        cross = tuple((pair["train"], pair["test"]) for pair in raw["cross"]
+                      if pair["train"] in datasets and pair["test"] in datasets)
+        return Suite(name, datasets, splits or tuple(raw["splits"]), tuple(entries), teacher,
                      self._entry_model(teacher, f"{where}.teacher") if teacher else None,
-                     dict(raw["run"] or {}))
+                     dict(raw["run"] or {}), cross)
 
     def _entry_model(self, entry: str, where: str) -> str:
         if entry in self.entries:
@@ -303,7 +309,28 @@ def _suite(value: Any, where: str, entries: dict) -> dict:
     teacher = suite["teacher"]
     if suite["students"] and teacher not in (suite["models"] or {}):
         raise SuiteError(f"{where}.teacher: {teacher!r} is not one of the suite's models")
+    _cross(suite["cross"], datasets, f"{where}.cross")
     return suite
+
+
+def _cross(pairs: Any, datasets: list, where: str) -> None:
+    """A list of {train, test} pairs of the suite's own datasets: dvc.yaml's cross stage
+    needs the test set prepared by the suite's data stage."""
+    if not isinstance(pairs, list):  # dvc.yaml's matrix needs a list, even an empty one
+        raise SuiteError(f"{where}: a list of {{train: DATASET, test: DATASET}} pairs "
+                         f"([] for none), got {type(pairs).__name__}")
+    seen = set()
+    for index, pair in enumerate(pairs):
+        key = f"{where}[{index}]"
+        pair = _mapping(pair, key, CROSS_KEYS, required=CROSS_KEYS)
+        for role in CROSS_KEYS:
+            _dataset(pair[role], f"{key}.{role}")
+            if pair[role] not in datasets:
+                raise SuiteError(f"{key}.{role}: {pair[role]!r} is not one of the suite's "
+                                 f"datasets ({', '.join(datasets)})")
+        if (pair["train"], pair["test"]) in seen:
+            raise SuiteError(f"{key}: {pair['train']} -> {pair['test']} is listed twice")
+        seen.add((pair["train"], pair["test"]))
 
 
 def _dataset(name: Any, where: str) -> None:

@@ -1,5 +1,6 @@
 """bench report / bench cross: numbers in the tables equal independently computed medians,
-marks sit on the right cells, every table compiles, figures are written."""
+marks sit on the right cells, every table compiles, figures are written, and report.pdf holds
+every table and figure, one page each."""
 
 from __future__ import annotations
 
@@ -17,12 +18,36 @@ from click.testing import CliRunner
 
 from benchmark.metrics import all_metrics
 from benchmark.models import get_model_class
+from pdfpages import page_count
 from synthetic_runs import write_run, write_suite
 
 CELLS = {("deiqt", "livec"): (0.87, 10), ("deiqt", "koniq"): (0.91, 10), ("deiqt", "live"): (0.95, 7),
          ("qfm", "livec"): (0.89, 10), ("qfm", "koniq"): (0.90, 10), ("qfm", "demo"): (0.80, 3),
          ("brisque", "livec"): (0.60, 10), ("brisque", "koniq"): (0.70, 10)}
 CROSS = {("deiqt", 10): 0.79, ("qfm", 5): 0.81}  # koniq->livec: (model, splits) → level
+
+
+def write_features(results: Path) -> pd.DataFrame:
+    """A feature-distance stage's folder (two splits of LIVEC-like features), as the stage
+    writes it; returns the per-split rows."""
+    from benchmark.report.features import Selection, distance_report, median_over_splits
+
+    rng = np.random.default_rng(3)
+    folder = results / "features" / "qfm" / "livec"
+    frames = []
+    for split in (0, 1):
+        labels = rng.uniform(0, 1, 40)
+        noise = {"F0": 5.0, "deiqt": 0.5, "qfm": 0.3}  # how little each source knows quality
+        sources = {name: labels[:, None] + rng.normal(0, scale, (40, 6))
+                   for name, scale in noise.items()}
+        selection = Selection([f"{i}.png" for i in range(40)], [], labels,
+                              np.arange(40).astype(str), split, "test")
+        frames.append(distance_report(sources, selection, False, folder / "splits" /
+                                      f"split{split}", {"dataset": "livec", "backbone": "vit_s"},
+                                      n_boot=5, log=lambda _: None))
+    per_split = pd.concat(frames, ignore_index=True)
+    median_over_splits(per_split).to_csv(folder / "summary.csv", index=False)
+    return per_split
 
 
 def write_cross(results: Path, model: str, split: int, srcc: float, plcc: float) -> None:
@@ -52,8 +77,9 @@ def built(tmp_path_factory):
             srcc, plcc = level + rng.normal(0, 0.01), level + 0.02 + rng.normal(0, 0.01)
             write_cross(results, model, split, srcc, plcc)
             cross.append({"model": model, "split": split, "srcc": srcc, "plcc": plcc})
-    written = build_report(results, results, expected=10)
-    return results, truth, ablation, pd.DataFrame(cross), written
+    features = write_features(results)
+    written, message = build_report(results, results, expected=10)
+    return results, truth, ablation, pd.DataFrame(cross), written, features, message
 
 
 def rows(tex: str) -> list[list[str]]:
@@ -186,7 +212,7 @@ def test_ablation_table_by_preset(built):
 
 
 def test_cross_table(built):
-    results, _, _, cross, _ = built
+    results, _, _, cross, *_ = built
     table = rows((results / "tables" / "cross_srcc.tex").read_text())
     body = {row[0]: row[2:] for row in table[2:]}
     deiqt = body["DEIQT"][0]
@@ -201,8 +227,24 @@ def test_cross_table(built):
         round(float(np.median(cross[cross["model"] == "deiqt"]["plcc"])), 3))
 
 
+def test_features_table_holds_the_medians_over_splits(built):
+    results, *_, features, _ = built
+    table = rows((results / "tables" / "features.tex").read_text())
+    assert [r[1] for r in table[1:]] == [r"F0 (\texttt{vit\_s}, frozen)", "DEIQT", "QFM-IQM"]
+    assert table[1][0] == "LIVEC" and table[2][0] == table[3][0] == ""
+    main = features[(features["relation"] == "all") & (features["distance"] == "cosine")]
+    for row, source in zip(table[1:], ("F0", "deiqt", "qfm")):
+        mine = main[main["source"] == source]
+        for cell, column in zip(row[2:7], ("S1_0.2", "Srand_0.2", "gap_ratio_1", "rho",
+                                           "knn_srcc")):
+            assert parse(cell)[0] == pytest.approx(round(float(np.median(mine[column])), 3))
+        assert row[7] == "2"
+    rho = {r[1]: parse(r[5])[0] for r in table[1:]}
+    assert rho["QFM-IQM"] > rho[r"F0 (\texttt{vit\_s}, frozen)"]  # quality-aware features
+
+
 def test_figures_written(built):
-    results, *_, written = built
+    results, *_, written, _, _ = built
     names = {p.name for p in written["figures"]}
     for model, dataset in CELLS:
         for stem in (f"scatter_{model}_{dataset}", f"curves_{model}_{dataset}"):
@@ -212,12 +254,42 @@ def test_figures_written(built):
     assert all((results / "figures" / name).stat().st_size > 2000 for name in names)
 
 
+def test_report_document_has_one_page_per_table_and_figure(built):
+    results, *_, written, _, message = built
+    tex = (results / "report.tex").read_text()
+    tables = sorted((results / "tables").glob("*.tex"))
+    figures = [p for p in written["figures"] if p.suffix == ".pdf"]
+    assert all(rf"\input{{tables/{t.name}}}" in tex for t in tables)
+    assert all(f"figures/{f.name}" in tex for f in figures)
+    assert "features/qfm/livec/splits/split0/distance_gap.pdf" in tex  # the first split's
+    assert "splits/split1/" not in tex
+    sections = len(tables) + len(figures) + 2
+    assert tex.count(r"\clearpage") == sections and tex.count(r"\caption{") == len(figures) + 2
+    if shutil.which("pdflatex") is None:
+        assert message.startswith("report.pdf not written: pdflatex not found")
+        assert not (results / "report.pdf").exists()
+        pytest.skip("pdflatex not installed: report.pdf not compiled")
+    assert message.endswith(f"{sections} pages, {len(tables)} tables and "
+                            f"{sections - len(tables)} figures")
+    assert page_count(results / "report.pdf") == sections
+    assert not list(results.glob("report.aux")) and not list(results.glob("report.log"))
+
+
+def test_a_report_without_pdflatex_says_so_and_writes_the_rest(tmp_path, monkeypatch):
+    from benchmark.report import document
+
+    monkeypatch.setattr(document.shutil, "which", lambda name: None)
+    written, message = document.write_document([], tmp_path)
+    assert message == document.PDFLATEX_MISSING and written == [tmp_path / "report.tex"]
+    assert not (tmp_path / "report.pdf").exists()
+
+
 @pytest.mark.skipif(shutil.which("pdflatex") is None, reason="pdflatex not installed")
 def test_tables_compile_with_pdflatex(built, tmp_path):
     results, *_ = built
     tables = sorted((results / "tables").glob("*.tex"))
-    assert [t.stem for t in tables] == ["ablation", "cross_plcc", "cross_srcc", "main",
-                                        "protocol", "published"]
+    assert [t.stem for t in tables] == ["ablation", "cross_plcc", "cross_srcc", "features",
+                                        "main", "protocol", "published"]
     inputs = "\n".join(rf"\input{{{t.as_posix()}}}\clearpage" for t in tables)
     (tmp_path / "doc.tex").write_text(
         "\\documentclass{article}\n\\usepackage{booktabs}\n\\usepackage{graphicx}\n"

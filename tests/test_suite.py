@@ -52,6 +52,9 @@ def test_repository_params_define_demo_paper_and_ablation():
     assert {e.model for e in paper.entries} == set(model_registry().names())
     assert [e.name for e in paper.entries if e.student] == ["qfm"]
     assert len(paper.cells()) == 8 * 9 * 10
+    assert paper.cross == (("koniq", "livec"), ("livec", "koniq")) and demo.cross == ()
+    # a pair leaves with either of its datasets
+    assert params.suite("paper", datasets=["koniq", "live"]).cross == ()
     ablation = params.suite("ablation")
     presets = {e.name: e.overrides.get("preset") for e in ablation.entries}
     assert presets["qfm-A1"] == "A1" and presets["qfm"] is None and len(presets) == 14
@@ -116,6 +119,18 @@ BAD = [
      "suites.demo.teacher: 'probee' is not one of the suite's models"),
     ("  demo: &demo ", "  demo: &demo\n    colour: red\n  demo2: &demo2 ",
      "suites.demo: unknown key 'colour'"),
+    ("    cross: []             #", "    #", "suites.demo: missing key 'cross'"),
+    ("    cross: []             #", "    cross: {train: demo, test: demo}  #",
+     "suites.demo.cross: a list of {train: DATASET, test: DATASET} pairs ([] for none)"),
+    ("{train: koniq, test: livec}", "{train: koniq, tset: livec}",
+     "suites.paper.cross[0]: unknown key 'tset' (known: train, test)"),
+    ("{train: koniq, test: livec}", "{train: koniq}", "suites.paper.cross[0]: missing key 'test'"),
+    ("{train: koniq, test: livec}", "{train: koniq, test: clive}",
+     "suites.paper.cross[0].test: 'clive' is an alias; write 'livec'"),
+    ("    cross: []             #", "    cross: [{train: demo, test: livec}]  #",
+     "suites.demo.cross[0].test: 'livec' is not one of the suite's datasets (demo)"),
+    ("{train: livec, test: koniq}", "{train: koniq, test: livec}",
+     "suites.paper.cross[1]: koniq -> livec is listed twice"),
 ]
 
 

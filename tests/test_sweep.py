@@ -16,6 +16,7 @@ from click.testing import CliRunner
 
 from benchmark.cli import main
 from benchmark.cli.run import parse_sets
+from benchmark.records import record_paths
 from benchmark.suite import Cell, load_params
 from benchmark.slurm import SlurmOptions, SlurmTask, run_slurm
 from benchmark.local import _spawn, detect_gpus
@@ -281,6 +282,8 @@ def test_exports_copy_the_record_and_prune_what_left_the_grid(tmp_path, demo_roo
     assert set(values) == {"val", "last", "test_oracle"}
     assert values["val"] == {"epoch": 1, "srcc": record["metrics"]["val"]["test"]["srcc"],
                              "plcc": record["metrics"]["val"]["test"]["plcc"]}
+    # the tables of the pipeline are made from the exports
+    assert record_paths(params.paths.pipeline) == [out / "record.json"]
     stale = Cell("probe", "probe", "demo", 2)
     export_run(record, params.paths.export_dir(stale), params.paths.metrics_file(stale))
     removed = prune_exports(params.paths, [cell])

@@ -82,14 +82,16 @@ def aggregate(results: Path, out: Path | None, expect: tuple[str, ...]) -> None:
 @user_errors
 def report(results: Path, out: Path, expect: tuple[str, ...], published: Path | None,
            no_figures: bool) -> None:
-    """LaTeX tables and figures from every run (and cross-dataset) record.
+    """LaTeX tables, figures and one PDF from every run, cross and feature-distance record.
 
     \b
     Tables: main (models × datasets, SRCC/PLCC medians), published (ours beside the
     published numbers), protocol (validation- vs test-selected epoch), ablation (by
-    config preset, when present), cross_srcc/cross_plcc (when cross records exist).
-    Figures: predicted-vs-MOS scatter and training curves per model and dataset, and
-    per-split SRCC boxes.
+    config preset, when present), cross_srcc/cross_plcc (when cross records exist),
+    features (the feature-distance statistics under RESULTS/features, when present).
+    Figures: predicted-vs-MOS scatter and training curves per model and dataset,
+    per-split SRCC boxes, and the feature-distance figures. OUT/report.tex holds every
+    table and figure, one page each, compiled to OUT/report.pdf when pdflatex exists.
 
     \b
     Example:
@@ -100,11 +102,12 @@ def report(results: Path, out: Path, expect: tuple[str, ...], published: Path | 
     expected = _expected(expect)
     _has_records(results)
     try:
-        written = build_report(results, out, expected, published, figures=not no_figures)
+        written, pdf = build_report(results, out, expected, published, figures=not no_figures)
     except ValueError as error:
         raise BenchError(str(error)) from None
-    for kind, paths in written.items():
-        click.echo(f"wrote {len(paths)} files to {out / kind}")
+    for kind in ("tables", "figures"):
+        click.echo(f"wrote {len(written[kind])} files to {out / kind}")
+    click.echo(pdf)
     click.echo((out / "tables" / "summary.txt").read_text().rstrip())
 
 
@@ -177,6 +180,7 @@ def feature_distance(dataset: str, root: Path, checkpoints: tuple[Path, ...],
         --checkpoint results/runs/qfm/livec/split0-<hash>
     """
     from benchmark.datasets.prepare import load_prepared
+    from benchmark.models import ModelConfig
     from benchmark.registry import dataset_registry
     from benchmark.report.features import (backbone_features, checkpoint_features,
                                            distance_report, format_summary, select_images)
@@ -201,8 +205,8 @@ def feature_distance(dataset: str, root: Path, checkpoints: tuple[Path, ...],
         selection = select_images(prepared, part, split)
         sources = {}
         if backbone is not None:
-            sources[f"F0 {backbone}"] = backbone_features(backbone, pretrained, selection, crop,
-                                                          crops, device)
+            frozen = ModelConfig(backbone=backbone, pretrained=pretrained, img_size=crop)
+            sources[f"F0 {backbone}"] = backbone_features(frozen, selection, crop, crops, device)
         for path, record in zip(checkpoints, records):
             label = record["model"]
             if label in sources:  # two configurations of one model: tell them apart

@@ -59,6 +59,12 @@ def check(params_path: Path, prune: bool, stamp: Path | None) -> None:
     click.echo(f"{params_path}: {len(counts)} suites valid ("
                + ", ".join(f"{name} {count} runs" for name, count in counts.items())
                + f"); active: {params.active}")
+    for name in params.suites:
+        for train, test in params.suite(name).cross:
+            if train == test:
+                click.echo(f"note: suites.{name}.cross: {train} -> {test} scores each split "
+                           f"model on its own training images too: a pipeline check, not a "
+                           f"cross-dataset result")
     if prune:
         for path in prune_exports(params.paths, params.suite().cells()):
             click.echo(f"removed {path} (no longer in suite {params.active})")
@@ -114,3 +120,88 @@ def run(entry: str, dataset: str, split: int, params_path: Path, out: Path, metr
     test = record["metrics"]["val"]["test"]
     click.echo(f"{entry} {dataset} split {split}: test SRCC {test['srcc']:.4f} "
                f"PLCC {test['plcc']:.4f} (val-selected); copied to {out}")
+
+
+def _analysis_errors(function, *args, **kwargs):
+    from benchmark.analyses import AnalysisError
+
+    try:
+        return sweep_errors(function, *args, **kwargs)
+    except AnalysisError as error:
+        raise BenchError(str(error)) from None
+
+
+def _threads(params) -> None:
+    """The suite's CPU thread count (run.threads), as its runs use it."""
+    threads = params.suite().run.get("threads")
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+@suite.command()
+@click.argument("student")
+@click.argument("dataset")
+@params_option
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder that receives summary.csv, metrics.json and splits/split<k>/.")
+@click.option("--boot", type=int, default=200, show_default=True,
+              help="Bootstrap resamples of images for the rank-correlation CIs.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@user_errors
+def features(student: str, dataset: str, params_path: Path, out: Path, boot: int,
+             seed: int) -> None:
+    """Feature distance vs quality of the active suite's runs (a DVC stage).
+
+    \b
+    On the test part of every split: F0, the frozen backbone the teacher (DEIQT) started
+    from; the trained teacher; the trained STUDENT (QFM-IQM). Writes each split's
+    statistics and figures to OUT/splits/split<k>/, their median over splits to
+    OUT/summary.csv and the headline statistics to OUT/metrics.json.
+
+    \b
+    Example:
+      bench suite features qfm demo --out results/dvc/features/qfm/demo
+    """
+    from benchmark.analyses import feature_distance_stage
+    from benchmark.report.features import format_summary
+    from benchmark.suite import load_params
+
+    params = sweep_errors(load_params, params_path)
+    _threads(params)
+    summary = _analysis_errors(feature_distance_stage, params, student, dataset, out,
+                               n_boot=boot, seed=seed,
+                               log=lambda text: click.echo(text, err=True))
+    shown = summary[(summary["relation"] == "all") & (summary["distance"] == "cosine")]
+    click.echo(format_summary(shown))
+    click.echo(f"median over {int(summary['n_splits'].max())} splits; wrote summary.csv, "
+               f"metrics.json and splits/ to {out}")
+
+
+@suite.command()
+@click.argument("entry")
+@click.argument("train")
+@click.argument("test")
+@params_option
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder that receives one cross record (.json + .csv) per split.")
+@user_errors
+def cross(entry: str, train: str, test: str, params_path: Path, out: Path) -> None:
+    """Score ENTRY's split models of TRAIN on all images of TEST (a DVC stage).
+
+    \b
+    TRAIN -> TEST must be one of the active suite's `cross` pairs; the weights are those of
+    the validation-selected epoch. `bench report` turns the records into the cross tables.
+
+    \b
+    Example:
+      bench suite cross deiqt koniq livec --out results/dvc/cross/deiqt/koniq__livec
+    """
+    from benchmark.analyses import cross_stage
+    from benchmark.suite import load_params
+
+    params = sweep_errors(load_params, params_path)
+    _threads(params)
+    written = _analysis_errors(cross_stage, params, entry, train, test, out, log=click.echo)
+    click.echo(f"wrote {len(written)} cross records to {out}")

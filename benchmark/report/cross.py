@@ -1,6 +1,7 @@
 """Cross-dataset evaluation: each split's model trained on one set, scored on all of another.
 
-A cross record (``results/cross/<model>/<train>__<test>/split<k>-<key10>.json``) holds the
+A cross record (``results/cross/<model>/<train>__<test>/split<k>-<key10>.json``; the DVC
+pipeline's folders are named by grid entry instead of model) holds the
 metrics of one trained split model against the target set's unit score; the CSV of the same
 name beside it holds the per-image predictions on the model's scale and on the unit scale. The
 key hashes what the record was made from (the source run's config hash, the rule whose
@@ -27,16 +28,17 @@ from benchmark.io import atomic_write_json, atomic_write_text
 from benchmark.metrics import HIGHER_IS_BETTER, all_metrics
 from benchmark.records import config_hash, git_state, iter_records, package_versions
 
-__all__ = ["CROSS_SCHEMA", "cross_path", "cross_key", "iter_cross", "cross_runs",
-           "cross_summary", "unit_map", "select_runs", "evaluate_cross"]
+__all__ = ["CROSS_SCHEMA", "cross_dir", "cross_key", "iter_cross", "cross_runs",
+           "cross_summary", "unit_map", "select_runs", "evaluate_cross", "score_runs"]
 
 CROSS_SCHEMA = "bench-cross/2"
 #: bench-cross/1 records numbered epochs from 0 and carried no key in their name
 _OLD_SCHEMA = "bench-cross/1"
 
 
-def cross_path(results: Path, model: str, train: str, test: str, split: int, key: str) -> Path:
-    return Path(results) / "cross" / model / f"{train}__{test}" / f"split{split}-{key[:10]}.json"
+def cross_dir(results: Path, name: str, train: str, test: str) -> Path:
+    """Where the cross records of ``name`` (a model; a grid entry in the pipeline) go."""
+    return Path(results) / "cross" / name / f"{train}__{test}"
 
 
 def iter_cross(results: Path) -> Iterator[dict[str, Any]]:
@@ -139,7 +141,17 @@ def evaluate_cross(model: str, train: str, test: str, root_test: Path, results: 
                    rule: str = "val", device: str = "cpu", config: str | None = None,
                    force: bool = False, log: Callable[[str], None] = print,
                    decoded: dict | None = None) -> list[Path]:
-    """Score every split model of ``model`` trained on ``train`` on all images of ``test``.
+    """Score every split model of ``model`` trained on ``train`` (one configuration, see
+    :func:`select_runs`) on all images of ``test``."""
+    return score_runs(select_runs(results, model, train, config), test, root_test,
+                      cross_dir(results, model, train, test), rule, device, force, log, decoded)
+
+
+def score_runs(records: list[dict], test: str, root_test: Path, out: Path, rule: str = "val",
+               device: str = "cpu", force: bool = False, log: Callable[[str], None] = print,
+               decoded: dict | None = None) -> list[Path]:
+    """Score the runs of ``records`` (each ``_dir`` holding its weights) on all images of
+    ``test``; one record per split goes to ``out``.
 
     The test images are decoded once and reused for every split (and, through ``decoded``,
     for the next model with the same decode settings)."""
@@ -160,11 +172,12 @@ def evaluate_cross(model: str, train: str, test: str, root_test: Path, results: 
     torch_device = resolve_device(device)
     decoded = {} if decoded is None else decoded
     written = []
-    for record in select_runs(results, model, train, config):
+    for record in records:
+        model, train = record["model"], record["dataset"]
         key = cross_key(record, rule, prepared.root, table_sha256)
-        out = cross_path(results, model, train, test, record["split"], key)
-        legacy = out.with_name(f"split{record['split']}.json")
-        done = next((p for p in (out, legacy) if _made_from(p, key)), None)
+        out_path = Path(out) / f"split{record['split']}-{key[:10]}.json"
+        legacy = out_path.with_name(f"split{record['split']}.json")
+        done = next((p for p in (out_path, legacy) if _made_from(p, key)), None)
         if done is not None and not force:
             log(f"already done: {done}")
             written.append(done)
@@ -181,9 +194,9 @@ def evaluate_cross(model: str, train: str, test: str, root_test: Path, results: 
         metrics = all_metrics(a * pred + b, units)
         per_image = prepared.table[["image", "score", "score_unit"]].assign(
             pred=pred, pred_unit=a * pred + b)
-        atomic_write_text(out.with_suffix(".csv"), per_image.to_csv(
+        atomic_write_text(out_path.with_suffix(".csv"), per_image.to_csv(
             index=False, float_format="%.8g", lineterminator="\n"))
-        atomic_write_json(out, {
+        atomic_write_json(out_path, {
             "schema": CROSS_SCHEMA, "key": key, "model": model, "train": train, "test": test,
             "split": int(record["split"]), "rule": rule, "epoch": trained.epoch,
             "config_id": config_identity(record), "config_hash": record["config_hash"],
@@ -199,5 +212,5 @@ def evaluate_cross(model: str, train: str, test: str, root_test: Path, results: 
             legacy.unlink()
             legacy.with_suffix(".csv").unlink(missing_ok=True)
         log(f"{model} {train}->{test} split {record['split']}: srcc {metrics['srcc']:.4f}")
-        written.append(out)
+        written.append(out_path)
     return written

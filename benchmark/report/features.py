@@ -22,9 +22,11 @@ from benchmark.report import feature_distance as fd
 from benchmark.report.plots import distance_gap_figure, gap_share_figure
 
 __all__ = ["Selection", "select_images", "backbone_features", "checkpoint_features",
-           "distance_report", "format_summary"]
+           "distance_report", "median_over_splits", "format_summary", "SPLIT_KEYS"]
 
 CURVE_THETAS = np.linspace(0.0, 0.5, 51)
+#: what identifies a row of summary.csv apart from its split
+SPLIT_KEYS = ["dataset", "backbone", "part", "source", "relation", "distance"]
 PRINTED = ["source", "relation", "distance", "n_images", "S1_0.2", "Srand_0.2", "R1_0.2",
            "gap_ratio_1", "rho", "rho_lo", "rho_hi", "rho_closest", "knn_srcc"]
 
@@ -66,19 +68,22 @@ def _extract(model, selection: Selection, crop: int, n_crops: int, device: str) 
                               torch_device, fn="features"), dtype=np.float64)
 
 
-def backbone_features(name: str, pretrained: str, selection: Selection, crop: int = 224,
-                      n_crops: int = 10, device: str = "cpu") -> np.ndarray:
-    """F0: a frozen timm backbone's pooled pre-logits (ViT: the CLS after the final LN)."""
+def backbone_features(config, selection: Selection, crop: int = 224, n_crops: int = 10,
+                      device: str = "cpu") -> np.ndarray:
+    """F0: the frozen backbone a model of ``config`` starts from (its timm backbone, weights
+    and kwargs, normalised as the model normalises): pooled pre-logits (ViT: the CLS after
+    the final LN)."""
     import torch
     from torch import nn
 
-    from benchmark.models import ModelConfig, backbone_norm, create_backbone
+    from benchmark.models import backbone_norm, create_backbone_at
 
     class Backbone(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.net = create_backbone(name, pretrained, num_classes=0)
-            mean, std = backbone_norm(self.net, ModelConfig(backbone=name))
+            self.net = create_backbone_at(config.backbone, config.pretrained, crop,
+                                          **getattr(config, "backbone_kwargs", {}))
+            mean, std = backbone_norm(self.net, config)
             self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
             self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
 
@@ -88,9 +93,9 @@ def backbone_features(name: str, pretrained: str, selection: Selection, crop: in
     return _extract(Backbone(), selection, crop, n_crops, device)
 
 
-def checkpoint_features(path: Path, selection: Selection,
-                        device: str = "cpu") -> tuple[np.ndarray, dict[str, Any]]:
-    """F1/F2: a trained model's ``features()`` (last epoch of a run directory by default)."""
+def checkpoint_features(path: Path, selection: Selection, device: str = "cpu"):
+    """F1/F2: a trained model's ``features()`` (last epoch of a run directory by default),
+    with the model's config (F0 is the backbone it started from)."""
     from benchmark.models import eval_crop
     from benchmark.runner import load_trained
 
@@ -98,7 +103,7 @@ def checkpoint_features(path: Path, selection: Selection,
     trained = load_trained(Path(path), "last" if Path(path).is_dir() else None)
     config = trained.model.config
     return (_extract(trained.model, selection, eval_crop(config), config.test_crops, device),
-            trained.record)
+            config)
 
 
 def distance_report(sources: Mapping[str, np.ndarray], selection: Selection, synthetic: bool,
@@ -135,6 +140,17 @@ def distance_report(sources: Mapping[str, np.ndarray], selection: Selection, syn
     distance_gap_figure(panels, out / "distance_gap", title)
     baseline = np.array([fd.random_gap_share(y_hat, t) for t in CURVE_THETAS])
     gap_share_figure(curves, baseline, CURVE_THETAS, out / "gap_share", title)
+    return summary
+
+
+def median_over_splits(per_split: pd.DataFrame) -> pd.DataFrame:
+    """One row per dataset × source × relation × distance: the median of every statistic
+    over the splits analysed (as the other tables), with their count in ``n_splits``."""
+    keys = [k for k in SPLIT_KEYS if k in per_split.columns]
+    numbers = [c for c in per_split.select_dtypes("number").columns if c != "split"]
+    grouped = per_split.groupby(keys, sort=False, dropna=False)
+    summary = grouped[numbers].median().reset_index()
+    summary.insert(len(keys), "n_splits", grouped["split"].nunique().to_numpy())
     return summary
 
 

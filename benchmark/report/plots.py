@@ -25,7 +25,7 @@ from benchmark.records import load_record
 from benchmark.report.tables import DATASET_LABELS, MODEL_LABELS, ordered_models
 
 __all__ = ["save_figure", "scatter_figures", "box_figure", "curve_figures", "distance_gap_figure",
-           "gap_share_figure", "report_figures"]
+           "gap_share_figure", "report_figures", "figure_caption"]
 
 FORMATS = ("png", "pdf")
 THETA_LINE = 0.2
@@ -131,6 +131,25 @@ def curve_figures(runs: pd.DataFrame, out: Path) -> list[Path]:
 
 def report_figures(runs: pd.DataFrame, out: Path) -> list[Path]:
     return [*scatter_figures(runs, out), *box_figure(runs, out), *curve_figures(runs, out)]
+
+
+def figure_caption(stem: str) -> str:
+    """One line saying what a report figure shows, from the name this module gave it (LaTeX)."""
+    from benchmark.report.tables import tex_escape
+
+    kind, _, rest = stem.partition("_")
+    if kind == "box":
+        metric, _, rule = rest.partition("_")
+        return (f"Per-split test {tex_escape(metric.upper())} of each model, epoch chosen by "
+                f"rule {tex_escape(rule)}.")
+    model, _, dataset = rest.partition("_")
+    cell = tex_escape(_label(model, dataset))
+    if kind == "scatter":
+        return (f"Prediction against MOS (unit scale), {cell}: the test images of every split, "
+                "validation-selected epoch.")
+    if kind == "curves":
+        return f"Training loss and validation/test SRCC per epoch, {cell}, one line per split."
+    return tex_escape(stem)
 
 
 def distance_gap_figure(panels: Mapping[str, Mapping[str, np.ndarray]], stem: Path,

@@ -24,7 +24,7 @@ __all__ = [
     "SYNTHETIC", "AUTHENTIC", "DATASET_LABELS", "MODEL_LABELS", "dataset_label", "model_label",
     "ordered_models", "table_datasets", "tex_escape", "number", "rank_marks", "main_table",
     "published_table", "protocol_table", "cross_table", "ablation_table", "build_tables",
-    "write_tables",
+    "write_tables", "table_float", "table_row",
 ]
 
 SYNTHETIC = ("live", "csiq", "tid2013", "kadid")
@@ -121,7 +121,7 @@ def _precision_note(*tables: Mapping[tuple, tuple]) -> str:
     return PRECISION_NOTE if any(cell[2] for cells in tables for cell in cells.values()) else ""
 
 
-def _float(body: list[str], colspec: str, caption: str, label: str, notes: list[str],
+def table_float(body: list[str], colspec: str, caption: str, label: str, notes: list[str],
            wide: bool = False) -> str:
     """A table float; ``wide`` spans both columns of a two-column layout with tight columns."""
     environment = "table*" if wide else "table"
@@ -142,7 +142,7 @@ def _float(body: list[str], colspec: str, caption: str, label: str, notes: list[
     return "\n".join(lines) + "\n"
 
 
-def _row(cells: Iterable[str]) -> str:
+def table_row(cells: Iterable[str]) -> str:
     return " & ".join(cells) + r" \\"
 
 
@@ -170,17 +170,17 @@ def main_table(summary: pd.DataFrame, rule: str = "val",
                for m in metrics}
     marks = {key: rank_marks([c[0] if c else None for c in column], HIGHER_IS_BETTER[key[1]])
              for key, column in columns.items()}
-    body = [_row(top), "".join(rules), _row(names), "".join(subrules), _row(header), r"\midrule"]
+    body = [table_row(top), "".join(rules), table_row(names), "".join(subrules), table_row(header), r"\midrule"]
     for i, model in enumerate(models):
         row = [model_label(model)]
         for d in datasets:
             for m in metrics:
                 cell = columns[(d, m)][i]
                 row.append(_decorate(cell[0], marks[(d, m)][i], *cell[1:]) if cell else MISSING)
-        body.append(_row(row))
+        body.append(table_row(row))
     notes = [RULE_NOTE, "Bold: best; underlined: second.", INCOMPLETE_NOTE,
              _precision_note(cells), f"{MISSING}: no result."]
-    return _float(body, "l" + "c" * len(header[1:]), "Median SRCC and PLCC over random splits.",
+    return table_float(body, "l" + "c" * len(header[1:]), "Median SRCC and PLCC over random splits.",
                   "tab:main", notes, wide=True)
 
 
@@ -206,15 +206,15 @@ def _paired_rows(keys: list[tuple[str, str]], values) -> list[str]:
         if previous is not None and model != previous:
             body.append(r"\midrule")
         label = model_label(model) if model != previous else ""
-        body.append(_row([label, dataset_label(dataset), *values(model, dataset)]))
+        body.append(table_row([label, dataset_label(dataset), *values(model, dataset)]))
         previous = model
     return body
 
 
 def _two_metric_header(first: str, second: str, third: str) -> list[str]:
-    return [_row(["", "", r"\multicolumn{3}{c}{SRCC}", r"\multicolumn{3}{c}{PLCC}"]),
+    return [table_row(["", "", r"\multicolumn{3}{c}{SRCC}", r"\multicolumn{3}{c}{PLCC}"]),
             r"\cmidrule(lr){3-5}\cmidrule(lr){6-8}",
-            _row(["Model", "Dataset", first, second, third, first, second, third]), r"\midrule"]
+            table_row(["Model", "Dataset", first, second, third, first, second, third]), r"\midrule"]
 
 
 def published_table(summary: pd.DataFrame, published: pd.DataFrame, rule: str = "val") -> str:
@@ -239,7 +239,7 @@ def published_table(summary: pd.DataFrame, published: pd.DataFrame, rule: str = 
              "Published numbers are medians of 10 random 80/20 splits as their sources state; the "
              "published code picks the epoch on the test split (see the protocol table).",
              _source_note(used), INCOMPLETE_NOTE, _precision_note(cells)]
-    return _float(body, "llcccccc", "Our results beside published numbers.", "tab:published",
+    return table_float(body, "llcccccc", "Our results beside published numbers.", "tab:published",
                   [n for n in notes if n])
 
 
@@ -274,7 +274,7 @@ def protocol_table(summary: pd.DataFrame) -> str:
              "for HyperIQA, DBCNN and TReS; SRCC or PLCC beating the running best for MANIQA).",
              r"$\Delta$ = test $-$ val.: the optimism of selecting on the test split.",
              INCOMPLETE_NOTE, _precision_note(val, oracle)]
-    return _float(body, "llcccccc", "Effect of the model-selection protocol.", "tab:protocol",
+    return table_float(body, "llcccccc", "Effect of the model-selection protocol.", "tab:protocol",
                   notes)
 
 
@@ -290,8 +290,8 @@ def cross_table(cross_summary: pd.DataFrame, published: pd.DataFrame, metric: st
         cells[(r.model, train, test)] = (float(r.median), bool(r.complete))
     tests = sorted({t for _, _, t in cells}, key=_dataset_rank)
     used: set[str] = set()
-    header = _row(["Model", "Train", *(dataset_label(t) for t in tests)])
-    body = [_row(["", "", rf"\multicolumn{{{max(len(tests), 1)}}}{{c}}{{Test}}"]),
+    header = table_row(["Model", "Train", *(dataset_label(t) for t in tests)])
+    body = [table_row(["", "", rf"\multicolumn{{{max(len(tests), 1)}}}{{c}}{{Test}}"]),
             rf"\cmidrule(lr){{3-{2 + max(len(tests), 1)}}}", header, r"\midrule"]
 
     def values(model: str, train: str) -> list[str]:
@@ -308,7 +308,7 @@ def cross_table(cross_summary: pd.DataFrame, published: pd.DataFrame, metric: st
              "evaluated on every image of the target set.",
              "In parentheses: published, trained on the full source set.", _source_note(used),
              INCOMPLETE_NOTE]
-    return _float(body, "ll" + "c" * max(len(tests), 1),
+    return table_float(body, "ll" + "c" * max(len(tests), 1),
                   f"Cross-dataset {METRIC_LABELS[metric]}.", f"tab:cross-{metric}",
                   [n for n in notes if n])
 
@@ -331,11 +331,11 @@ def ablation_table(summary: pd.DataFrame, rule: str = "val",
     marks = {k: rank_marks([c[0] if c else None for c in col], HIGHER_IS_BETTER[k[1]])
              for k, col in columns.items()}
     width = len(metrics)
-    body = [_row(["", ""] + [rf"\multicolumn{{{width}}}{{c}}{{{dataset_label(d)}}}"
+    body = [table_row(["", ""] + [rf"\multicolumn{{{width}}}{{c}}{{{dataset_label(d)}}}"
                              for d in datasets]),
             "".join(rf"\cmidrule(lr){{{3 + i * width}-{2 + (i + 1) * width}}}"
                     for i in range(len(datasets))),
-            _row(["Model", "Preset"] + [METRIC_LABELS[m] for _ in datasets for m in metrics]),
+            table_row(["Model", "Preset"] + [METRIC_LABELS[m] for _ in datasets for m in metrics]),
             r"\midrule"]
     previous = None
     for i, ((model, config), twin) in enumerate(zip(keys, repeated)):
@@ -346,10 +346,10 @@ def ablation_table(summary: pd.DataFrame, rule: str = "val",
             for m in metrics:
                 cell = columns[(d, m)][i]
                 row.append(_decorate(cell[0], marks[(d, m)][i], *cell[1:]) if cell else MISSING)
-        body.append(_row(row))
+        body.append(table_row(row))
         previous = model
     notes = [RULE_NOTE, "Bold: best; underlined: second, per column.", INCOMPLETE_NOTE]
-    return _float(body, "ll" + "c" * (width * max(len(datasets), 1)), "Ablation by preset.",
+    return table_float(body, "ll" + "c" * (width * max(len(datasets), 1)), "Ablation by preset.",
                   "tab:ablation", notes)
 
 
