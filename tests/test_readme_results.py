@@ -31,7 +31,7 @@ def _script():
 
 def test_compare_names_a_stale_number():
     script = _script()
-    readme = (f"x\n{script.START}\n| probe | r | val (epoch 3) | 2 | 0 | 0 | 0.700 | 0.7 | 9 s |\n"
+    readme = (f"x\n{script.START}\n| probe | r | val (epoch 3) | 2 | 0 | 0 | 0.700 | 0.7 |\n"
               f"{script.END}\n")
     rows = [{"model": "probe", "srcc": 0.75}, {"model": "deiqt", "srcc": 0.6}]
     assert script.compare(readme, rows, 0.03) == [
