@@ -30,6 +30,7 @@ from PIL import Image
 
 from benchmark.data import DecodeSpec, ImageArrays, decode_image, fit_to_spec, image_key
 from benchmark.engine import CheckpointError, predict, resolve_device
+from benchmark.images import ImageError
 from benchmark.models import eval_crop
 from benchmark.pyiqa_weights import load_pyiqa_model, parse_source
 from benchmark.runner import Trained, label_facts, load_trained
@@ -93,6 +94,8 @@ def _decode(path: Path, spec: DecodeSpec) -> tuple[np.ndarray | None, str | None
         return None, f"{path}: no such image"
     try:
         return decode_image(path, spec), None
+    except ImageError as error:  # names the file: undecodable, or over the pixel limit
+        return None, str(error)
     except _DECODE_ERRORS as error:
         return None, f"{path}: cannot decode image ({error})"
 

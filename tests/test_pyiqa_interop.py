@@ -329,7 +329,7 @@ def test_cli_round_trip(tmp_path):
     with pytest.raises(SplitFileError, match="not the one prepare wrote"):
         plan_run("brisque", "generic", 1, tmp_path)
     result = runner.invoke(import_pyiqa, ["generic", "--root", str(tmp_path), "--meta", str(meta),
-                                          "--splits", str(split), "--out", str(splits_json)])
+                                          "--out", str(splits_json)])
     assert result.exit_code == 0, result.output
     assert plan_run("brisque", "generic", 1, tmp_path)["parts"]["test"] == \
         original["splits"][1]["test"]

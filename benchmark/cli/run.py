@@ -167,11 +167,13 @@ def score(images, checkpoint, rule, sets, device, out, as_json, quiet) -> None:
         raise BenchError(f"--out {out}: the file must end in .csv or .json")
     metric = guarded(load_metric, checkpoint, device=device, rule=rule,
                      overrides=parse_sets(sets))
-    click.echo(metric.origin(), err=True)
-    click.echo(f"scale: {metric.scale.describe()}", err=True)
     paths, missing = collect_images(list(images))
     scored = metric.score_files(paths, progress=not quiet)
     failed = missing + scored.failed
+    if len(failed) == 1 and not scored.paths:  # nothing to score: one line, as any bad input
+        raise BenchError(failed[0][1])
+    click.echo(metric.origin(), err=True)
+    click.echo(f"scale: {metric.scale.describe()}", err=True)
     for _, reason in failed:
         click.echo(reason, err=True)
     if out is not None:
