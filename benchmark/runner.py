@@ -451,13 +451,17 @@ def load_trained(path: Path, rule: str | None = None) -> Trained:
                               f"models ({error})") from None
     model = cls(config)
     own, given = model.state_dict(), state["state_dict"]
-    wrong = sorted(({*own} ^ {*given}) | {k for k in own if k in given and (
-        not hasattr(given[k], "shape") or given[k].shape != own[k].shape)})
+    wrong = sorted({*own} ^ {*given})
+    if not wrong:
+        try:  # torch checks the shapes, unless the model takes a fitted buffer's (BRISQUE's SVR)
+            model.load_state_dict(given)
+        except (RuntimeError, TypeError, AttributeError):
+            wrong = sorted(k for k in own if not hasattr(given[k], "shape")
+                           or given[k].shape != own[k].shape) or ["(load_state_dict)"]
     if wrong:
         raise CheckpointError(f"{checkpoint_path} is not a bench checkpoint of {cls.name} (its "
                               f"weights do not fit: {len(wrong)} tensors missing, unexpected "
                               f"or of another shape, first {wrong[0]})")
-    model.load_state_dict(given)
     record_path = checkpoint_path.parent / "record.json"
     record = load_record(record_path) if record_path.is_file() else {}
     # the record numbers epochs from 1 whatever its age; a bare checkpoint says its own

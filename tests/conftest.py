@@ -88,10 +88,12 @@ def write_tiny_params(folder: Path, tiny_root: Path, results: Path, **suite) -> 
     (folder / "data").mkdir(exist_ok=True)
     (folder / "data" / "generic").symlink_to(tiny_root)
     tiny = {"datasets": ["generic"], "splits": [0, 1], "expect_splits": 2, "run": {"device": "cpu"},
-            "teacher": None, "models": {"probe": dict(TINY_PROBE)}, "students": {}, **suite}
+            "teacher": None, "models": {"probe": dict(TINY_PROBE)}, "students": {}, "cross": [],
+            **suite}
     params = {"paths": {"data": str(folder / "data"), "results": str(results),
                         "pipeline": str(results / "dvc"), "report": str(results)},
-              "protocol": {"seeds": "0-1", "rounding": "round", "val_fraction": 0.1},
+              "protocol": {"seeds": "0-1", "rounding": "round", "val_fraction": 0.1,
+                           "min_val_groups": 1},
               "models": {"probe": {}}, "suites": {"tiny": tiny}}
     text = yaml.safe_dump(params, sort_keys=False).replace("  tiny:\n", "  tiny: &tiny\n")
     path = folder / "params.yaml"

@@ -339,7 +339,7 @@ CASES = [
     ("record-no-metrics", lambda s: (s.records(json.dumps({
         "schema": "bench-run/1", "model": "probe", "dataset": "generic", "split": 7,
         "config": {}, "config_hash": "0" * 64})), ["record.json", "'metrics'"])),
-    ("record-a-list", lambda s: (s.records("[]"), ["record.json", "bench-run/1"])),
+    ("record-a-list", lambda s: (s.records("[]"), ["record.json", "bench-run/2"])),
     # params.yaml and sweeps
     ("params-duplicate-key", lambda s: (s.file("sweep/params.yaml", s.params().read_text().replace(
         "  rounding: round\n", "  rounding: round\n  rounding: floor\n")) and

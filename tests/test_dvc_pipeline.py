@@ -1,6 +1,8 @@
-"""dvc.yaml + params.yaml in a temporary repository: `dvc repro` builds the tables, a second
-call does nothing, a parameter change reruns exactly the stages it touches, the student runs
-after its teacher, and a bad name in params.yaml stops the pipeline before any run."""
+"""dvc.yaml + params.yaml in a temporary repository: `dvc repro` builds the tables, the
+feature-distance analysis, the cross-dataset table and report.pdf; a second call does
+nothing, a parameter change reruns exactly the stages it touches (the model's, and the
+analyses and reports that read its runs), the student runs after its teacher, and a bad name
+in params.yaml stops the pipeline before any run."""
 
 from __future__ import annotations
 
@@ -12,10 +14,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
 from benchmark.suite import read_yaml
+from pdfpages import page_count
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -56,7 +61,9 @@ def make_repo(tmp_path: Path, change=None) -> Path:
 
     def tiny(data):
         demo = data["suites"]["demo"]
-        demo.update(splits=[0], expect_splits=1, models=dict(TINY), students={"qfm": VIT})
+        # one dataset: the cross pair scores demo's split models on all of demo (a smoke test)
+        demo.update(splits=[0], expect_splits=1, models=dict(TINY), students={"qfm": VIT},
+                    cross=[{"train": "demo", "test": "demo"}])
         if change:
             change(data)
 
@@ -80,9 +87,14 @@ def test_repro_builds_the_report_then_does_nothing_then_reruns_one_model(tmp_pat
     assert stages[0] == "check"
     assert sorted(stages) == sorted(["check", "data@demo", "train@brisque-demo-0",
                                      "train@deiqt-demo-0", "student@qfm-demo-0",
+                                     "features@qfm-demo", "cross@brisque-pair0",
+                                     "cross@deiqt-pair0", "cross-student@qfm-pair0",
                                      "aggregate", "report"])
     assert stages.index("train@deiqt-demo-0") < stages.index("student@qfm-demo-0")
+    assert stages.index("student@qfm-demo-0") < stages.index("features@qfm-demo")
     assert stages.index("student@qfm-demo-0") < stages.index("aggregate") < stages.index("report")
+    assert max(stages.index(s) for s in stages if s.startswith(("features", "cross"))) \
+        < stages.index("report")
 
     pipeline = repo / "results" / "dvc"
     teacher = json.loads((pipeline / "runs/deiqt/demo/split0-dvc/record.json").read_text())
@@ -93,6 +105,9 @@ def test_repro_builds_the_report_then_does_nothing_then_reruns_one_model(tmp_pat
     assert (repo / "results" / "tables" / "main.tex").is_file()
     assert (repo / "results" / "figures" / "box_srcc_val.png").is_file()
     assert len(list((repo / "results" / "runs").glob("*/demo/split0-*"))) == 3
+    check_analyses(repo)
+    if shutil.which("pdflatex") is None:
+        assert "report.pdf not written: pdflatex not found" in first.stdout
 
     second = dvc(repo, "repro")
     assert second.returncode == 0 and ran(second) == []
@@ -102,23 +117,56 @@ def test_repro_builds_the_report_then_does_nothing_then_reruns_one_model(tmp_pat
     assert metrics.returncode == 0
     assert "results/dvc/metrics/qfm/demo/split0.json" in metrics.stdout
     assert "val.srcc" in metrics.stdout
+    assert "results/dvc/features/qfm/demo/metrics.json" in metrics.stdout
+    assert "F0.rho" in metrics.stdout and "qfm.knn_srcc" in metrics.stdout
     plots = dvc(repo, "plots", "show", "--json")
     assert plots.returncode == 0 and not json.loads(plots.stdout).get("errors")
 
-    # the README's way to change one hyper-parameter: only BRISQUE, the check and the tables
+    # the README's way to change one hyper-parameter: only BRISQUE, its cross-dataset
+    # evaluation, the check and the tables
     changed = dvc(repo, "exp", "run", "-S", "++models.brisque.svr_c=[2.0]")
     assert changed.returncode == 0, changed.stdout + changed.stderr
-    assert sorted(ran(changed)) == ["aggregate", "check", "report", "train@brisque-demo-0"]
+    assert sorted(ran(changed)) == ["aggregate", "check", "cross@brisque-pair0", "report",
+                                    "train@brisque-demo-0"]
     brisque = sorted((repo / "results" / "runs" / "brisque" / "demo").glob("split0-*"))
     assert len(brisque) == 2  # the entry's value won over the suite's grid
     configs = [json.loads((d / "record.json").read_text())["config"]["svr_c"] for d in brisque]
     assert sorted(configs) == [[2.0], [4.0]]
-    # the teacher's recipe reaches its student too
+    # the teacher's recipe reaches its student and every analysis of either
     edit_params(repo, lambda data: data["suites"]["demo"]["models"]["deiqt"].update(epochs=2))
     changed = dvc(repo, "repro")
     assert changed.returncode == 0, changed.stdout + changed.stderr
-    assert sorted(ran(changed)) == ["aggregate", "check", "report", "student@qfm-demo-0",
-                                    "train@deiqt-demo-0"]
+    assert sorted(ran(changed)) == ["aggregate", "check", "cross-student@qfm-pair0",
+                                    "cross@deiqt-pair0", "features@qfm-demo", "report",
+                                    "student@qfm-demo-0", "train@deiqt-demo-0"]
+
+
+def check_analyses(repo: Path) -> None:
+    """The feature-distance statistics and figures, the cross table and report.pdf."""
+    results = repo / "results"
+    folder = results / "dvc" / "features" / "qfm" / "demo"
+    summary = pd.read_csv(folder / "summary.csv")
+    main = summary[(summary["relation"] == "all") & (summary["distance"] == "cosine")]
+    assert list(main["source"]) == ["F0", "deiqt", "qfm"]
+    assert set(main["backbone"]) == {"vit_tiny_patch16_224"} and set(main["n_splits"]) == {1}
+    for column in ("S1_0.2", "gap_ratio_1", "rho", "knn_srcc"):
+        assert np.isfinite(main[column]).all(), column
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["qfm"]["rho"] == pytest.approx(float(main["rho"].iloc[2]), abs=1e-6)
+    for name in ("distance_gap.png", "distance_gap.pdf", "gap_share.png", "gap_share.pdf"):
+        assert (folder / "splits" / "split0" / name).stat().st_size > 2000
+    tables = results / "tables"
+    assert (tables / "features.tex").is_file() and (tables / "cross_srcc.tex").is_file()
+    cross = (tables / "cross_srcc.tex").read_text()
+    assert all(label in cross for label in ("BRISQUE", "DEIQT", "QFM-IQM"))
+    sections = len(list(tables.glob("*.tex"))) + len(list((results / "figures").glob("*.pdf")))
+    sections += 2  # the feature-distance figures
+    tex = (results / "report.tex").read_text()
+    assert tex.count(r"\clearpage") == sections
+    if shutil.which("pdflatex") is None:
+        assert not (results / "report.pdf").exists()
+        return
+    assert page_count(results / "report.pdf") == sections
 
 
 @pytest.mark.parametrize("change, key", [

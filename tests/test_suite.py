@@ -242,3 +242,31 @@ def test_params_are_read_as_dvc_reads_them(tmp_path):
     params = load_params(path)
     assert params.suite().run["amp"] == "off"
     assert params.entries["deiqt"] == {"lr": 0.0001, "hflip": "yes"}
+
+
+def test_analysis_stages_refuse_what_the_suite_lacks_in_one_line(tmp_path, demo_root):
+    for command in ("features", "cross"):
+        assert bench("suite", command, "--help").exit_code == 0
+    data = yaml.safe_load(PARAMS.read_text())
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "demo").symlink_to(demo_root)
+    data["paths"] = {"data": str(tmp_path / "data"), "results": str(tmp_path / "results"),
+                     "pipeline": str(tmp_path / "results" / "dvc"),
+                     "report": str(tmp_path / "results")}
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    out = tmp_path / "out"
+    cases = [
+        (["features", "deiqt", "demo"],
+         "'deiqt' is not one of the students of the active suite demo (qfm)"),
+        (["features", "qfm", "demo"], "no run of deiqt/demo/0 exported at"),
+        (["cross", "deiqt", "koniq", "livec"],
+         "koniq->livec is not a cross pair of the active suite demo (its pairs: none)"),
+        (["cross", "hyperiqa", "demo", "demo"],
+         "'hyperiqa' is not one of the entries of the active suite demo"),
+    ]
+    for args, message in cases:
+        result = bench("suite", *args, "--params", path, "--out", out)
+        assert result.exit_code == 1 and message in result.output, result.output
+        assert len(result.output.strip().splitlines()) == 1
+    assert not out.exists()

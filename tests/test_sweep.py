@@ -17,6 +17,7 @@ from click.testing import CliRunner
 from benchmark.cli import main
 from benchmark.cli.run import parse_sets
 from benchmark.records import record_paths
+from benchmark.runner import load_trained
 from benchmark.suite import Cell, load_params
 from benchmark.slurm import SlurmOptions, SlurmTask, run_slurm
 from benchmark.local import _spawn, detect_gpus
@@ -284,6 +285,9 @@ def test_exports_copy_the_record_and_prune_what_left_the_grid(tmp_path, demo_roo
                              "plcc": record["metrics"]["val"]["test"]["plcc"]}
     # the tables of the pipeline are made from the exports
     assert record_paths(params.paths.pipeline) == [out / "record.json"]
+    # the analysis stages load the weights of a fitted model too (the SVR's buffers grow)
+    trained = load_trained(Path(record["_dir"]))
+    assert trained.model.dual_coef.numel() > 0 and trained.epoch == 1
     stale = Cell("probe", "probe", "demo", 2)
     export_run(record, params.paths.export_dir(stale), params.paths.metrics_file(stale))
     removed = prune_exports(params.paths, [cell])

@@ -124,11 +124,12 @@ def run(entry: str, dataset: str, split: int, params_path: Path, out: Path, metr
 
 def _analysis_errors(function, *args, **kwargs):
     from benchmark.analyses import AnalysisError
+    from benchmark.checkpoints import CheckpointError
 
     try:
         return sweep_errors(function, *args, **kwargs)
-    except AnalysisError as error:
-        raise BenchError(str(error)) from None
+    except (AnalysisError, CheckpointError, FileNotFoundError) as error:
+        raise BenchError(str(error).splitlines()[0]) from None
 
 
 def _threads(params) -> None:
