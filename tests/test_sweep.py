@@ -177,7 +177,7 @@ def test_a_student_never_trains_against_another_teacher_than_the_grids(tmp_path,
     params = load_params(path)
     jobs = plan_sweep(params, params.suite())
     jobs[0].execute(log=lambda _: None)  # the grid's teacher
-    other = write_params(tmp_path, demo_root, {"deiqt": {**VIT, "lr": 1e-3}})
+    other = write_params(tmp_path, demo_root, {"deiqt": {**VIT, "lr": 5e-4}})  # not the demo recipe's lr
     plan_sweep(load_params(other), load_params(other).suite())[0].execute(log=lambda _: None)
     lines = []
     with open_state(params.paths.results, params.suite(), jobs, "local") as state:
