@@ -56,7 +56,7 @@ TINY_PROBE = {"backbone": "test_resnet", "img_size": 16, "epochs": 2, "batch_siz
 def write_tiny_set(root: Path, n_groups: int = 12) -> Path:
     """A generic dataset of 2·n_groups random 16x16 PNGs, two per content group, with
     labels.csv and generic.yaml: the smallest set a run, a split check and a decode check
-    need (the demo set's 300 images make each run several seconds)."""
+    need (the demo set's 475 images make each run several seconds)."""
     import numpy as np
     from PIL import Image
 
