@@ -30,6 +30,20 @@ def demo_root(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models on a shared 2-core machine: a second intra-op thread adds a synchronisation
+    per small op and waits for a free core (about 15x slower); tests opt in with
+    ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``; a module-scoped fixture that
+    trains asks for it too, so a reference run and the runs compared with it share the count."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """The real-data folder named by $BENCH_SHARED_DATA; tests needing it skip without it."""

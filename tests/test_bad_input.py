@@ -33,6 +33,8 @@ from benchmark.sweep import plan_sweep, sweep_id
 from conftest import TINY_PROBE, bomb_png, write_tiny_params, write_tiny_set
 from synthetic_runs import write_run
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 IMAGE = "images/g00_0.png"  # an image of the tiny set (every part is decoded before a run)
 
 
@@ -375,14 +377,6 @@ def snapshot(root: Path) -> dict:
 def own_pixel_limit(monkeypatch):
     """`bench --max-pixels` sets Pillow's process-wide limit: restore it after each case."""
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_there_are_fifty_cases():

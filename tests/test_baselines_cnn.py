@@ -27,20 +27,14 @@ from benchmark.models import (ConfigError, TrainContext, config_from_dict, confi
                               get_model_class)
 from benchmark.weights import weights_cache
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 MODELS = {"hyperiqa": (HyperIQA, HyperIQAConfig), "dbcnn": (DBCNN, DBCNNConfig),
           "tres": (TReS, TReSConfig)}
+
 REFERENCE_PARAMS = {"hyperiqa": 27_375_369, "dbcnn": 15_311_345, "tres": 152_452_265}
 OUR_PARAMS = {"hyperiqa": 27_375_369, "dbcnn": 15_311_345, "tres": 152_452_265 - 2_049_000}
 CTX = TrainContext(epoch=0, step=0, steps_per_epoch=1, label_range=1.0, device=torch.device("cpu"))
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small convolutions gain little from a second thread and lose much when cores are shared."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def _meta(name: str, **overrides):

@@ -67,16 +67,6 @@ def maniqa_official_params() -> tuple[int, int]:
     return total, unused
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny models: a second intra-op thread only adds a synchronisation per small op, which
-    costs far more than it saves (and, on a busy 2-core machine, waits for a free core)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def n_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -148,7 +138,7 @@ def test_musiq_resize_matches_tensorflow_gaussian_without_antialias():
         torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
 
 
-def test_musiq_token_count_and_training_cap(one_thread):
+def test_musiq_token_count_and_training_cap(one_torch_thread):
     model = MUSIQ(MUSIQConfig(**{**TINY_MUSIQ, "longer_sides": (224, 384),
                                  "train_max_native_patches": 5}))
     image = [torch.rand(3, 100, 70)]
@@ -157,7 +147,7 @@ def test_musiq_token_count_and_training_cap(one_thread):
     assert model.train().forward_features(image).shape == (1, 1 + 5 + 35 + 108, 64)
 
 
-def test_musiq_mixed_resolutions_in_one_call(one_thread):
+def test_musiq_mixed_resolutions_in_one_call(one_torch_thread):
     torch.manual_seed(0)
     model = MUSIQ(MUSIQConfig(**TINY_MUSIQ)).eval()
     torch.nn.init.normal_(model.head.weight)  # the official zero head would hide any difference
@@ -264,7 +254,7 @@ def test_musiq_defaults_to_the_official_imagenet_checkpoint(tmp_path, monkeypatc
         MUSIQ(MUSIQConfig(**config))
 
 
-def test_musiq_overfits_a_fixed_batch(one_thread):
+def test_musiq_overfits_a_fixed_batch(one_torch_thread):
     torch.manual_seed(0)
     model = MUSIQ(MUSIQConfig(**TINY_MUSIQ, loss="mse"))
     assert overfit_ratio(model, 64, steps=40, lr=1e-3) > 10
@@ -285,7 +275,7 @@ def test_maniqa_paper_model_params_and_forward():
     assert score.shape == (1,) and bool(torch.isfinite(score).all()) and float(score) >= 0
 
 
-def test_maniqa_small_shapes(one_thread):
+def test_maniqa_small_shapes(one_torch_thread):
     model = MANIQA(MANIQAConfig(**TINY_MANIQA)).eval()
     with torch.no_grad():
         assert model(torch.rand(1, 3, 128, 128)).shape == (1,)
@@ -296,7 +286,7 @@ def test_maniqa_small_shapes(one_thread):
 
 @pytest.mark.parametrize("flip, axis, prob", [("vertical", 2, 0.7), ("horizontal", 3, 0.7),
                                               ("none", None, 0.0)])
-def test_maniqa_flips_as_the_released_training(flip, axis, prob, one_thread):
+def test_maniqa_flips_as_the_released_training(flip, axis, prob, one_torch_thread):
     """np.fliplr on C×H×W arrays reverses the rows: by default 70 % of images flip vertically."""
     assert (MANIQAConfig().flip, MANIQAConfig().flip_prob, MANIQAConfig().hflip) == \
         ("vertical", 0.7, False)
@@ -340,7 +330,7 @@ def test_maniqa_rejects_taps_beyond_the_backbone():
         MANIQA(MANIQAConfig(**{**TINY_MANIQA, "block_indices": (6, 7, 8, 9)}))
 
 
-def test_maniqa_overfits_a_fixed_batch(one_thread):
+def test_maniqa_overfits_a_fixed_batch(one_torch_thread):
     torch.manual_seed(0)
     model = MANIQA(MANIQAConfig(**TINY_MANIQA))
     assert overfit_ratio(model, 128, steps=40, lr=1e-3) > 10

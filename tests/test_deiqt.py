@@ -15,17 +15,11 @@ from baselines.deiqt import DEIQT, DEIQTConfig
 from benchmark.models import ConfigError, TrainContext
 from seeded_weights import fill_seeded
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 TINY = dict(backbone="vit_tiny_patch16_224", pretrained="false", img_size=64,
             backbone_kwargs={"depth": 2, "embed_dim": 48, "num_heads": 3}, decoder_dim=48)
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # two OpenMP threads on a shared 2-core machine run these tiny models ~15× slower
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def tiny(**changes) -> DEIQT:

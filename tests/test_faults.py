@@ -35,6 +35,8 @@ from benchmark.splits import SplitProtocol
 from benchmark.sweep import load_states
 from conftest import TINY_PROBE, write_tiny_params, write_tiny_set
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 QUIET = RunConfig(progress=False)
 KEY = RunKey("probe", "generic", 0)
 FINISHED = re.compile(r"^split\d+-[0-9a-f]{10}$")
@@ -78,15 +80,6 @@ class Faults:
             raise Killed(f"after {self.name}")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny runs on shared cores: torch's thread pool costs more than it gives."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def faults(monkeypatch):
     """``faults(point, when)`` arms an injection point; ``faults()`` disarms it."""
@@ -116,7 +109,7 @@ def outcome(record: dict) -> dict:
 
 
 @pytest.fixture(scope="module")
-def reference(tiny_root, tmp_path_factory) -> dict:
+def reference(one_torch_thread, tiny_root, tmp_path_factory) -> dict:
     results = tmp_path_factory.mktemp("reference")
     record = run(tiny_root, results)
     return {"outcome": outcome(record),
@@ -187,7 +180,7 @@ def test_a_full_disk_names_the_file_and_the_run_resumes_from_the_intact_checkpoi
 # ------------------------------------------------------------------------------------ a sweep
 
 @pytest.fixture(scope="module")
-def finished_grid(tiny_root, tmp_path_factory) -> Path:
+def finished_grid(one_torch_thread, tiny_root, tmp_path_factory) -> Path:
     """Both cells of the tiny grid, run once: a sweep over them spawns no process."""
     results = tmp_path_factory.mktemp("grid") / "results"
     for split in (0, 1):

@@ -87,21 +87,17 @@ def _check_against_pyiqa(table, name, root, tmp_path, protocol, parts="auto"):
 
 
 @pytest.mark.realdata
-def test_pyiqa_reads_our_tid2013_export_with_our_parts(tmp_path):
-    root = shared("tid2013")
-    exported = _check_against_pyiqa(Tid2013().parse(root), "tid2013", root, tmp_path,
+@pytest.mark.parametrize("cls, folder, pyiqa_class, counts", [
+    (Tid2013, "tid2013", "GeneralNRDataset", {"train": 2400, "val": 600, "test": 0}),
+    (Livec, "livec", "LIVEChallengeDataset", {"train": 930, "val": 232, "test": 0}),
+], ids=["tid2013", "livec"])
+def test_pyiqa_reads_our_random_split_export_with_our_parts(tmp_path, cls, folder, pyiqa_class,
+                                                           counts):
+    root = shared(folder)
+    exported = _check_against_pyiqa(cls().parse(root), cls.name, root, tmp_path,
                                     SplitProtocol(seeds=(0, 1)))
-    assert exported.pyiqa_class == "GeneralNRDataset"
-    assert exported.counts == [{"train": 2400, "val": 600, "test": 0}] * 2
-
-
-@pytest.mark.realdata
-def test_pyiqa_reads_our_livec_export_with_our_parts(tmp_path):
-    root = shared("livec")
-    exported = _check_against_pyiqa(Livec().parse(root), "livec", root, tmp_path,
-                                    SplitProtocol(seeds=(0, 1)))
-    assert exported.pyiqa_class == "LIVEChallengeDataset"
-    assert exported.counts == [{"train": 930, "val": 232, "test": 0}] * 2
+    assert exported.pyiqa_class == pyiqa_class
+    assert exported.counts == [counts] * 2
 
 
 @pytest.mark.realdata

@@ -13,17 +13,12 @@ from qfm.model import QFM, MissingTeacherError
 from qfm.perturb import gaussian_noise, perturb, worst_direction
 from qfm.presets import PRESETS
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 TINY = dict(backbone="vit_tiny_patch16_224", pretrained="false", img_size=64,
             backbone_kwargs={"depth": 2, "embed_dim": 48, "num_heads": 3}, decoder_dim=48)
+
 CTX = TrainContext(epoch=0, step=0, steps_per_epoch=1, label_range=4.0, device=torch.device("cpu"))
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # see tests/test_deiqt.py
-    yield
-    torch.set_num_threads(before)
 
 
 def tiny_deiqt(seed: int = 0, **changes) -> DEIQT:

@@ -17,13 +17,7 @@ from qfm.model import QFM
 from qfm.perturb import worst_direction
 from test_qfm import TINY, batch, memory, tiny_deiqt, tiny_qfm
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # see tests/test_deiqt.py
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def ctx(label_range: float = 4.0) -> TrainContext:
