@@ -33,7 +33,8 @@ from benchmark.engine import CheckpointError, predict, resolve_device
 from benchmark.images import ImageError
 from benchmark.models import eval_crop
 from benchmark.pyiqa_weights import load_pyiqa_model, parse_source
-from benchmark.runner import Trained, label_facts, load_trained
+from benchmark.runner import label_facts
+from benchmark.trained import Trained, load_trained
 
 __all__ = ["IMAGE_SUFFIXES", "LabelScale", "Scored", "Metric", "load_metric", "list_images",
            "collect_images"]

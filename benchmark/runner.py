@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import shutil
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
@@ -18,7 +18,7 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from benchmark.checkpoints import CheckpointError, load_weights, strip_training_state
+from benchmark.checkpoints import strip_training_state
 from benchmark.data import DecodeSpec, ImageCache
 from benchmark.datasets.prepare import PreparedDataset, load_prepared
 from benchmark.engine import RunConfig, SplitData, fit, resolve_device, save_checkpoint
@@ -29,12 +29,11 @@ from benchmark.models import (ConfigError, FitModel, IQAModel, check_trainable, 
 from benchmark.protocol import precision_facts, resolve_amp
 from benchmark.records import (RECORD_SCHEMA, SELECTION_RULES, RunKey, config_hash, find_record,
                                git_state, latest_record, load_record, package_versions, run_dir)
-from benchmark.registry import UnknownNameError, dataset_registry
+from benchmark.registry import dataset_registry
 from benchmark.splits import check_split_file, load_split_file, split_images
 
 __all__ = ["MissingPrerequisiteError", "ResumableRunError", "dataset_recipe", "resolve_config",
-           "plan_run", "prerequisite_command", "run_one", "load_trained", "Trained",
-           "RULE_CHECKPOINTS", "unit_mapping", "label_facts"]
+           "plan_run", "prerequisite_command", "run_one", "unit_mapping", "label_facts"]
 
 
 class MissingPrerequisiteError(RuntimeError):
@@ -402,68 +401,3 @@ def _write_outputs(plan, result, record, work_dir: Path) -> None:
     atomic_write_text(work_dir / "predictions.csv",
                       pd.concat(frames).to_csv(index=False, float_format="%.8g", lineterminator="\n"))
     atomic_write_json(work_dir / "record.json", record)
-
-
-#: selection rule → the weights file a run keeps for it (test_oracle keeps none)
-RULE_CHECKPOINTS = {"val": "best_val.pt", "last": "checkpoint.pt"}
-
-
-@dataclass(frozen=True)
-class Trained:
-    """A trained model with the record beside it and the rule and epoch its weights are."""
-
-    model: IQAModel
-    record: dict
-    rule: str | None  # None: a checkpoint file of another name, chosen by the user
-    epoch: int | None
-    path: Path
-    source: str = "bench"  # or "pyiqa": a pyiqa checkpoint through the model's key map
-
-
-def load_trained(path: Path, rule: str | None = None) -> Trained:
-    """A trained model from a run directory or a checkpoint file, in eval mode.
-
-    A directory gives the weights of ``rule`` (default ``val``, the epoch the record reports);
-    a file named ``best_val.pt`` or ``checkpoint.pt`` is the weights of its rule, and asking
-    for another rule with it is refused."""
-    path = Path(path)
-    named = {file: name for name, file in RULE_CHECKPOINTS.items()}
-    if path.is_dir():
-        rule = rule or "val"
-        if rule not in RULE_CHECKPOINTS:
-            raise CheckpointError(f"a run keeps weights for the rules "
-                                  f"{', '.join(RULE_CHECKPOINTS)}, not {rule!r}")
-        checkpoint_path = path / RULE_CHECKPOINTS[rule]
-    else:
-        checkpoint_path = path
-        if rule and named.get(path.name, rule) != rule:
-            raise CheckpointError(f"{path} holds the weights of rule {named[path.name]}, not "
-                                  f"{rule}: pass the run directory to choose the rule")
-        rule = rule or named.get(path.name)
-    if not checkpoint_path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {checkpoint_path}")
-    state = load_weights(checkpoint_path)
-    try:
-        cls = get_model_class(state["model"])
-        config = config_from_dict(cls.Config, state["config"])
-    except (UnknownNameError, ConfigError) as error:
-        raise CheckpointError(f"{checkpoint_path} is not a bench checkpoint of this harness's "
-                              f"models ({error})") from None
-    model = cls(config)
-    own, given = model.state_dict(), state["state_dict"]
-    wrong = sorted({*own} ^ {*given})
-    if not wrong:
-        try:  # torch checks the shapes, unless the model takes a fitted buffer's (BRISQUE's SVR)
-            model.load_state_dict(given)
-        except (RuntimeError, TypeError, AttributeError):
-            wrong = sorted(k for k in own if not hasattr(given[k], "shape")
-                           or given[k].shape != own[k].shape) or ["(load_state_dict)"]
-    if wrong:
-        raise CheckpointError(f"{checkpoint_path} is not a bench checkpoint of {cls.name} (its "
-                              f"weights do not fit: {len(wrong)} tensors missing, unexpected "
-                              f"or of another shape, first {wrong[0]})")
-    record_path = checkpoint_path.parent / "record.json"
-    record = load_record(record_path) if record_path.is_file() else {}
-    # the record numbers epochs from 1 whatever its age; a bare checkpoint says its own
-    epoch = record.get("metrics", {}).get(rule, {}).get("epoch", state.get("epoch"))
-    return Trained(model.eval(), record, rule, epoch, checkpoint_path)

@@ -13,7 +13,8 @@ from click.testing import CliRunner
 from benchmark.cli import main
 from benchmark.engine import NonFiniteLossError, RunConfig, lr_factor
 from benchmark.models import ConfigError, get_model_class
-from benchmark.runner import load_trained, resolve_config, run_one
+from benchmark.runner import resolve_config, run_one
+from benchmark.trained import load_trained
 
 #: a probe small enough to train three epochs in seconds on two cores
 TINY = {"backbone": "test_resnet", "pretrained": "false", "img_size": 32, "epochs": 3,

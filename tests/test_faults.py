@@ -30,7 +30,8 @@ from benchmark.datasets.prepare import load_prepared, prepare
 from benchmark.engine import RunConfig
 from benchmark.records import RunKey, latest_record, record_paths
 from benchmark.registry import dataset_registry
-from benchmark.runner import ResumableRunError, load_trained, run_one
+from benchmark.runner import ResumableRunError, run_one
+from benchmark.trained import load_trained
 from benchmark.splits import SplitProtocol
 from benchmark.sweep import load_states
 from conftest import TINY_PROBE, write_tiny_params, write_tiny_set

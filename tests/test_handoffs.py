@@ -119,7 +119,7 @@ def _cross_setup(tmp_path, demo_root, monkeypatch):
 
     import benchmark.data
     import benchmark.engine
-    import benchmark.runner
+    import benchmark.trained
     from benchmark.models import get_model_class
     from synthetic_runs import write_run
 
@@ -136,7 +136,7 @@ def _cross_setup(tmp_path, demo_root, monkeypatch):
 
     def fake_load(path, rule):
         counts["loaded"].append(rule)
-        return benchmark.runner.Trained(Stub(), {}, rule, 3, path / "best_val.pt")
+        return benchmark.trained.Trained(Stub(), {}, rule, 3, path / "best_val.pt")
 
     def counting_decode(path, spec):
         counts["decoded"] += 1
@@ -145,7 +145,7 @@ def _cross_setup(tmp_path, demo_root, monkeypatch):
     def fake_predict(model, cache, crop, n_crops, seed, device, batch_size):
         return np.random.default_rng(len(counts["loaded"])).uniform(size=len(cache))
 
-    monkeypatch.setattr(benchmark.runner, "load_trained", fake_load)
+    monkeypatch.setattr(benchmark.trained, "load_trained", fake_load)
     monkeypatch.setattr(benchmark.engine, "predict", fake_predict)
     monkeypatch.setattr(benchmark.data, "decode_image", counting_decode)
     return results, counts

@@ -305,7 +305,7 @@ def test_cross_evaluation_records(tmp_path, monkeypatch):
     """evaluate_cross with stand-ins for load_trained/predict: orientation and metrics."""
     import benchmark.data
     import benchmark.engine
-    import benchmark.runner
+    import benchmark.trained
     from benchmark.datasets.base import Dataset, standard_table
     from benchmark.datasets.prepare import prepare
     from benchmark.report.cross import cross_summary, evaluate_cross
@@ -343,13 +343,13 @@ def test_cross_evaluation_records(tmp_path, monkeypatch):
 
     def fake_load(path, rule):
         calls.append(rule)
-        return benchmark.runner.Trained(Stub(), {}, rule, 3, path / "best_val.pt")
+        return benchmark.trained.Trained(Stub(), {}, rule, 3, path / "best_val.pt")
 
     def fake_predict(model, cache, crop, n_crops, seed, device, batch_size):
         assert (crop, n_crops) == (224, 2) and len(cache) == 40
         return (1.0 - (units + noise)) * 100.0
 
-    monkeypatch.setattr(benchmark.runner, "load_trained", fake_load)
+    monkeypatch.setattr(benchmark.trained, "load_trained", fake_load)
     monkeypatch.setattr(benchmark.engine, "predict", fake_predict)
     monkeypatch.setattr(benchmark.data, "decode_image", lambda path, spec: np.zeros((8, 8, 3)))
     written = evaluate_cross("deiqt", "koniq", "livec", root, tmp_path / "results", device="cpu",

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from benchmark.cli import main
 from benchmark.cli.run import parse_sets
 from benchmark.records import record_paths
-from benchmark.runner import load_trained
+from benchmark.trained import load_trained
 from benchmark.suite import Cell, load_params
 from benchmark.slurm import SlurmOptions, SlurmTask, run_slurm
 from benchmark.local import _spawn, detect_gpus

@@ -160,7 +160,7 @@ def score_runs(records: list[dict], test: str, root_test: Path, out: Path, rule:
     from benchmark.engine import predict, resolve_device
     from benchmark.models import eval_crop
     from benchmark.registry import dataset_registry
-    from benchmark.runner import RULE_CHECKPOINTS, load_trained
+    from benchmark.trained import RULE_CHECKPOINTS, load_trained
 
     if rule not in RULE_CHECKPOINTS:
         raise ValueError(f"cross evaluation uses rule val or last, not {rule!r}")

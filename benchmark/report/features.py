@@ -97,7 +97,7 @@ def checkpoint_features(path: Path, selection: Selection, device: str = "cpu"):
     """F1/F2: a trained model's ``features()`` (last epoch of a run directory by default),
     with the model's config (F0 is the backbone it started from)."""
     from benchmark.models import eval_crop
-    from benchmark.runner import load_trained
+    from benchmark.trained import load_trained
 
     # method.md §5: the last-epoch model, never one chosen on held-out images
     trained = load_trained(Path(path), "last" if Path(path).is_dir() else None)
