@@ -404,3 +404,17 @@ def test_offline_lite0_matches_the_package_logits():
     assert math.isfinite(float(logits.max())) and torch.softmax(logits, 1).max() > 0.02
     random_model = create_backbone("tf_efficientnet_lite0", "false").eval()
     assert not torch.equal(random_model.conv_stem.weight, model.conv_stem.weight)
+
+
+def test_the_thread_count_is_recorded_and_restored(tiny_root, tmp_path):
+    from conftest import TINY_PROBE
+
+    before = torch.get_num_threads()
+    record = run_one("probe", "generic", 0, tiny_root, dict(TINY_PROBE),
+                     RunConfig(progress=False, threads=1), tmp_path, log=lambda _: None)
+    assert record["run_config"]["threads"] == 1 and torch.get_num_threads() == before
+    default = run_one("probe", "generic", 0, tiny_root, {**TINY_PROBE, "epochs": 1},
+                      RunConfig(progress=False), tmp_path, log=lambda _: None)
+    assert default["run_config"]["threads"] == before  # 0: torch's own count, as used
+    with pytest.raises(ConfigError, match="threads must be 0 or more"):
+        RunConfig(threads=-1)
