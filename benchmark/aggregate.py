@@ -38,7 +38,6 @@ __all__ = [
     "aggregate",
     "write_table",
     "parse_expected",
-    "format_medians",
     "format_summary",
 ]
 
@@ -256,20 +255,6 @@ def aggregate(results: Path, out: Path | None = None,
         for name, table in tables.items():
             write_table(table, Path(out) / name)
     return tables
-
-
-def format_medians(summary: pd.DataFrame, rule: str = "val", metric: str = "srcc") -> str:
-    """A plain-text model × dataset grid of medians for the terminal (``*`` = incomplete)."""
-    chosen = primary_cells(summary)
-    chosen = chosen[(chosen["rule"] == rule) & (chosen["metric"] == metric)]
-    if chosen.empty:
-        return f"no {rule}-selected {metric} results"
-    text = chosen.assign(value=[
-        "nan" if math.isnan(m) else f"{m:.3f}{'' if ok else '*'}"
-        for m, ok in zip(chosen["median"], chosen["complete"])])
-    grid = text.pivot(index="model", columns="dataset", values="value").fillna("-")
-    return f"median test {metric.upper()} ({rule}-selected; * = fewer splits than expected)\n" \
-        + grid.to_string()
 
 
 def format_summary(summary: pd.DataFrame, rule: str = "val") -> str:

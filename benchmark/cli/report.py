@@ -58,7 +58,7 @@ def aggregate(results: Path, out: Path | None, expect: tuple[str, ...]) -> None:
       bench aggregate --results results --expect-splits 10 --expect-splits koniq=1
     """
     from benchmark.aggregate import aggregate as run_aggregate
-    from benchmark.aggregate import format_medians
+    from benchmark.aggregate import format_summary
 
     expected = _expected(expect)
     _has_records(results)
@@ -67,7 +67,7 @@ def aggregate(results: Path, out: Path | None, expect: tuple[str, ...]) -> None:
         tables = run_aggregate(results, out, expected)
     except ValueError as error:
         raise BenchError(str(error)) from None
-    click.echo(format_medians(tables["summary"]))
+    click.echo(format_summary(tables["summary"]))
     click.echo(f"wrote {', '.join(sorted(tables))} tables (.csv, .parquet) to {out}")
 
 
