@@ -247,20 +247,32 @@ def test_slurm_launcher_runs_arrays_through_submitit(tmp_path, demo_root):
     assert json.loads(state.path.read_text())["cells"] == cells
 
 
+def _children(pid: int) -> list[int]:
+    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
 @pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads the process tree in /proc")
 def test_a_task_cut_by_its_time_limit_is_requeued_and_resumes(tmp_path, demo_root):
     import submitit
+    from submitit.local.local import LocalJobEnvironment
 
-    # long enough (about 20 s on an idle 2-core machine) that the 12 s warning always lands
-    # mid-run; requeues are plentiful so a loaded machine still finishes
     epochs = 150
     path = write_params(tmp_path, demo_root, {"deiqt": {**VIT, "epochs": epochs}})
     params = load_params(path)
     job = plan_sweep(params, params.suite())[0]
-    executor = submitit.LocalExecutor(tmp_path / "submitit", max_num_timeout=60)
-    # a one-minute limit whose warning comes 12 s in: the task checkpoints and is requeued
-    executor.update_parameters(timeout_min=1, signal_delay_s=48)
+    executor = submitit.LocalExecutor(tmp_path / "submitit", max_num_timeout=3)
+    executor.update_parameters(timeout_min=20)
     submitted = executor.submit(SlurmTask(), job)
+    # the time-limit warning Slurm sends (SIGUSR2), delivered to the task once it has a
+    # checkpoint: a warning timed by the clock would land before the first epoch on a loaded
+    # machine, and submitit's local controller restarts a task at most 6 times
+    deadline = time.monotonic() + 600
+    while not list((tmp_path / "results" / "runs").glob("deiqt/demo/*.partial/checkpoint.pt")):
+        assert submitted.state != "FINISHED" and time.monotonic() < deadline, submitted.stdout()
+        time.sleep(0.2)
+    for task in _children(submitted._process.pid):
+        os.kill(task, LocalJobEnvironment._usr_sig())
     run_dir = Path(submitted.result())
     output = submitted.stdout() + (submitted.stderr() or "")
     assert "resuming after epoch" in output and "Requeued" in output
