@@ -21,8 +21,10 @@ DEMO_PROBE = {"pretrained": "offline-lite0", "img_size": 80, "epochs": 5, "train
 @pytest.mark.slow
 def test_probe_learns_the_demo_pseudo_mos(demo_root, tmp_path):
     record = run_one("probe", "demo", 0, demo_root, DEMO_PROBE, QUIET, tmp_path, log=lambda _: None)
-    # 100 test images from 4 held-out references: chance gives |SRCC| < 0.2 at 95 %
-    assert record["metrics"]["last"]["test"]["srcc"] > 0.4
-    assert record["metrics"]["last"]["test"]["plcc"] > 0.35
+    # 100 test images from 4 held-out references: chance gives |SRCC| < 0.2 at 95 %. From a
+    # random head this recipe reached 0.32-0.40 SRCC over thread counts and machines (it
+    # overfits 12 photographs); a loop whose updates do not reach the model stays near 0
+    assert record["metrics"]["last"]["test"]["srcc"] > 0.25
+    assert record["metrics"]["last"]["test"]["plcc"] > 0.25
     first, last = record["history"][0]["train"]["loss"], record["history"][-1]["train"]["loss"]
     assert last < first / 3
