@@ -341,7 +341,9 @@ def _drop_training_state(checkpoint: Path, log: Callable[[str], None]) -> None:
 def _recipe_notes(plan: dict) -> list[str]:
     """What a reader of the log must know about the recipe before trusting its numbers."""
     cls, dataset = plan["cls"], plan["key"].dataset
-    recipe = dataset_recipe(cls, dataset)
+    # only the settings in force: a user's --set or params.yaml value overrides the recipe's
+    recipe = {key: value for key, value in dataset_recipe(cls, dataset).items()
+              if getattr(plan["config"], key, value) == value}
     lines = []
     if recipe:
         lines.append(f"{dataset} recipe ({cls.name}): "
