@@ -166,7 +166,9 @@ def test_cli_writes_csv_and_parquet(suite):
     runs = pd.read_parquet(out / "runs.parquet")
     assert len(runs) == len(truth)
     median = np.median(truth.query("model == 'qfm' and dataset == 'koniq' and rule == 'val'")["srcc"])
-    assert f"{median:.3f}*" in outcome.output  # koniq has 7 of 10 splits: starred
+    row = next(line.split() for line in outcome.output.splitlines()
+               if line.split()[:2] == ["koniq", "qfm"])
+    assert row[2] == f"{median:.3f}" and row[4] == "7*"  # 7 of 10 splits: starred
 
 
 def test_cli_reports_bad_expect_splits(tmp_path):
