@@ -85,7 +85,8 @@ run_options = [
                  help="CPU threads (0: torch's default, one per core); recorded in the run."),
     click.option("--cache", type=click.Choice(["memory", "disk"]), default="memory",
                  show_default=True, help="Decoded-image cache."),
-    click.option("--compile", "use_compile", is_flag=True, help="torch.compile the model."),
+    click.option("--compile", "use_compile", is_flag=True,
+                 help="torch.compile the model's training objective (hashed)."),
     click.option("--quiet", is_flag=True, help="No progress bars."),
 ]
 
