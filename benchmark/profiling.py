@@ -10,14 +10,17 @@ share of the model's speed a run keeps.
 from __future__ import annotations
 
 import resource
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from benchmark.checkpoints import save_checkpoint
 from benchmark.data import TrainCrops, make_loader
 from benchmark.engine import RunConfig, predict, resolve_device, train_epoch
-from benchmark.models import TrainContext, eval_crop
+from benchmark.models import TrainContext, config_to_dict, eval_crop
 from benchmark.protocol import resolve_amp
 from benchmark.runner import resolve_config
 from benchmark.train_step import DTYPE_NAMES, Trainer
@@ -46,6 +49,20 @@ class _SyntheticImages:
 
     def __getitem__(self, index: int) -> np.ndarray:
         return self._pool[index % len(self._pool)]
+
+
+def _stand_in_prerequisites(cls, config, model, dataset: str, folder: Path) -> None:
+    """Random-weight runs of what the model needs (QFM-IQM's DEIQT teacher), in the recipe
+    it asks of them: the same work per step as trained ones."""
+    paths = {}
+    for needed in cls.prerequisites(config):
+        needed_cls, needed_config = resolve_config(needed, dataset,
+                                                   cls.prerequisite_config(config, needed))
+        paths[needed] = folder / f"{needed}.pt"
+        weights = needed_cls(needed_config).state_dict()
+        save_checkpoint(paths[needed], {"model": needed, "config": config_to_dict(needed_config),
+                                        "epoch": 1, "state_dict": weights})
+    model.attach_prerequisites(paths)
 
 
 def _peak_tflops(device: torch.device) -> float | None:
@@ -85,7 +102,10 @@ def profile_model(name: str, overrides: dict, device_name: str = "auto", amp: st
                     compile=use_compile, workers=workers, progress=False,
                     max_steps_per_epoch=steps, sync_every=sync_every)
     torch.manual_seed(0)
-    model = cls(config).to(device)
+    model = cls(config)
+    with tempfile.TemporaryDirectory() as folder:
+        _stand_in_prerequisites(cls, config, model, dataset, Path(folder))
+    model.to(device)
     if run.channels_last:
         model.to(memory_format=torch.channels_last)
     batch_size = config.batch_size
