@@ -22,7 +22,7 @@ from benchmark.images import read_image
 from benchmark.io import atomic_dir, canonical_json, sha256_bytes
 
 __all__ = ["DecodeSpec", "ImageCache", "ImageArrays", "decode_image", "fit_to_spec", "image_key",
-           "TrainCrops", "EvalCrops", "collate"]
+           "TrainCrops", "EvalCrops", "collate", "make_loader"]
 
 #: salt separating test-crop randomness from training randomness
 _TEST_STREAM = 7919
@@ -202,3 +202,16 @@ def collate(samples: list[dict]) -> dict:
         if key in samples[0]:
             batch[key] = torch.tensor(np.array([s[key] for s in samples]), dtype=torch.float32)
     return batch
+
+
+def make_loader(dataset, batch_size: int, workers: int, shuffle_seed: int | None,
+                drop_last: bool, pin_memory: bool = False) -> torch.utils.data.DataLoader:
+    """Batches of ``dataset`` in a permutation seeded by ``shuffle_seed`` (None: in order).
+    ``pin_memory`` (for a CUDA device) lets the engine's copies to the device run without
+    blocking the host, so the next batch is collated while the GPU computes."""
+    generator = None
+    if shuffle_seed is not None:
+        generator = torch.Generator().manual_seed(shuffle_seed)
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, shuffle=shuffle_seed is not None, generator=generator,
+        num_workers=workers, collate_fn=collate, drop_last=drop_last, pin_memory=pin_memory)

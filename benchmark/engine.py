@@ -13,7 +13,6 @@ checkpoints, logs and records. Model hooks (``on_epoch_start``, ``optimizer_stag
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,14 +22,16 @@ import numpy as np
 import torch
 
 from benchmark.checkpoints import RESUME_KEYS, CheckpointError, load_checkpoint, save_checkpoint
-from benchmark.data import ImageCache, EvalCrops, TrainCrops, collate
+from benchmark.data import ImageCache, EvalCrops, TrainCrops, make_loader
 from benchmark.metrics import all_metrics
 from benchmark.models import ConfigError, IQAModel, TrainContext, eval_crop
 from benchmark.records import select_epochs
+from benchmark.train_step import (DTYPE_NAMES, LossTally, Trainer, build_optimizer,
+                                  compiled_graphs, lr_factor, stage_optimizer, to_input)
 
-__all__ = ["RunConfig", "SplitData", "CheckpointError", "NonFiniteLossError", "fit", "predict",
-           "extract", "resolve_device", "build_optimizer",
-           "lr_factor", "save_checkpoint", "load_checkpoint"]
+__all__ = ["RunConfig", "SplitData", "CheckpointError", "NonFiniteLossError", "fit",
+           "train_epoch", "steps_per_epoch", "predict", "extract", "resolve_device",
+           "build_optimizer", "lr_factor", "save_checkpoint", "load_checkpoint"]
 
 
 class NonFiniteLossError(RuntimeError):
@@ -46,6 +47,7 @@ class RunConfig:
     # auto: the model's original precision (the runner makes it off for fp32 originals), else
     # bf16 where supported, fp16+scaler on older GPUs, off on CPU | bf16 | fp16 | off
     amp: str = "auto"
+    #: torch.compile the model's objective; hashed, since compiled kernels may round differently
     compile: bool = False
     channels_last: bool = True
     workers: int = 0
@@ -55,6 +57,9 @@ class RunConfig:
     cache: str = "memory"  # memory | disk
     progress: bool = True
     max_steps_per_epoch: int = 0  # 0 = full epochs; profiling and smoke tests cap it
+    #: steps between the loop's reads of the device (loss check, progress); each read waits for
+    #: the device to finish, so a small value starves a GPU of queued work
+    sync_every: int = 50
 
     RESULT_FIELDS = ("seed", "amp", "compile")
 
@@ -69,6 +74,8 @@ class RunConfig:
         for key in ("workers", "threads", "max_steps_per_epoch"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key} must be 0 or more, got {getattr(self, key)}")
+        if self.sync_every < 1:
+            raise ConfigError(f"sync_every must be 1 or more, got {self.sync_every}")
 
 
 @dataclass
@@ -94,6 +101,7 @@ class FitResult:
     train_s: float = 0.0
     eval_s: float = 0.0
     precision: str = "fp32"  # what the forward passes computed in: fp32 | bf16 | fp16
+    compiled_graphs: int = 0  # graphs torch.compile built for the objective (0: not compiled)
 
 
 def _parse_device(name: str) -> torch.device:
@@ -116,76 +124,6 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def _amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    if amp == "off" or (amp == "auto" and device.type != "cuda"):
-        return None
-    if amp == "bf16" or (amp == "auto" and torch.cuda.is_bf16_supported()):
-        return torch.bfloat16
-    if amp in ("fp16", "auto"):
-        return torch.float16
-    raise ValueError(f"unknown amp mode {amp!r} (auto, bf16, fp16, off)")
-
-
-_DTYPE_NAMES = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
-
-
-def lr_factor(step: int, steps_per_epoch: int, config: Any) -> float:
-    """Multiplier of the base lr at a global step: linear warm-up, then step, cosine over the
-    run, periodic cosine or constant.
-
-    With DEIQT's recipe this is timm's StepLRScheduler as the official code uses it: warm-up
-    from ``warmup_lr`` over ``warmup_epochs``, then ×gamma every ``step_epochs`` counted from 0.
-    """
-    warmup = int(round(config.warmup_epochs * steps_per_epoch))
-    if step < warmup:
-        start = config.warmup_lr / config.lr
-        return start + (1.0 - start) * step / warmup
-    if config.schedule == "constant":
-        return 1.0
-    if config.schedule == "step":
-        period = max(1, int(round(config.step_epochs * steps_per_epoch)))
-        return config.gamma ** (step // period)
-    if config.schedule == "cosine":
-        total = max(1, config.epochs * steps_per_epoch - warmup)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup) / total)))
-    if config.schedule == "cosine_periodic":
-        # torch's CosineAnnealingLR stepped every batch past T_max: down to 0, back up, repeat
-        return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, config.cycle_steps)))
-    raise ValueError(f"unknown schedule {config.schedule!r} (step, cosine, cosine_periodic, "
-                     f"constant)")
-
-
-def _loader(dataset, batch_size: int, workers: int, shuffle_seed: int | None, drop_last: bool):
-    generator = None
-    if shuffle_seed is not None:
-        generator = torch.Generator().manual_seed(shuffle_seed)
-    return torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, shuffle=shuffle_seed is not None, generator=generator,
-        num_workers=workers, collate_fn=collate, drop_last=drop_last,
-        pin_memory=False, persistent_workers=False)
-
-
-def _group_schedules(model: IQAModel, optimizer, steps: int, config: Any,
-                     offset: int = 0) -> list[Callable]:
-    """One lr multiplier per parameter group: the recipe's schedule times the model's own
-    per-part factor (HyperIQA's hyper-network decay, DBCNN's stage switch). ``offset`` is the
-    global step at which ``optimizer`` took over (a stage's fresh optimiser counts from 0)."""
-    part_factor = getattr(model, "group_lr_factor", None)
-
-    def schedule(part: str) -> Callable[[int], float]:
-        if part_factor is None:
-            return lambda step: lr_factor(step + offset, steps, config)
-        return lambda step: (lr_factor(step + offset, steps, config)
-                             * part_factor(part, (step + offset) // steps))
-
-    return [schedule(group.get("part", "")) for group in optimizer.param_groups]
-
-
-def _to_input(images: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
-    images = images.to(device, non_blocking=True).float().div_(255.0)
-    return images.contiguous(memory_format=torch.channels_last) if channels_last else images
-
-
 @torch.no_grad()
 def predict(model: IQAModel, cache: ImageCache, crop: int, n_crops: int, seed: int,
             device: torch.device, batch_size: int = 64, workers: int = 0,
@@ -198,13 +136,14 @@ def predict(model: IQAModel, cache: ImageCache, crop: int, n_crops: int, seed: i
     head = model if fn == "forward" else getattr(model, fn)
     if crop <= 0 and len({cache[i].shape for i in range(len(cache))}) > 1:
         batch_size = n_crops
-    for batch in _loader(EvalCrops(cache, crop, n_crops, seed), batch_size, workers, None, False):
+    for batch in make_loader(EvalCrops(cache, crop, n_crops, seed), batch_size, workers,
+                             None, False, device.type == "cuda"):
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            out = head(_to_input(batch["image"], device, channels_last))
-        outputs.append(out.float().cpu())
+            out = head(to_input(batch["image"], device, channels_last))
+        outputs.append(out.float())  # kept on the device: one transfer at the end, not per batch
     if not outputs:
         return np.zeros((0,))
-    stacked = torch.cat(outputs)
+    stacked = torch.cat(outputs).cpu()
     per_image = stacked.view(len(cache), n_crops, *stacked.shape[1:]).mean(1)
     return per_image.numpy().astype(np.float64)
 
@@ -229,33 +168,6 @@ def _evaluate(model, data: SplitData, config, run: RunConfig, device, amp_dtype)
     return scores
 
 
-def build_optimizer(groups: list[dict], config: Any,
-                    name: str | None = None) -> torch.optim.Optimizer:
-    """The optimiser ``name`` (default: the config's) over the model's groups. A group's
-    ``weight_decay`` is decoupled under AdamW and an L2 term in the gradient under Adam and
-    SGD, as the originals using those optimisers have it."""
-    name = name or config.optimizer
-    if name == "adamw":
-        return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.999), eps=1e-8)
-    if name == "adam":
-        return torch.optim.Adam(groups, lr=config.lr, betas=(0.9, 0.999), eps=1e-8)
-    if name == "sgd":
-        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum)
-    raise ValueError(f"unknown optimizer {name!r}")
-
-
-def _stage_optimizer(model: IQAModel, config: Any, steps: int, epoch: int):
-    """A fresh optimiser and schedule for the optimiser stage ``epoch`` belongs to, as the
-    originals that construct a new optimiser per stage do; returns (name, optimizer, scheduler)."""
-    name = model.optimizer_stage(epoch)
-    first = epoch
-    while first > 0 and model.optimizer_stage(first - 1) == name:
-        first -= 1
-    optimizer = build_optimizer(model.param_groups(), config, name)
-    schedules = _group_schedules(model, optimizer, steps, config, offset=first * steps)
-    return name, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedules)
-
-
 def _init_from_features(model: IQAModel, data: SplitData, config, run: RunConfig, device,
                         amp_dtype, log: Callable[[str], None]) -> None:
     # only models that override the hook pay for the extra pass over the training images
@@ -272,106 +184,48 @@ def fit(model: IQAModel, data: SplitData, config: Any, run: RunConfig, work_dir:
         resume: bool = False, log: Callable[[str], None] = print) -> FitResult:
     """Train with the engine's loop, evaluating val and test at every epoch end."""
     device = resolve_device(run.device)
-    amp_dtype = _amp_dtype(run.amp, device)
     torch.manual_seed(run.seed)
     model.to(device)
     if run.channels_last:
         model.to(memory_format=torch.channels_last)
-    views = ("image", *model.extra_crops())
     train_set = TrainCrops(data.train, data.train_labels, data.train_units, config.img_size,
-                           config.train_crops, run.seed, config.hflip, extra_crops=views[1:])
-    steps = len(train_set) // config.batch_size
-    if steps == 0:
-        raise ValueError(f"batch_size {config.batch_size} exceeds the {len(train_set)} training "
-                         f"crops: lower batch_size")
-    if run.max_steps_per_epoch:
-        steps = min(steps, run.max_steps_per_epoch)
+                           config.train_crops, run.seed, config.hflip,
+                           extra_crops=model.extra_crops())
+    steps = steps_per_epoch(len(train_set), config, run)
     if 0 < config.epochs <= config.warmup_epochs:
         # a warning, not a refusal: short runs at a low lr are legitimate probes
         log(f"warning: warmup_epochs {config.warmup_epochs:g} >= epochs {config.epochs}: the "
             f"whole run is linear warm-up and the lr never reaches {config.lr:g}; set "
             f"warmup_epochs below epochs")
+    graphs_before = compiled_graphs()
     # built before on_epoch_start(0), so a model that freezes parts there still lists them
-    optimizer_name, optimizer, scheduler = _stage_optimizer(model, config, steps, 0)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    step_fn = torch.compile(model) if run.compile else model
-    result, start_epoch = FitResult(precision=_DTYPE_NAMES[amp_dtype]), 0
+    stage, trainer = Trainer.build(model, config, run, device, steps)
+    result, start_epoch = FitResult(precision=DTYPE_NAMES[trainer.amp_dtype]), 0
     checkpoint_path = work_dir / "checkpoint.pt"
     preds: dict[str, list] = {"val": [], "test": []}
     if resume and checkpoint_path.is_file():
-        state = load_checkpoint(checkpoint_path)
-        if not isinstance(state, dict):
-            raise CheckpointError(f"{checkpoint_path} is not a bench checkpoint")
-        if state.get("model") != model.name or state.get("config") != _weights(model, config, 0)["config"]:
-            raise CheckpointError(f"{checkpoint_path} belongs to model {state.get('model')!r} with "
-                                  f"another config; cannot resume {model.name} from it")
-        if any(key not in state for key in RESUME_KEYS):
-            raise CheckpointError(f"{checkpoint_path} holds weights only, no training state to "
-                                  f"resume from: rerun with --force to start over")
-        model.load_state_dict(state["state_dict"])
-        # the history counts the finished epochs whatever numbering the checkpoint used
-        start_epoch = len(state["history"])
-        if model.optimizer_stage(start_epoch - 1) != optimizer_name:
-            optimizer_name, optimizer, scheduler = _stage_optimizer(model, config, steps,
-                                                                    start_epoch - 1)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        model.load_train_state(state.get("train_state", {}))
-        torch.set_rng_state(state["rng"])
-        result.history = state["history"]
-        preds = {k: [np.asarray(v, dtype=np.float64) for v in state["preds"][k]] for k in preds}
-        result.train_s, result.eval_s = state["train_s"], state["eval_s"]
+        start_epoch, stage, preds = _resume(checkpoint_path, trainer, config, stage, steps, result)
         log(f"resuming after epoch {start_epoch} from {checkpoint_path}")
     if start_epoch == 0:
         tic = time.perf_counter()
-        _init_from_features(model, data, config, run, device, amp_dtype, log)
+        _init_from_features(model, data, config, run, device, trainer.amp_dtype, log)
         result.train_s += time.perf_counter() - tic
     label_range = float(np.ptp(data.train_labels)) if len(data.train_labels) else 1.0
-    progress = _progress(run.progress)
     for epoch in range(start_epoch, config.epochs):
         if hasattr(model, "on_epoch_start"):
             model.on_epoch_start(epoch)
-        if model.optimizer_stage(epoch) != optimizer_name:
-            optimizer_name, optimizer, scheduler = _stage_optimizer(model, config, steps, epoch)
-        train_set.set_epoch(epoch)
-        loader = _loader(train_set, config.batch_size, run.workers, run.seed * 100003 + epoch, True)
-        model.train()
-        tic, sums = time.perf_counter(), {}
-        bar = progress(total=steps, desc=f"epoch {epoch + 1}/{config.epochs}")
-        for step_in_epoch, batch in enumerate(loader):
-            if step_in_epoch >= steps:
-                break
-            batch.update({view: _to_input(batch[view], device, run.channels_last) for view in views})
-            batch = {k: v.to(device) for k, v in batch.items()}
-            ctx = TrainContext(epoch, epoch * steps + step_in_epoch, steps, label_range, device)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                terms = step_fn.loss(batch, ctx) if run.compile else model.loss(batch, ctx)
-            loss = terms["loss"]
-            if not torch.isfinite(loss):
-                raise NonFiniteLossError(
-                    f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, step {step_in_epoch + 1}; "
-                    f"the last good checkpoint is {checkpoint_path if checkpoint_path.is_file() else 'none (first epoch)'}")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if config.clip_grad > 0:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad)
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            for key, value in terms.items():  # a term absent from a step is not a zero there
-                total, seen = sums.get(key, (0.0, 0))
-                sums[key] = (total + float(value.detach()), seen + 1)
-            bar.set_postfix(loss=f"{sums['loss'][0] / sums['loss'][1]:.4g}")
-            bar.update(1)
-        bar.close()
+        if model.optimizer_stage(epoch) != stage:
+            stage, trainer.optimizer, trainer.scheduler = stage_optimizer(model, config, steps, epoch)
+        last_good = checkpoint_path if checkpoint_path.is_file() else "none (first epoch)"
+        tic = time.perf_counter()
+        train_terms = train_epoch(trainer, train_set, epoch, steps, config, run, label_range,
+                                  f"the last good checkpoint is {last_good}")
         result.train_s += time.perf_counter() - tic
         tic = time.perf_counter()
-        scores = _evaluate(model, data, config, run, device, amp_dtype)
+        scores = _evaluate(model, data, config, run, device, trainer.amp_dtype)
         result.eval_s += time.perf_counter() - tic
-        entry = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"],
-                 "train": {k: total / seen for k, (total, seen) in sums.items()},
+        entry = {"epoch": epoch + 1, "lr": trainer.optimizer.param_groups[0]["lr"],
+                 "train": train_terms,
                  "val": all_metrics(data.to_unit(scores["val"]), data.val_units),
                  "test": all_metrics(data.to_unit(scores["test"]), data.test_units),
                  "time_s": round(time.perf_counter() - tic, 3)}
@@ -384,14 +238,90 @@ def fit(model: IQAModel, data: SplitData, config: Any, run: RunConfig, work_dir:
         if select_epochs(result.history)["val"]["epoch"] == epoch + 1:
             save_checkpoint(work_dir / "best_val.pt", _weights(model, config, epoch + 1))
         save_checkpoint(checkpoint_path, {
-            **_weights(model, config, epoch + 1), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+            **_weights(model, config, epoch + 1), "optimizer": trainer.optimizer.state_dict(),
+            "scheduler": trainer.scheduler.state_dict(), "scaler": trainer.scaler.state_dict(),
             "train_state": model.train_state(), "rng": torch.get_rng_state(),
             "history": result.history, "preds": {k: [torch.tensor(v) for v in preds[k]] for k in preds},
             "train_s": result.train_s, "eval_s": result.eval_s})
+    result.compiled_graphs = compiled_graphs() - graphs_before
     result.predictions = {k: np.stack(v) if v else np.zeros((0, 0)) for k, v in preds.items()}
     result.selection = select_epochs(result.history, type(model).paper_selection)
     return result
+
+
+def steps_per_epoch(crops: int, config: Any, run: RunConfig) -> int:
+    """Full batches of an epoch's ``crops`` training crops, capped by the run."""
+    steps = crops // config.batch_size
+    if steps == 0:
+        raise ValueError(f"batch_size {config.batch_size} exceeds the {crops} training "
+                         f"crops: lower batch_size")
+    return min(steps, run.max_steps_per_epoch) if run.max_steps_per_epoch else steps
+
+
+def _resume(path: Path, trainer: Trainer, config: Any, stage: str, steps: int,
+            result: FitResult) -> tuple[int, str, dict[str, list]]:
+    """Load a checkpoint's training state into the trainer, its model and ``result``: the
+    finished epochs, the optimiser stage they ended in and their predictions."""
+    model = trainer.model
+    state = load_checkpoint(path)
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} is not a bench checkpoint")
+    if state.get("model") != model.name or state.get("config") != _weights(model, config, 0)["config"]:
+        raise CheckpointError(f"{path} belongs to model {state.get('model')!r} with another "
+                              f"config; cannot resume {model.name} from it")
+    if any(key not in state for key in RESUME_KEYS):
+        raise CheckpointError(f"{path} holds weights only, no training state to resume from: "
+                              f"rerun with --force to start over")
+    model.load_state_dict(state["state_dict"])
+    # the history counts the finished epochs whatever numbering the checkpoint used
+    finished = len(state["history"])
+    if model.optimizer_stage(finished - 1) != stage:
+        stage, trainer.optimizer, trainer.scheduler = stage_optimizer(model, config, steps,
+                                                                      finished - 1)
+    trainer.optimizer.load_state_dict(state["optimizer"])
+    trainer.scheduler.load_state_dict(state["scheduler"])
+    trainer.scaler.load_state_dict(state["scaler"])
+    model.load_train_state(state.get("train_state", {}))
+    torch.set_rng_state(state["rng"])
+    result.history = state["history"]
+    result.train_s, result.eval_s = state["train_s"], state["eval_s"]
+    preds = {k: [np.asarray(v, dtype=np.float64) for v in state["preds"][k]] for k in ("val", "test")}
+    return finished, stage, preds
+
+
+def train_epoch(trainer: Trainer, train_set: TrainCrops, epoch: int, steps: int, config: Any,
+                run: RunConfig, label_range: float, on_bad: str = "") -> dict[str, float]:
+    """``steps`` updates on epoch ``epoch``'s crops: the mean of each loss term. The device is
+    read every ``run.sync_every`` steps and at the end; a non-finite loss found there names
+    its own step (``on_bad`` completes the message)."""
+    train_set.set_epoch(epoch)
+    loader = make_loader(train_set, config.batch_size, run.workers, run.seed * 100003 + epoch,
+                         True, trainer.device.type == "cuda")
+    trainer.model.train()
+    tally, shown = LossTally(trainer.device), 0
+    bar = _progress(run.progress)(total=steps, desc=f"epoch {epoch + 1}/{config.epochs}")
+    for step_in_epoch, batch in enumerate(loader):
+        if step_in_epoch >= steps:
+            break
+        ctx = TrainContext(epoch, epoch * steps + step_in_epoch, steps, label_range,
+                           trainer.device)
+        tally.add(trainer.step(trainer.to_device(batch), ctx), step_in_epoch)
+        if (step_in_epoch + 1) % run.sync_every == 0 and step_in_epoch + 1 < steps:
+            means = _checked(tally, epoch, on_bad)
+            bar.set_postfix(loss=f"{means['loss']:.4g}")
+            bar.update(step_in_epoch + 1 - shown)
+            shown = step_in_epoch + 1
+    means = _checked(tally, epoch, on_bad)
+    bar.close()
+    return means
+
+
+def _checked(tally: LossTally, epoch: int, on_bad: str) -> dict[str, float]:
+    bad, value, means = tally.read()
+    if bad is not None:
+        raise NonFiniteLossError(f"non-finite loss ({value}) at epoch {epoch + 1}, step "
+                                 f"{bad + 1}; {on_bad}")
+    return means
 
 
 def _weights(model: IQAModel, config: Any, epoch: int) -> dict:

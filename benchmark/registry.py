@@ -8,6 +8,7 @@ imported until a name is asked for: ``bench --help`` stays free of torch.
 from __future__ import annotations
 
 import difflib
+import functools
 from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint, entry_points
 from typing import Generic, TypeVar
@@ -18,6 +19,13 @@ DATASETS_GROUP = "bench.datasets"
 MODELS_GROUP = "bench.models"
 
 T = TypeVar("T")
+
+
+@functools.cache
+def _installed(group: str) -> tuple[EntryPoint, ...]:
+    # the installed packages do not change while a process runs, and reading every
+    # distribution's metadata costs milliseconds a call: costing a suite asks hundreds of times
+    return tuple(entry_points(group=group))
 
 
 class UnknownNameError(KeyError):
@@ -37,7 +45,7 @@ class Registry(Generic[T]):
 
     def _entry_points(self) -> dict[str, EntryPoint]:
         found: dict[str, EntryPoint] = {}
-        for ep in entry_points(group=self.group):
+        for ep in _installed(self.group):
             if ep.name in found and found[ep.name].value != ep.value:
                 raise RuntimeError(
                     f"{self.kind} name {ep.name!r} is registered twice: "

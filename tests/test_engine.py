@@ -222,21 +222,21 @@ def test_optimizer_decays_the_way_its_name_says(name, after_one_step):
 
 def test_an_optimizer_stage_switch_builds_a_fresh_optimizer_and_resumes_exactly(
         demo_root, tmp_path, monkeypatch):
-    from benchmark import engine
+    from benchmark import train_step
 
     probe = get_model_class("probe")
     # DBCNN's shape of recipe: SGD for the first epoch, then a fresh Adam
     monkeypatch.setattr(probe, "optimizer_stage",
                         lambda self, epoch: "sgd" if epoch < 1 else "adam")
     built = []
-    original_build = engine.build_optimizer
+    original_build = train_step.build_optimizer
 
     def recording(groups, config, name=None):
         optimizer = original_build(groups, config, name)
         built.append(type(optimizer).__name__)
         return optimizer
 
-    monkeypatch.setattr(engine, "build_optimizer", recording)
+    monkeypatch.setattr(train_step, "build_optimizer", recording)
     straight = _run(demo_root, tmp_path / "straight")
     assert built == ["SGD", "Adam"]
     # the fresh optimiser continues the run's schedule; it does not warm up again

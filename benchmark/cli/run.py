@@ -85,7 +85,8 @@ run_options = [
                  help="CPU threads (0: torch's default, one per core); recorded in the run."),
     click.option("--cache", type=click.Choice(["memory", "disk"]), default="memory",
                  show_default=True, help="Decoded-image cache."),
-    click.option("--compile", "use_compile", is_flag=True, help="torch.compile the model."),
+    click.option("--compile", "use_compile", is_flag=True,
+                 help="torch.compile the model's training objective (hashed)."),
     click.option("--quiet", is_flag=True, help="No progress bars."),
 ]
 
@@ -219,23 +220,40 @@ def _write_scores(out: Path, metric, scored, failed) -> None:
 @click.command()
 @click.option("--model", required=True)
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE")
+@click.option("--recipe", "dataset", default="profile", show_default=True, metavar="DATASET",
+              help="Use this dataset's recipe for the model (demo: the CPU-sized one).")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--amp", type=click.Choice(["auto", "bf16", "fp16", "off"]), default="auto")
 @click.option("--batch-size", type=int, default=None, help="Override the model's batch size.")
-@click.option("--steps", type=int, default=5, show_default=True, help="Timed training steps.")
+@click.option("--steps", type=click.IntRange(1), default=20, show_default=True,
+              help="Timed training steps, for the step and for the loop each.")
+@click.option("--image-size", default="512x384", show_default=True, metavar="WxH",
+              help="Size of the synthetic decoded images the crops are cut from.")
 @click.option("--workers", type=int, default=0, show_default=True)
 @click.option("--compile", "use_compile", is_flag=True)
+@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write the figures to this JSON file.")
 @user_errors
-def profile(model, sets, device, amp, batch_size, steps, workers, use_compile) -> None:
-    """Training/inference/loader images per second, peak memory and (GPU) MFU."""
+def profile(model, sets, dataset, device, amp, batch_size, steps, image_size, workers,
+            use_compile, json_out) -> None:
+    """Images/s of the training step alone and of the engine's loop (their ratio: the engine
+    efficiency), of evaluation and of the loader; peak memory; MFU on a GPU."""
+    from benchmark.io import atomic_write_json
     from benchmark.profiling import profile_model
 
+    try:
+        width, height = (int(v) for v in image_size.lower().split("x"))
+    except ValueError:
+        raise click.BadParameter(f"{image_size!r} is not WxH", param_hint="--image-size") from None
     overrides = parse_sets(sets)
     if batch_size:
         overrides["batch_size"] = batch_size
-    report = guarded(profile_model, model, overrides, device, amp, steps, workers, use_compile)
+    report = guarded(profile_model, model, overrides, device, amp, steps, workers, use_compile,
+                     dataset, (height, width))
     for key, value in report.items():
         click.echo(f"{key:28s} {value}")
+    if json_out:
+        atomic_write_json(json_out, report)
 
 
 @click.command()

@@ -206,3 +206,49 @@ def cross(entry: str, train: str, test: str, params_path: Path, out: Path) -> No
     _threads(params)
     written = _analysis_errors(cross_stage, params, entry, train, test, out, log=click.echo)
     click.echo(f"wrote {len(written)} cross records to {out}")
+
+
+@suite.command()
+@params_option
+@click.option("--suite", "name", default=None, help="The suite to cost (default: the active one).")
+@click.option("--profile", "profiles", multiple=True,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="A `bench profile --json` file; its model's throughput replaces the "
+                   "built-in estimate (repeatable).")
+@user_errors
+def estimate(params_path: Path, name: str | None, profiles: tuple[Path, ...]) -> None:
+    """Crop-steps and GPU-hours of every run of a suite, before any image is read.
+
+    \b
+    Example:
+      bench profile --model deiqt --device cuda --amp bf16 --json deiqt.json
+      bench suite estimate --suite paper --profile deiqt.json
+    """
+    from benchmark.estimate import estimate_suite, load_throughputs
+    from benchmark.suite import load_params
+
+    params = sweep_errors(load_params, params_path)
+    suite_ = sweep_errors(params.suite, name)
+    rows = guarded_estimate(estimate_suite, suite_, params.protocol,
+                            guarded_estimate(load_throughputs, list(profiles)))
+    click.echo(f"{'entry':<10} {'dataset':<8} {'runs':>4} {'train crops/run':>16} "
+               f"{'eval crops/run':>15} {'GPU-h':>9}  throughput")
+    per_entry: dict[str, float] = {}
+    for row in rows:
+        hours = "-" if row.gpu_hours is None else f"{row.gpu_hours:.2f}"
+        click.echo(f"{row.entry:<10} {row.dataset:<8} {row.runs:>4} {row.train_crops:>16,} "
+                   f"{row.eval_crops:>15,} {hours:>9}  {row.source}")
+        per_entry[row.entry] = per_entry.get(row.entry, 0.0) + (row.gpu_hours or 0.0)
+    for entry, hours in per_entry.items():
+        click.echo(f"total {entry:<10} {hours:>10.1f} GPU-hours")
+    click.echo(f"total suite {suite_.name}: {sum(per_entry.values()):.1f} GPU-hours "
+               f"({len(suite_.cells())} runs; 'estimate' rows use the built-in table, not a "
+               f"measurement)")
+
+
+def guarded_estimate(fn, *args):
+    """``fn(*args)`` with a bad profile file or an uncountable dataset as a one-line error."""
+    try:
+        return fn(*args)
+    except (ValueError, OSError) as error:
+        raise BenchError(str(error)) from None
