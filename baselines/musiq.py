@@ -60,7 +60,8 @@ from torch import nn
 
 from baselines import pyiqa_keymaps
 from baselines.musiq_weights import IMAGENET, load_official_npz
-from benchmark.models import ConfigError, IQAModel, ModelConfig, decay_groups, load_local_weights
+from benchmark.models import (ConfigError, IQAModel, LabelScale, Loss, ModelConfig, Optimizer,
+                              Schedule, decay_groups, load_local_weights)
 from benchmark.weights import fetch_weights
 
 __all__ = ["MUSIQ", "MUSIQConfig", "gaussian_resize", "hashed_positions", "patchify",
@@ -179,15 +180,15 @@ class MUSIQConfig(ModelConfig):
     batch_size: int = 96
     lr: float = 2e-4
     weight_decay: float = 0.0
-    optimizer: str = "sgd"  # momentum 0.9 (ModelConfig's default)
+    optimizer: Optimizer = "sgd"  # momentum 0.9 (ModelConfig's default)
     warmup_epochs: float = 0.0
-    schedule: str = "cosine"
+    schedule: Schedule = "cosine"
     clip_grad: float = 0.0
     train_crops: int = 1
     test_img_size: int | None = 0  # the paper scores each full-size image
     test_crops: int = 1
-    label_scale: str = "raw"
-    loss: str = "l1"
+    label_scale: LabelScale = "raw"
+    loss: Loss = "l1"
     mean: tuple[float, float, float] | None = (0.5, 0.5, 0.5)  # [0, 1] → [-1, 1]
     std: tuple[float, float, float] | None = (0.5, 0.5, 0.5)
     patch_size: int = 32

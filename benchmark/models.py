@@ -16,15 +16,15 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, get_args
 
 import torch
 from torch import nn
 
 # the configs live in their own torch-free module; models import them from here
-from benchmark.model_config import (OPTIMIZERS, SCHEDULES, ConfigError, ModelConfig,
-                                    check_choices, check_trainable, config_from_dict,
-                                    config_to_dict, eval_crop)
+from benchmark.model_config import (ConfigError, LabelScale, Loss, ModelConfig, Optimizer,
+                                    Schedule, check_trainable, config_from_dict, config_to_dict,
+                                    eval_crop, field_choices)
 from benchmark.registry import model_registry
 
 __all__ = [
@@ -33,10 +33,12 @@ __all__ = [
     "FitModel",
     "TrainContext",
     "ConfigError",
-    "check_choices",
     "check_trainable",
-    "OPTIMIZERS",
-    "SCHEDULES",
+    "field_choices",
+    "Optimizer",
+    "Schedule",
+    "Loss",
+    "LabelScale",
     "config_from_dict",
     "config_to_dict",
     "eval_crop",
@@ -124,7 +126,7 @@ class IQAModel(nn.Module):
         """Receive the checkpoint paths of :meth:`prerequisites` before training starts."""
 
     def optimizer_stage(self, epoch: int) -> str:
-        """The optimiser (one of ``OPTIMIZERS``) for ``epoch``. Where it changes between two
+        """The optimiser (an ``Optimizer`` name) for ``epoch``. Where it changes between two
         epochs the engine builds a fresh one, as originals that construct an optimiser per
         training stage do (DBCNN: SGD for the head, then Adam for everything)."""
         return self.config.optimizer
@@ -171,7 +173,7 @@ def regression_loss(prediction: torch.Tensor, target: torch.Tensor, kind: str) -
         return nn.functional.l1_loss(prediction, target)
     if kind == "mse":
         return nn.functional.mse_loss(prediction, target)
-    raise ConfigError(f"unknown loss {kind!r} (smoothl1, l1, mse)")
+    raise ConfigError(f"unknown loss {kind!r} ({', '.join(get_args(Loss))})")
 
 
 def decay_groups(module: nn.Module, lr: float, weight_decay: float,
