@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, get_args
+from typing import Any, Callable, ClassVar, get_args
 
 import torch
 from torch import nn
@@ -77,6 +77,14 @@ class IQAModel(nn.Module):
     #: the original's test-set epoch rule and training precision (see benchmark.protocol)
     paper_selection: ClassVar[str] = "plcc"
     original_precision: ClassVar[str] = ""
+    #: other names the registry accepts for this model
+    aliases: ClassVar[tuple[str, ...]] = ()
+    #: pyiqa's state dict of this model → ours (a pure function; see benchmark.pyiqa_weights);
+    #: None: pyiqa's checkpoints do not load into it
+    pyiqa_key_map: ClassVar[Callable[[dict], dict] | None] = None
+    #: the model's own pre-training step, ``pretrain(out_path, **options) -> facts``, which
+    #: ``bench pretrain`` runs (DBCNN's S-CNN); None: it has none
+    pretrain: ClassVar[Callable[..., dict] | None] = None
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -100,7 +108,12 @@ class IQAModel(nn.Module):
         """The representation the feature-distance analysis studies, (B, D)."""
         raise NotImplementedError(f"{self.name} does not expose features()")
 
-    # -- optional hooks
+    # -- optional hooks, each declared here with what a model that does not override it gets
+    @classmethod
+    def resolve_config(cls, values: dict[str, Any]) -> ModelConfig:
+        """The config for plain ``values`` (QFM-IQM expands its presets here first)."""
+        return config_from_dict(cls.Config, values)
+
     def loss(self, batch: dict[str, torch.Tensor], ctx: TrainContext) -> dict[str, torch.Tensor]:
         """Named loss terms with the total under ``loss``. Default: regression on the labels."""
         prediction = self(batch["image"])
@@ -124,6 +137,14 @@ class IQAModel(nn.Module):
 
     def attach_prerequisites(self, checkpoints: dict[str, Path]) -> None:
         """Receive the checkpoint paths of :meth:`prerequisites` before training starts."""
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """Called before each epoch's first step (DBCNN freezes its streams in stage 1)."""
+
+    def group_lr_factor(self, part: str, epoch: int) -> float:
+        """Multiplier of the lr of the parameter groups tagged ``part`` (a ``"part"`` key of
+        :meth:`param_groups`) at ``epoch``, on top of the schedule (HyperIQA, DBCNN)."""
+        return 1.0
 
     def optimizer_stage(self, epoch: int) -> str:
         """The optimiser (an ``Optimizer`` name) for ``epoch``. Where it changes between two
