@@ -78,6 +78,7 @@ class BRISQUEConfig(ModelConfig):
 class BRISQUE(FitModel):
     name = "brisque"
     Config = BRISQUEConfig
+    tiny_config = {"svr_c": (1.0, 16.0), "svr_gamma": (0.05, 0.5), "workers": 1}
     paper = "Mittal, Moorthy, Bovik, IEEE TIP 2012 (BRISQUE features + RBF ε-SVR)"
 
     def __init__(self, config: BRISQUEConfig | None = None):

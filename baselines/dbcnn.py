@@ -139,6 +139,8 @@ class DBCNN(IQAModel):
 
     name = "dbcnn"
     Config = DBCNNConfig
+    tiny_config = {"backbone": "vgg11", "pretrained": "false", "scnn_weights": "none",
+                   "stage": "all", "img_size": 64}
     paper = "DBCNN, Zhang et al., IEEE TCSVT 2020 (github.com/zwx8981/DBCNN-PyTorch)"
     paper_selection = "srcc"  # the released code's test-set epoch rule
     original_precision = "fp32"  # no autocast in the released code

@@ -140,6 +140,9 @@ class DEIQT(IQAModel):
 
     name = "deiqt"
     Config = DEIQTConfig
+    tiny_config = {"backbone": "vit_tiny_patch16_224", "pretrained": "false", "img_size": 64,
+                   "backbone_kwargs": {"depth": 2, "embed_dim": 48, "num_heads": 3},
+                   "decoder_dim": 48}
     paper = "DEIQT, Qin et al., AAAI 2023 (github.com/narthchin/DEIQT)"
     original_precision = "mixed"  # the official main.py trains under autocast (AMP_ENABLE)
 

@@ -169,6 +169,7 @@ class HyperIQA(IQAModel):
 
     name = "hyperiqa"
     Config = HyperIQAConfig
+    tiny_config = {"backbone": "test_resnet", "pretrained": "false"}  # the crop stays 224
     paper = "HyperIQA, Su et al., CVPR 2020 (github.com/SSL92/hyperIQA)"
     paper_selection = "srcc"  # the released code's test-set epoch rule
     original_precision = "fp32"  # no autocast in the released code

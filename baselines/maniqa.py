@@ -175,6 +175,9 @@ class MANIQAConfig(ModelConfig):
 class MANIQA(IQAModel):
     name = "maniqa"
     Config = MANIQAConfig
+    #: test_vit: 6 blocks, width 64, patch 16 → an 8×8 grid at 128, so windows still shift
+    tiny_config = {"backbone": "test_vit", "pretrained": "false", "img_size": 128,
+                   "block_indices": (2, 3, 4, 5), "dim_mlp": 64}
     paper = "MANIQA: Multi-dimension Attention Network for NR-IQA (Yang et al., CVPRW 2022)"
     paper_selection = "srcc+plcc"  # the released code's test-set epoch rule
     original_precision = "fp32"  # no autocast in the released code

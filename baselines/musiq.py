@@ -212,6 +212,8 @@ class MUSIQConfig(ModelConfig):
 class MUSIQ(IQAModel):
     name = "musiq"
     Config = MUSIQConfig
+    tiny_config = {"pretrained": "false", "hidden_size": 64, "depth": 2, "num_heads": 2,
+                   "mlp_dim": 128, "stem_width": 32, "longer_sides": (32, 64), "img_size": 64}
     paper = "MUSIQ: Multi-scale Image Quality Transformer (Ke et al., ICCV 2021)"
     #: pyiqa 0.1.16's state dict of this model → ours (loads pyiqa's released checkpoints)
     pyiqa_key_map = staticmethod(pyiqa_keymaps.musiq)

@@ -51,6 +51,7 @@ class ProbeConfig(ModelConfig):
 class Probe(IQAModel):
     name = "probe"
     Config = ProbeConfig
+    tiny_config = {"backbone": "test_resnet", "pretrained": "false", "img_size": 64}
     paper = "linear probe on a timm backbone (harness baseline)"
 
     def __init__(self, config: ProbeConfig):

@@ -188,6 +188,7 @@ class TReS(IQAModel):
 
     name = "tres"
     Config = TReSConfig
+    tiny_config = {"backbone": "test_resnet", "pretrained": "false", "img_size": 64}
     paper = "TReS, Golestaneh et al., WACV 2022 (github.com/isalirezag/TReS)"
     paper_selection = "srcc"  # the released code's test-set epoch rule
     original_precision = "fp32"  # no autocast in the released code

@@ -77,6 +77,10 @@ class IQAModel(nn.Module):
     #: the original's test-set epoch rule and training precision (see benchmark.protocol)
     paper_selection: ClassVar[str] = "plcc"
     original_precision: ClassVar[str] = ""
+    #: config values that make this model small enough to build, score and train a step on
+    #: a CPU in about a second, from random weights and without downloads, needing no other
+    #: model's run; tests/test_model_contract.py checks every registered model with them
+    tiny_config: ClassVar[dict[str, Any] | None] = None
     #: other names the registry accepts for this model
     aliases: ClassVar[tuple[str, ...]] = ()
     #: pyiqa's state dict of this model → ours (a pure function; see benchmark.pyiqa_weights);
