@@ -104,7 +104,8 @@ def test_fitted_model_fits_scores_and_reloads(name):
 @pytest.mark.parametrize("name", dataset_registry().names())
 def test_dataset_declares_what_prepare_and_reports_read(name):
     cls = dataset_registry().get(name)
-    assert cls.name == name and cls.title and cls.kind in ("synthetic", "authentic")
+    assert cls.name == name and cls.title and cls.label
+    assert cls.kind in ("synthetic", "authentic")
     low, high = cls.score_range
     assert low < high and isinstance(cls.higher_is_better, bool)
     assert cls.score_type in ("MOS", "DMOS")
