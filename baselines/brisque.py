@@ -34,7 +34,7 @@ from sklearn.svm import SVR
 
 from baselines.nss import NUM_FEATURES, feature_matrix
 from benchmark.metrics import srcc
-from benchmark.models import FitModel, ModelConfig
+from benchmark.models import FitModel, LabelScale, Loss, ModelConfig
 
 __all__ = ["BRISQUE", "BRISQUEConfig"]
 
@@ -64,8 +64,8 @@ class BRISQUEConfig(ModelConfig):
     train_crops: int = 1
     test_crops: int = 1
     hflip: bool = False
-    label_scale: str = "raw"
-    loss: str = "mse"
+    label_scale: LabelScale = "raw"
+    loss: Loss = "mse"
     # libsvm grid.py's log2 steps of 2, over a narrower range (63 fits instead of 110)
     svr_c: tuple[float, ...] = tuple(2.0**k for k in range(-3, 14, 2))
     svr_gamma: tuple[float, ...] = tuple(2.0**k for k in range(-11, 2, 2))
@@ -78,6 +78,7 @@ class BRISQUEConfig(ModelConfig):
 class BRISQUE(FitModel):
     name = "brisque"
     Config = BRISQUEConfig
+    tiny_config = {"svr_c": (1.0, 16.0), "svr_gamma": (0.05, 0.5), "workers": 1}
     paper = "Mittal, Moorthy, Bovik, IEEE TIP 2012 (BRISQUE features + RBF ε-SVR)"
 
     def __init__(self, config: BRISQUEConfig | None = None):

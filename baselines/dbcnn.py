@@ -49,7 +49,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn
@@ -57,13 +57,13 @@ from torch.nn import functional as F
 
 from baselines import pyiqa_keymaps
 from baselines.scnn import ORIGINAL_SCNN, SCNN, load_scnn_features, pretrain_scnn
-from benchmark.models import (OPTIMIZERS, ConfigError, IQAModel, ModelConfig, backbone_norm,
-                              check_choices, create_backbone, decay_groups)
+from benchmark.models import (ConfigError, IQAModel, Loss, ModelConfig, Optimizer, Schedule,
+                              backbone_norm, create_backbone, decay_groups)
 from benchmark.weights import fetch_weights
 
-__all__ = ["DBCNN", "DBCNNConfig", "STAGES"]
+__all__ = ["DBCNN", "DBCNNConfig", "Stage"]
 
-STAGES = ("head", "all", "both")
+Stage = Literal["head", "all", "both"]
 
 
 @dataclass(frozen=True)
@@ -73,24 +73,24 @@ class DBCNNConfig(ModelConfig):
     backbone: str = "vgg16.tv_in1k"  # torchvision's ImageNet VGG-16, as the original
     pretrained: str = "true"  # ImageNet VGG-16; offline: a local weights file
     scnn_weights: str = "original"  # "original" (released scnn.pkl) | "none" (random) | a path
-    stage: str = "both"  # head | all | both
+    stage: Stage = "both"
     head_epochs: int = 50  # stage 1's length when stage="both"
     head_lr: float = 1e-3  # stage 1's lr (FC only)
-    head_optimizer: str = "sgd"  # stage 1's (momentum 0.9); stage 2 uses `optimizer`
+    head_optimizer: Optimizer = "sgd"  # stage 1's (momentum 0.9); stage 2 uses `optimizer`
     img_size: int = 448  # LIVE Challenge crop; LIVE in dataset_overrides
     epochs: int = 100  # all epochs of the run: 50 + 50 for "both"
     batch_size: int = 8
     lr: float = 1e-5  # stage 2's lr (everything)
     weight_decay: float = 5e-4
-    optimizer: str = "adam"  # stage 2's
+    optimizer: Optimizer = "adam"  # stage 2's
     decay_all: bool = True  # both solvers get net.parameters() with the weight decay
     warmup_epochs: float = 0.0
-    schedule: str = "constant"
+    schedule: Schedule = "constant"
     clip_grad: float = 0.0
     train_crops: int = 1
     test_img_size: int | None = 0  # whole test images, one per batch, as the original
     test_crops: int = 1
-    loss: str = "mse"
+    loss: Loss = "mse"
 
     dataset_overrides: ClassVar[dict[str, dict[str, Any]]] = {
         "live": {"img_size": 432},
@@ -101,7 +101,6 @@ class DBCNNConfig(ModelConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_choices(self, {"stage": STAGES, "head_optimizer": OPTIMIZERS})
         if self.stage == "both" and not 0 < self.head_epochs < self.epochs:
             raise ConfigError(f"stage 'both' needs 0 < head_epochs < epochs, got head_epochs "
                               f"{self.head_epochs} and epochs {self.epochs}")
@@ -140,6 +139,8 @@ class DBCNN(IQAModel):
 
     name = "dbcnn"
     Config = DBCNNConfig
+    tiny_config = {"backbone": "vgg11", "pretrained": "false", "scnn_weights": "none",
+                   "stage": "all", "img_size": 64}
     paper = "DBCNN, Zhang et al., IEEE TCSVT 2020 (github.com/zwx8981/DBCNN-PyTorch)"
     paper_selection = "srcc"  # the released code's test-set epoch rule
     original_precision = "fp32"  # no autocast in the released code

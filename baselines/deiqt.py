@@ -18,7 +18,6 @@ role of the ViT's final norm).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -89,7 +88,7 @@ class DEIQTConfig(ModelConfig):
 
     backbone: str = "deit3_small_patch16_224"
     pretrained: str = "true"  # DeiT-III ImageNet-1k; offline: a local weights file
-    backbone_kwargs: dict[str, Any] = field(default_factory=dict)  # extra timm kwargs (or JSON)
+    backbone_kwargs: dict[str, Any] = field(default_factory=dict)  # extra timm kwargs
     decoder_dim: int = 384  # tokens of another width (and every CNN's) are projected to it
     panel_size: int = 6
     decoder_heads: int = 6
@@ -109,15 +108,6 @@ class DEIQTConfig(ModelConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if isinstance(self.backbone_kwargs, str):  # from `--set backbone_kwargs={...}`
-            try:
-                parsed = json.loads(self.backbone_kwargs) if self.backbone_kwargs else {}
-            except json.JSONDecodeError:
-                parsed = None
-            if not isinstance(parsed, dict):
-                raise ConfigError(f"config key 'backbone_kwargs' expects a JSON object, "
-                                  f"got {self.backbone_kwargs!r}")
-            object.__setattr__(self, "backbone_kwargs", parsed)
         if self.decoder_dim % self.decoder_heads:
             raise ConfigError(f"decoder_dim {self.decoder_dim} is not divisible by "
                               f"decoder_heads {self.decoder_heads}")
@@ -150,6 +140,9 @@ class DEIQT(IQAModel):
 
     name = "deiqt"
     Config = DEIQTConfig
+    tiny_config = {"backbone": "vit_tiny_patch16_224", "pretrained": "false", "img_size": 64,
+                   "backbone_kwargs": {"depth": 2, "embed_dim": 48, "num_heads": 3},
+                   "decoder_dim": 48}
     paper = "DEIQT, Qin et al., AAAI 2023 (github.com/narthchin/DEIQT)"
     original_precision = "mixed"  # the official main.py trains under autocast (AMP_ENABLE)
 

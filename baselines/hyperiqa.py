@@ -59,8 +59,8 @@ import torch
 from torch import nn
 
 from baselines import pyiqa_keymaps
-from benchmark.models import (ConfigError, IQAModel, ModelConfig, backbone_norm, create_backbone,
-                              decay_groups)
+from benchmark.models import (ConfigError, IQAModel, Loss, ModelConfig, Optimizer, Schedule,
+                              backbone_norm, create_backbone, decay_groups)
 
 __all__ = ["HyperIQA", "HyperIQAConfig"]
 
@@ -86,14 +86,14 @@ class HyperIQAConfig(ModelConfig):
     lr: float = 2e-4  # the hyper network's: 2e-5 x lr_ratio 10
     backbone_lr_scale: float = 0.1  # ResNet + LDA at 2e-5
     weight_decay: float = 5e-4
-    optimizer: str = "adam"
+    optimizer: Optimizer = "adam"
     decay_all: bool = True
     warmup_epochs: float = 0.0
-    schedule: str = "constant"  # the per-group rule is group_lr_factor
+    schedule: Schedule = "constant"  # the per-group rule is group_lr_factor
     clip_grad: float = 0.0
     train_crops: int = 25
     test_crops: int = 25
-    loss: str = "l1"
+    loss: Loss = "l1"
 
     dataset_overrides: ClassVar[dict[str, dict[str, Any]]] = {
         "koniq": {"resize_hw": (512, 384)},
@@ -169,6 +169,7 @@ class HyperIQA(IQAModel):
 
     name = "hyperiqa"
     Config = HyperIQAConfig
+    tiny_config = {"backbone": "test_resnet", "pretrained": "false"}  # the crop stays 224
     paper = "HyperIQA, Su et al., CVPR 2020 (github.com/SSL92/hyperIQA)"
     paper_selection = "srcc"  # the released code's test-set epoch rule
     original_precision = "fp32"  # no autocast in the released code

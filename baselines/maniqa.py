@@ -55,19 +55,20 @@ latest 0.8.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from timm.models.swin_transformer import SwinTransformerBlock
 from torch import nn
 
 from baselines import pyiqa_keymaps
-from benchmark.models import (ConfigError, IQAModel, ModelConfig, TrainContext, check_choices,
-                              create_backbone, regression_loss)
+from benchmark.models import (ConfigError, IQAModel, LabelScale, Loss, ModelConfig, Optimizer,
+                              Schedule, TrainContext, create_backbone, regression_loss)
 
-__all__ = ["MANIQA", "MANIQAConfig", "FLIPS"]
+__all__ = ["MANIQA", "MANIQAConfig", "Flip"]
 
 #: MANIQA's training flips: the released code's (vertical), the one it names, or none
-FLIPS = ("vertical", "horizontal", "none")
+Flip = Literal["vertical", "horizontal", "none"]
 
 
 class TransposedAttention(nn.Module):
@@ -135,19 +136,19 @@ class MANIQAConfig(ModelConfig):
     batch_size: int = 8
     lr: float = 1e-5
     weight_decay: float = 1e-5
-    optimizer: str = "adam"  # with L2 decay on every parameter, as the official code
+    optimizer: Optimizer = "adam"  # with L2 decay on every parameter, as the official code
     decay_all: bool = True
     warmup_epochs: float = 0.0
-    schedule: str = "cosine_periodic"  # the official T_max=50, stepped every batch
+    schedule: Schedule = "cosine_periodic"  # the official T_max=50, stepped every batch
     cycle_steps: int = 50
     clip_grad: float = 0.0
     train_crops: int = 1
     test_crops: int = 5
     hflip: bool = False  # the flips are loss()'s
-    flip: str = "vertical"  # vertical (the released code) | horizontal | none
+    flip: Flip = "vertical"  # vertical: the released code
     flip_prob: float = 0.7
-    label_scale: str = "unit"
-    loss: str = "mse"
+    label_scale: LabelScale = "unit"
+    loss: Loss = "mse"
     mean: tuple[float, float, float] | None = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] | None = (0.5, 0.5, 0.5)
     block_indices: tuple[int, ...] = (6, 7, 8, 9)
@@ -166,7 +167,6 @@ class MANIQAConfig(ModelConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_choices(self, {"flip": FLIPS})
         if self.hflip and self.flip != "none":
             raise ConfigError("MANIQA draws its own flips (flip, flip_prob); keep hflip false "
                               "or set flip=none")
@@ -175,6 +175,9 @@ class MANIQAConfig(ModelConfig):
 class MANIQA(IQAModel):
     name = "maniqa"
     Config = MANIQAConfig
+    #: test_vit: 6 blocks, width 64, patch 16 → an 8×8 grid at 128, so windows still shift
+    tiny_config = {"backbone": "test_vit", "pretrained": "false", "img_size": 128,
+                   "block_indices": (2, 3, 4, 5), "dim_mlp": 64}
     paper = "MANIQA: Multi-dimension Attention Network for NR-IQA (Yang et al., CVPRW 2022)"
     paper_selection = "srcc+plcc"  # the released code's test-set epoch rule
     original_precision = "fp32"  # no autocast in the released code

@@ -60,7 +60,8 @@ from torch import nn
 
 from baselines import pyiqa_keymaps
 from baselines.musiq_weights import IMAGENET, load_official_npz
-from benchmark.models import ConfigError, IQAModel, ModelConfig, decay_groups, load_local_weights
+from benchmark.models import (ConfigError, IQAModel, LabelScale, Loss, ModelConfig, Optimizer,
+                              Schedule, decay_groups, load_local_weights)
 from benchmark.weights import fetch_weights
 
 __all__ = ["MUSIQ", "MUSIQConfig", "gaussian_resize", "hashed_positions", "patchify",
@@ -179,15 +180,15 @@ class MUSIQConfig(ModelConfig):
     batch_size: int = 96
     lr: float = 2e-4
     weight_decay: float = 0.0
-    optimizer: str = "sgd"  # momentum 0.9 (ModelConfig's default)
+    optimizer: Optimizer = "sgd"  # momentum 0.9 (ModelConfig's default)
     warmup_epochs: float = 0.0
-    schedule: str = "cosine"
+    schedule: Schedule = "cosine"
     clip_grad: float = 0.0
     train_crops: int = 1
     test_img_size: int | None = 0  # the paper scores each full-size image
     test_crops: int = 1
-    label_scale: str = "raw"
-    loss: str = "l1"
+    label_scale: LabelScale = "raw"
+    loss: Loss = "l1"
     mean: tuple[float, float, float] | None = (0.5, 0.5, 0.5)  # [0, 1] → [-1, 1]
     std: tuple[float, float, float] | None = (0.5, 0.5, 0.5)
     patch_size: int = 32
@@ -211,6 +212,8 @@ class MUSIQConfig(ModelConfig):
 class MUSIQ(IQAModel):
     name = "musiq"
     Config = MUSIQConfig
+    tiny_config = {"pretrained": "false", "hidden_size": 64, "depth": 2, "num_heads": 2,
+                   "mlp_dim": 128, "stem_width": 32, "longer_sides": (32, 64), "img_size": 64}
     paper = "MUSIQ: Multi-scale Image Quality Transformer (Ke et al., ICCV 2021)"
     #: pyiqa 0.1.16's state dict of this model → ours (loads pyiqa's released checkpoints)
     pyiqa_key_map = staticmethod(pyiqa_keymaps.musiq)

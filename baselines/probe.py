@@ -15,12 +15,13 @@ plain fine-tune.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
 from torch import nn
 
-from benchmark.models import (IQAModel, ModelConfig, backbone_norm, check_choices,
+from benchmark.models import (IQAModel, LabelScale, Loss, ModelConfig, Schedule, backbone_norm,
                               create_backbone, decay_groups)
 
 __all__ = ["Probe", "ProbeConfig"]
@@ -38,21 +39,19 @@ class ProbeConfig(ModelConfig):
     backbone_lr_scale: float = 1.0  # the ridge-fitted head needs no faster lr than the backbone
     weight_decay: float = 1e-4
     warmup_epochs: float = 1.0
-    schedule: str = "cosine"
+    schedule: Schedule = "cosine"
     train_crops: int = 4
     test_crops: int = 4
-    label_scale: str = "unit"
-    loss: str = "mse"
-    head_init: str = "ridge"  # ridge (closed form on frozen features, then fine-tune) | random
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_choices(self, {"head_init": ("ridge", "random")})
+    label_scale: LabelScale = "unit"
+    loss: Loss = "mse"
+    #: ridge: fitted in closed form on the frozen features, then fine-tuned
+    head_init: Literal["ridge", "random"] = "ridge"
 
 
 class Probe(IQAModel):
     name = "probe"
     Config = ProbeConfig
+    tiny_config = {"backbone": "test_resnet", "pretrained": "false", "img_size": 64}
     paper = "linear probe on a timm backbone (harness baseline)"
 
     def __init__(self, config: ProbeConfig):

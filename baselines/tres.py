@@ -57,8 +57,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from baselines import pyiqa_keymaps
-from benchmark.models import (ConfigError, IQAModel, ModelConfig, TrainContext, backbone_norm,
-                              create_backbone, regression_loss)
+from benchmark.models import (ConfigError, IQAModel, Loss, ModelConfig, Optimizer, Schedule,
+                              TrainContext, backbone_norm, create_backbone, regression_loss)
 
 __all__ = ["TReS", "TReSConfig", "relative_ranking_loss", "sine_positions"]
 
@@ -74,16 +74,16 @@ class TReSConfig(ModelConfig):
     batch_size: int = 53
     lr: float = 2e-5
     weight_decay: float = 5e-4
-    optimizer: str = "adam"
+    optimizer: Optimizer = "adam"
     decay_all: bool = True
     warmup_epochs: float = 0.0
-    schedule: str = "step"
+    schedule: Schedule = "step"
     step_epochs: float = 1.0  # --droplr 1
     gamma: float = 0.1
     clip_grad: float = 0.0
     train_crops: int = 50
     test_crops: int = 50
-    loss: str = "l1"
+    loss: Loss = "l1"
     vflip: bool = True  # random vertical flips of training images, drawn in loss()
     heads: int = 16
     layers: int = 2
@@ -188,6 +188,7 @@ class TReS(IQAModel):
 
     name = "tres"
     Config = TReSConfig
+    tiny_config = {"backbone": "test_resnet", "pretrained": "false", "img_size": 64}
     paper = "TReS, Golestaneh et al., WACV 2022 (github.com/isalirezag/TReS)"
     paper_selection = "srcc"  # the released code's test-set epoch rule
     original_precision = "fp32"  # no autocast in the released code

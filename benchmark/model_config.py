@@ -1,39 +1,159 @@
 """Model configs: the frozen-dataclass recipe every model's ``Config`` extends, and its checks.
 
 A config is built from plain data (``--set``, params.yaml, a checkpoint) by
-:func:`config_from_dict`, which rejects unknown keys; building it checks every value
-(named choices, ranges), so a bad recipe fails before any data is read. No torch here: the
-CLI and the suite checker import this without loading a model.
+:func:`config_from_dict`, which rejects unknown keys. Building it conforms every value to its
+field's annotation (``int``, ``tuple[int, int] | None``, a ``Literal`` of named choices…):
+``"3"`` becomes 3, a list becomes a tuple, and a value that fits no annotation fails with
+one line naming the key and what it takes. Range checks follow, so a bad recipe fails before
+any data is read. No torch here: the CLI and the suite checker import this without loading a
+model.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
 import math
+import types
 from dataclasses import dataclass, fields
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal, Union, get_args, get_origin, get_type_hints
 
-__all__ = ["ConfigError", "ModelConfig", "OPTIMIZERS", "SCHEDULES", "check_choices",
-           "check_trainable", "config_from_dict", "config_to_dict", "eval_crop"]
+__all__ = ["ConfigError", "ModelConfig", "Optimizer", "Schedule", "Loss", "LabelScale",
+           "field_choices", "check_trainable", "config_from_dict", "config_to_dict",
+           "eval_crop"]
 
-#: what ``ModelConfig.optimizer`` and ``schedule`` may name; the engine builds them
-OPTIMIZERS = ("adamw", "adam", "sgd")
-SCHEDULES = ("step", "cosine", "cosine_periodic", "constant")
-#: every config key restricted to named values, checked when a config is built
-_CHOICES = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "label_scale": ("raw", "unit"),
-            "loss": ("smoothl1", "l1", "mse")}
+#: weight decay under each: decoupled | L2 | L2 (the engine builds them)
+Optimizer = Literal["adamw", "adam", "sgd"]
+Schedule = Literal["step", "cosine", "cosine_periodic", "constant"]
+Loss = Literal["smoothl1", "l1", "mse"]
+#: "raw": the dataset's original label; "unit": [0, 1], higher = better
+LabelScale = Literal["raw", "unit"]
 
 
 class ConfigError(ValueError):
     """An unknown config key or a value of the wrong type; names the key."""
 
 
-def check_choices(config: Any, choices: dict[str, tuple[str, ...]]) -> None:
-    """Raise :class:`ConfigError` naming the first key whose value is not one of its choices."""
-    for key, allowed in choices.items():
-        if getattr(config, key) not in allowed:
-            raise ConfigError(f"config key {key!r} expects one of {', '.join(allowed)}, "
-                              f"got {getattr(config, key)!r}")
+@functools.cache
+def _field_hints(cls: type) -> dict[str, Any]:
+    """Each field's resolved annotation. A subclass that re-declares a field (to change its
+    default) must keep the base's annotation, or a ``str`` would silently drop the base's
+    ``Literal`` check."""
+    hints = get_type_hints(cls)
+    for base in cls.__mro__[1:]:
+        if dataclasses.is_dataclass(base):
+            for name, hint in _field_hints(base).items():
+                if hints[name] != hint:
+                    raise TypeError(f"{cls.__qualname__}.{name} is annotated {hints[name]}, but "
+                                    f"{base.__qualname__} declares {hint}; keep the base's type")
+    return {f.name: hints[f.name] for f in fields(cls)}
+
+
+def _options(hint: Any) -> tuple | None:
+    """The values a ``Literal`` (or a union of them, plus None) allows; None if not one."""
+    if get_origin(hint) is Literal:
+        return get_args(hint)
+    if get_origin(hint) in (Union, types.UnionType):
+        parts = [_options(arg) for arg in get_args(hint) if arg is not type(None)]
+        if parts and all(part is not None for part in parts):
+            return tuple(value for part in parts for value in part)
+    return None
+
+
+def field_choices(cls: type) -> dict[str, tuple]:
+    """Config key → the named values it allows, for every key annotated with a ``Literal``."""
+    found = {name: _options(hint) for name, hint in _field_hints(cls).items()}
+    return {name: options for name, options in found.items() if options is not None}
+
+
+_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string",
+          type(None): "null"}
+_PLURALS = {int: "integers", float: "numbers", bool: "booleans", str: "strings"}
+
+
+def _describe(hint: Any) -> str:
+    """What a key annotated ``hint`` takes, as the error message says it."""
+    origin, args = get_origin(hint), get_args(hint)
+    options = _options(hint)
+    if options is not None:
+        return f"one of {', '.join(map(str, options))}" + (
+            " or null" if type(None) in args else "")
+    if origin in (Union, types.UnionType):
+        return " or ".join(_describe(arg) for arg in args)
+    if origin is tuple:  # config tuples hold one type: (height, width), a mean per channel
+        count = "" if args[-1] is Ellipsis else f"{len(args)} "
+        return f"a list of {count}{_PLURALS.get(args[0], str(args[0]))}"
+    if origin is dict or hint is dict:
+        return "a mapping (or its JSON text)"
+    return _NAMES.get(hint, str(hint))
+
+
+_TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")
+
+
+def _conform(hint: Any, value: Any) -> Any:
+    """``value`` as ``hint`` types it; raises ValueError where it cannot be."""
+    origin, args = get_origin(hint), get_args(hint)
+    if hint is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _conform(arg, value)
+            except ValueError:
+                continue
+        raise ValueError
+    if origin is Literal:
+        if value in args and not isinstance(value, bool):
+            return value
+        raise ValueError
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ValueError
+        items = args[:1] * len(value) if len(args) == 2 and args[1] is Ellipsis else args
+        if len(items) != len(value):
+            raise ValueError
+        return tuple(_conform(item, v) for item, v in zip(items, value))
+    if origin is dict or hint is dict:
+        parsed = (json.loads(value) if value else {}) if isinstance(value, str) else value
+        if not isinstance(parsed, dict):
+            raise ValueError
+        return parsed
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).lower()
+        if text in _TRUE or text in _FALSE:
+            return text in _TRUE
+        raise ValueError
+    if hint is int:
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ValueError
+        return int(value) if isinstance(value, (int, float)) else int(str(value).strip())
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise ValueError
+        return float(value)
+    if hint is str:
+        if isinstance(value, (dict, list, tuple)) or value is None:
+            raise ValueError
+        return str(value)
+    raise TypeError(f"config annotations cannot be {hint}")  # a programming error, not input
+
+
+def _conform_fields(config: Any) -> None:
+    """Conform every field of a (frozen) config to its annotation, in place."""
+    for name, hint in _field_hints(type(config)).items():
+        value = getattr(config, name)
+        try:
+            conformed = _conform(hint, value)
+        except ValueError:  # json's decode error is one too
+            raise ConfigError(f"config key {name!r} expects {_describe(hint)}, "
+                              f"got {value!r}") from None
+        object.__setattr__(config, name, conformed)
 
 
 def _check_ranges(config: Any) -> None:
@@ -56,7 +176,7 @@ def _check_ranges(config: Any) -> None:
              ("cycle_steps", config.cycle_steps >= 1, "at least 1"),
              ("clip_grad", config.clip_grad >= 0, "0 (off) or a positive norm"),
              ("resize_hw", config.resize_hw is None or (
-                 len(config.resize_hw) == 2 and all(int(v) >= 1 for v in config.resize_hw)),
+                 all(v >= 1 for v in config.resize_hw)),
               "[height, width], both positive")]
     for key, ok, expected in rules:
         if not ok:  # a NaN fails every comparison, so it lands here too
@@ -87,10 +207,10 @@ class ModelConfig:
     backbone_lr_scale: float = 1.0  # the backbone's lr is lr × this
     weight_decay: float = 0.05
     decay_all: bool = False  # true: decay biases and norms too, as originals passing parameters()
-    optimizer: str = "adamw"  # adamw | adam | sgd (weight decay: decoupled | L2 | L2)
+    optimizer: Optimizer = "adamw"
     momentum: float = 0.9  # sgd only
     warmup_epochs: float = 3.0
-    schedule: str = "step"  # step | cosine | cosine_periodic | constant
+    schedule: Schedule = "step"
     step_epochs: float = 3.0  # step schedule: decay by `gamma` every this many epochs
     gamma: float = 0.1
     cycle_steps: int = 50  # cosine_periodic: steps from full lr to 0 (torch's T_max, per batch)
@@ -99,8 +219,8 @@ class ModelConfig:
     train_crops: int = 10  # random crops per image per epoch (dataset repetition)
     test_crops: int = 10  # seeded crops averaged per test image
     hflip: bool = True
-    label_scale: str = "raw"  # "raw" (original label) or "unit" ([0, 1], higher = better)
-    loss: str = "smoothl1"  # smoothl1 | l1 | mse
+    label_scale: LabelScale = "raw"
+    loss: Loss = "smoothl1"
     mean: tuple[float, float, float] | None = None  # None: the backbone's pretrained_cfg
     std: tuple[float, float, float] | None = None
 
@@ -108,31 +228,8 @@ class ModelConfig:
     dataset_overrides: ClassVar[dict[str, dict[str, Any]]] = {}
 
     def __post_init__(self) -> None:  # subclasses that add checks call this first
-        check_choices(self, _CHOICES)
+        _conform_fields(self)
         _check_ranges(self)
-
-
-def _coerce(field_type: Any, value: Any, key: str) -> Any:
-    text = str(field_type)
-    if value is None:
-        return None
-    if "tuple" in text and isinstance(value, (list, tuple)):
-        return tuple(value)
-    if text in ("bool", "<class 'bool'>"):
-        if isinstance(value, str):
-            if value.lower() in ("true", "1", "yes"):
-                return True
-            if value.lower() in ("false", "0", "no"):
-                return False
-            raise ConfigError(f"config key {key!r} expects true/false, got {value!r}")
-        return bool(value)
-    for name, cast in (("int", int), ("float", float), ("str", str)):
-        if text in (name, f"<class '{name}'>"):
-            try:
-                return cast(value)
-            except (TypeError, ValueError):
-                raise ConfigError(f"config key {key!r} expects {name}, got {value!r}") from None
-    return value
 
 
 def config_from_dict(cls: type, values: dict[str, Any]) -> Any:
@@ -144,8 +241,7 @@ def config_from_dict(cls: type, values: dict[str, Any]) -> Any:
             f"unknown config key {unknown[0]!r} for {cls.__qualname__} "
             f"(known: {', '.join(sorted(known))})"
         )
-    kwargs = {k: _coerce(known[k].type, v, k) for k, v in values.items() if v is not None}
-    return cls(**kwargs)
+    return cls(**{k: v for k, v in values.items() if v is not None})
 
 
 def eval_crop(config: ModelConfig) -> int:

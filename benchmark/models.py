@@ -16,15 +16,15 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar, get_args
 
 import torch
 from torch import nn
 
 # the configs live in their own torch-free module; models import them from here
-from benchmark.model_config import (OPTIMIZERS, SCHEDULES, ConfigError, ModelConfig,
-                                    check_choices, check_trainable, config_from_dict,
-                                    config_to_dict, eval_crop)
+from benchmark.model_config import (ConfigError, LabelScale, Loss, ModelConfig, Optimizer,
+                                    Schedule, check_trainable, config_from_dict, config_to_dict,
+                                    eval_crop, field_choices)
 from benchmark.registry import model_registry
 
 __all__ = [
@@ -33,10 +33,12 @@ __all__ = [
     "FitModel",
     "TrainContext",
     "ConfigError",
-    "check_choices",
     "check_trainable",
-    "OPTIMIZERS",
-    "SCHEDULES",
+    "field_choices",
+    "Optimizer",
+    "Schedule",
+    "Loss",
+    "LabelScale",
     "config_from_dict",
     "config_to_dict",
     "eval_crop",
@@ -75,6 +77,18 @@ class IQAModel(nn.Module):
     #: the original's test-set epoch rule and training precision (see benchmark.protocol)
     paper_selection: ClassVar[str] = "plcc"
     original_precision: ClassVar[str] = ""
+    #: config values that make this model small enough to build, score and train a step on
+    #: a CPU in about a second, from random weights and without downloads, needing no other
+    #: model's run; tests/test_model_contract.py checks every registered model with them
+    tiny_config: ClassVar[dict[str, Any] | None] = None
+    #: other names the registry accepts for this model
+    aliases: ClassVar[tuple[str, ...]] = ()
+    #: pyiqa's state dict of this model → ours (a pure function; see benchmark.pyiqa_weights);
+    #: None: pyiqa's checkpoints do not load into it
+    pyiqa_key_map: ClassVar[Callable[[dict], dict] | None] = None
+    #: the model's own pre-training step, ``pretrain(out_path, **options) -> facts``, which
+    #: ``bench pretrain`` runs (DBCNN's S-CNN); None: it has none
+    pretrain: ClassVar[Callable[..., dict] | None] = None
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -98,7 +112,12 @@ class IQAModel(nn.Module):
         """The representation the feature-distance analysis studies, (B, D)."""
         raise NotImplementedError(f"{self.name} does not expose features()")
 
-    # -- optional hooks
+    # -- optional hooks, each declared here with what a model that does not override it gets
+    @classmethod
+    def resolve_config(cls, values: dict[str, Any]) -> ModelConfig:
+        """The config for plain ``values`` (QFM-IQM expands its presets here first)."""
+        return config_from_dict(cls.Config, values)
+
     def loss(self, batch: dict[str, torch.Tensor], ctx: TrainContext) -> dict[str, torch.Tensor]:
         """Named loss terms with the total under ``loss``. Default: regression on the labels."""
         prediction = self(batch["image"])
@@ -123,8 +142,16 @@ class IQAModel(nn.Module):
     def attach_prerequisites(self, checkpoints: dict[str, Path]) -> None:
         """Receive the checkpoint paths of :meth:`prerequisites` before training starts."""
 
+    def on_epoch_start(self, epoch: int) -> None:
+        """Called before each epoch's first step (DBCNN freezes its streams in stage 1)."""
+
+    def group_lr_factor(self, part: str, epoch: int) -> float:
+        """Multiplier of the lr of the parameter groups tagged ``part`` (a ``"part"`` key of
+        :meth:`param_groups`) at ``epoch``, on top of the schedule (HyperIQA, DBCNN)."""
+        return 1.0
+
     def optimizer_stage(self, epoch: int) -> str:
-        """The optimiser (one of ``OPTIMIZERS``) for ``epoch``. Where it changes between two
+        """The optimiser (an ``Optimizer`` name) for ``epoch``. Where it changes between two
         epochs the engine builds a fresh one, as originals that construct an optimiser per
         training stage do (DBCNN: SGD for the head, then Adam for everything)."""
         return self.config.optimizer
@@ -171,7 +198,7 @@ def regression_loss(prediction: torch.Tensor, target: torch.Tensor, kind: str) -
         return nn.functional.l1_loss(prediction, target)
     if kind == "mse":
         return nn.functional.mse_loss(prediction, target)
-    raise ConfigError(f"unknown loss {kind!r} (smoothl1, l1, mse)")
+    raise ConfigError(f"unknown loss {kind!r} ({', '.join(get_args(Loss))})")
 
 
 def decay_groups(module: nn.Module, lr: float, weight_decay: float,

@@ -63,9 +63,9 @@ def read_pyiqa_state(path: Path) -> dict[str, torch.Tensor]:
 def load_pyiqa_model(model: str, path: Path, overrides: dict[str, Any] | None = None) -> IQAModel:
     """Our ``model`` with the weights of pyiqa's checkpoint ``path``, in eval mode."""
     cls = get_model_class(model)
-    key_map = getattr(cls, "pyiqa_key_map", None)
+    key_map = cls.pyiqa_key_map
     if key_map is None:
-        mapped = [n for n in list_models() if getattr(get_model_class(n), "pyiqa_key_map", None)]
+        mapped = [n for n in list_models() if get_model_class(n).pyiqa_key_map is not None]
         raise CheckpointError(f"{cls.name} has no pyiqa key map; pyiqa checkpoints load into: "
                               f"{', '.join(mapped) or 'no model yet'}")
     state = read_pyiqa_state(path)

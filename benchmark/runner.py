@@ -24,8 +24,8 @@ from benchmark.datasets.prepare import PreparedDataset, load_prepared
 from benchmark.engine import RunConfig, SplitData, fit, resolve_device, save_checkpoint
 from benchmark.io import DiskFullError, atomic_write_json, atomic_write_text, exclusive_lock, rename
 from benchmark.metrics import HIGHER_IS_BETTER, all_metrics
-from benchmark.models import (ConfigError, FitModel, IQAModel, check_trainable, config_from_dict,
-                              config_to_dict, get_model_class)
+from benchmark.models import (ConfigError, FitModel, IQAModel, check_trainable, config_to_dict,
+                              get_model_class)
 from benchmark.protocol import precision_facts, resolve_amp
 from benchmark.records import (RECORD_SCHEMA, SELECTION_RULES, RunKey, config_hash, find_record,
                                git_state, latest_record, load_record, package_versions, run_dir)
@@ -58,8 +58,7 @@ def dataset_recipe(cls: type[IQAModel], dataset: str) -> dict[str, Any]:
 def resolve_config(model: str, dataset: str, overrides: dict[str, Any] | None = None):
     cls = get_model_class(model)
     values = {**dataset_recipe(cls, dataset), **(overrides or {})}
-    resolver = getattr(cls, "resolve_config", None)
-    config = resolver(values) if resolver else config_from_dict(cls.Config, values)
+    config = cls.resolve_config(values)
     if cls.training_kind == "gradient":
         check_trainable(config)
     return cls, config

@@ -7,37 +7,16 @@ Option names and defaults are the document's; the defaults are the full model (g
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from baselines.deiqt import DEIQTConfig
-from benchmark.models import ConfigError, check_choices
-from qfm.gate import GATE_FORMS, GATE_INITS
-from qfm.matching import FALLBACKS, METRICS, SELECT_MODES
-from qfm.perturb import PERTURB_FORMS
+from benchmark.models import ConfigError
+from qfm.gate import GateForm, GateInit
+from qfm.matching import Fallback, Metric, SelectMode
+from qfm.perturb import PerturbForm
 
 __all__ = ["QFMConfig"]
 
-_CHOICES = {
-    "teacher": ("deiqt_frozen", "ema", "none"),
-    "teacher_input": ("same_crop", "new_crop"),
-    "kd_loss": ("mse_cls", "mse_cls_patch", "cos_cls", "score", "none"),
-    "memory_sources": ("student+teacher", "student", "teacher"),
-    "match_space": ("student_cls", "teacher_cls", "frozen_imagenet_cls"),
-    "match_metric": METRICS,
-    "match_select": SELECT_MODES,
-    "match_fallback": FALLBACKS,
-    "adv_mode": ("matched", "sam_line", "gaussian", "random_partner", "none"),
-    "perturb_target": ("cls", "patch", "both"),
-    "perturb_form": PERTURB_FORMS,
-    "gate": GATE_FORMS + ("none",),
-    "gate_init": GATE_INITS,
-    "gate_input": ("self", "clean"),
-    "gate_target": ("cls", "patch", "both"),
-    "sam_dir": ("noise", "diff"),
-    "sam_inner": ("first_order", "grid"),
-    "teacher_key": ("shared", "own"),
-    "loss_scale": ("label_range", "raw"),
-    "noise_center": ("none", "memory_mean"),
-}
 _MEMORY_MODES = ("matched", "random_partner", "sam_line")
 
 
@@ -47,56 +26,57 @@ class QFMConfig(DEIQTConfig):
 
     preset: str = "full"  # a qfm.presets name; expanded by QFM.resolve_config, explicit keys win
     # teacher and distillation
-    teacher: str = "deiqt_frozen"  # deiqt_frozen | ema | none
-    teacher_input: str = "same_crop"  # same_crop | new_crop (the loader's batch["teacher_image"])
+    teacher: Literal["deiqt_frozen", "ema", "none"] = "deiqt_frozen"
+    #: new_crop: the loader's batch["teacher_image"]
+    teacher_input: Literal["same_crop", "new_crop"] = "same_crop"
     ema_momentum: float = 0.999  # teacher=ema, per step
-    kd_loss: str = "mse_cls"  # mse_cls | mse_cls_patch | cos_cls | score | none
+    kd_loss: Literal["mse_cls", "mse_cls_patch", "cos_cls", "score", "none"] = "mse_cls"
     lambda_kd: float = 1.0
     # memory and matching
-    memory_sources: str = "student+teacher"  # student | teacher | student+teacher
+    memory_sources: Literal["student+teacher", "student", "teacher"] = "student+teacher"
     memory_batches: int = 4  # K previous batches kept besides the current one
-    match_space: str = "student_cls"  # student_cls | teacher_cls | frozen_imagenet_cls
+    match_space: Literal["student_cls", "teacher_cls", "frozen_imagenet_cls"] = "student_cls"
     # shared: teacher entries are keyed in the match space like every other entry (the
     # student's CLS of the same sample under student_cls); own: by the teacher's CLS, which
     # mixes two networks' spaces under student_cls (kept to measure what that did)
-    teacher_key: str = "shared"
-    match_metric: str = "cosine"  # cosine | l2
+    teacher_key: Literal["shared", "own"] = "shared"
+    match_metric: Metric = "cosine"
     tau: float = 0.05  # label tolerance as a fraction of the training label range R
     exclude_same_image: bool = True
-    match_select: str = "farthest"  # farthest | random | topm_random | softmax
+    match_select: SelectMode = "farthest"
     match_topm: int = 4
     match_temperature: float = 0.1
-    match_fallback: str = "nearest_label"  # nearest_label | skip
+    match_fallback: Fallback = "nearest_label"
     # perturbation; sam_line is NOT FROM THE PAPER (method.md §3.4)
-    adv_mode: str = "matched"  # matched | sam_line | gaussian | random_partner | none
-    perturb_target: str = "cls"  # cls | patch | both
-    perturb_form: str = "add_normmatched"  # add_normmatched | add_raw | interp
+    adv_mode: Literal["matched", "sam_line", "gaussian", "random_partner", "none"] = "matched"
+    perturb_target: Literal["cls", "patch", "both"] = "cls"
+    perturb_form: PerturbForm = "add_normmatched"
     alpha: float = 1.0
     perturb_prob: float = 1.0
     noise_grad: bool = False  # False: stop-gradient through the matched noise
-    noise_center: str = "none"  # none | memory_mean (n − mean of the searched memory)
+    #: memory_mean: n − the mean of the searched memory
+    noise_center: Literal["none", "memory_mean"] = "none"
     # gate
-    gate: str = "se_mlp"  # se_mlp | static | none
-    gate_init: str = "sigmoid_bias3"  # sigmoid_bias3 (g ≈ 0.95) | 2sigmoid_zero (g = 1)
-    gate_input: str = "self"  # self | clean (G(c) gates both c and c̃)
-    gate_target: str = "cls"  # cls | patch | both
+    gate: GateForm | Literal["none"] = "se_mlp"
+    gate_init: GateInit = "sigmoid_bias3"  # sigmoid_bias3: g ≈ 0.95; 2sigmoid_zero: g = 1
+    gate_input: Literal["self", "clean"] = "self"  # clean: G(c) gates both c and c̃
+    gate_target: Literal["cls", "patch", "both"] = "cls"
     gate_static_gain: float = 100.0  # gate=static: logit = start + gain·w (see qfm.gate)
     # loss weights; label_range: the label-space terms (reg, adv, sens, kd=score) are taken on
     # labels and predictions divided by the training label range R, so a weight means the
     # same on a 0–1 and a 0–100 dataset; raw: on the labels as given (DEIQT's loss exactly)
-    loss_scale: str = "label_range"
+    loss_scale: Literal["label_range", "raw"] = "label_range"
     lambda_adv: float = 1.0  # also weighs L_sam under sam_line
     lambda_sens: float = 0.0
     lambda_gate: float = 0.0
     # sam_line (NOT FROM THE PAPER): worst case on the line(s) through the matched noise
     rho: float = 0.5
-    sam_dir: str = "noise"  # noise | diff
-    sam_inner: str = "first_order"  # first_order | grid
+    sam_dir: Literal["noise", "diff"] = "noise"
+    sam_inner: Literal["first_order", "grid"] = "first_order"
     sam_dirs: int = 1
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_choices(self, _CHOICES)
         if self.teacher == "none" and self.uses_teacher():
             raise ConfigError("teacher=none, but kd_loss, memory_sources or match_space needs a "
                               "teacher (set kd_loss=none, memory_sources=student, "

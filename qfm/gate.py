@@ -6,13 +6,16 @@ summary's "channel-wise gating"; its form and initialisation are ours.
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import torch
 from torch import nn
 
-__all__ = ["ChannelGate", "GATE_FORMS", "GATE_INITS"]
+__all__ = ["ChannelGate", "GateForm", "GateInit", "GATE_FORMS", "GATE_INITS"]
 
-GATE_FORMS = ("se_mlp", "static")
-GATE_INITS = ("sigmoid_bias3", "2sigmoid_zero")
+GateForm = Literal["se_mlp", "static"]
+GateInit = Literal["sigmoid_bias3", "2sigmoid_zero"]
+GATE_FORMS, GATE_INITS = get_args(GateForm), get_args(GateInit)
 
 
 class ChannelGate(nn.Module):

@@ -10,16 +10,18 @@ hand-built memories.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["Entries", "Memory", "Match", "distances", "admissible", "select",
-           "best_with_random_ties", "nearest_label", "match"]
+__all__ = ["Entries", "Memory", "Match", "SelectMode", "Fallback", "Metric", "distances",
+           "admissible", "select", "best_with_random_ties", "nearest_label", "match"]
 
-SELECT_MODES = ("farthest", "random", "topm_random", "softmax")
-FALLBACKS = ("nearest_label", "skip")
-METRICS = ("cosine", "l2")
+SelectMode = Literal["farthest", "random", "topm_random", "softmax"]
+Fallback = Literal["nearest_label", "skip"]
+Metric = Literal["cosine", "l2"]
+SELECT_MODES, FALLBACKS, METRICS = get_args(SelectMode), get_args(Fallback), get_args(Metric)
 
 
 @dataclass(frozen=True)

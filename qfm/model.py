@@ -40,6 +40,8 @@ class QFM(DEIQT):
 
     name = "qfm"
     Config = QFMConfig
+    #: the EMA teacher: the paper's frozen DEIQT teacher would need a deiqt run first
+    tiny_config = {**DEIQT.tiny_config, "teacher": "ema"}
     paper = "QFM-IQM as reconstructed (Li et al., ICML 2024, arXiv 2312.06158; no public code)"
 
     def __init__(self, config: QFMConfig):

@@ -6,11 +6,15 @@ over everything but the batch axis (the Frobenius norm for patch tokens).
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import torch
 
-__all__ = ["PERTURB_FORMS", "perturb", "gaussian_noise", "sam_directions", "worst_direction"]
+__all__ = ["PerturbForm", "PERTURB_FORMS", "perturb", "gaussian_noise", "sam_directions",
+           "worst_direction"]
 
-PERTURB_FORMS = ("add_normmatched", "add_raw", "interp")
+PerturbForm = Literal["add_normmatched", "add_raw", "interp"]
+PERTURB_FORMS = get_args(PerturbForm)
 #: a direction whose part outside the earlier ones is below this share of its norm adds nothing
 _DEPENDENT = 1e-5
 

@@ -147,6 +147,12 @@ def test_bad_params_are_rejected_naming_the_key(tmp_path, old, new, message):
 @pytest.mark.parametrize("old, new, message", [
     ("      probe: {}\n      brisque", "      probe: {epochz: 4}\n      brisque",
      "suites.demo: probe on demo: unknown config key 'epochz'"),
+    ("      probe: {}\n      brisque", "      probe: {test_img_size: abc}\n      brisque",
+     "suites.demo: probe on demo: config key 'test_img_size' expects an integer or null, "
+     "got 'abc'"),
+    ("      probe: {}\n      brisque", "      probe: {schedule: linear}\n      brisque",
+     "suites.demo: probe on demo: config key 'schedule' expects one of step, cosine, "
+     "cosine_periodic, constant, got 'linear'"),
     ("    students:\n      qfm: {}", "      qfm: {}\n    students: {}",
      "suites.demo.models.qfm: needs a deiqt run first; list it under students"),
     ("    students: {qfm-A1: {},", "    students: {qfm-A0b: {},",

@@ -266,8 +266,7 @@ def pretrain(model, out, sets) -> None:
     from benchmark.models import get_model_class
 
     cls = guarded(get_model_class, model)
-    step = getattr(cls, "pretrain", None)
-    if step is None:
+    if cls.pretrain is None:
         raise BenchError(f"model {model!r} has no pre-training step")
-    facts = guarded(step, out, **parse_sets(sets))
+    facts = guarded(cls.pretrain, out, **parse_sets(sets))
     click.echo(f"wrote {out}" + (f"  {facts}" if facts else ""))

@@ -78,6 +78,8 @@ class Dataset:
     name: ClassVar[str]
     aliases: ClassVar[tuple[str, ...]] = ()
     title: ClassVar[str] = ""
+    #: the short name tables and figures show (KADID-10k, LIVEC)
+    label: ClassVar[str] = ""
     kind: ClassVar[Literal["synthetic", "authentic"]]
     score_type: ClassVar[str]  # "MOS" or "DMOS" (as the original file names it)
     higher_is_better: ClassVar[bool]

@@ -134,6 +134,7 @@ class Csiq(Dataset):
     name = "csiq"
     aliases = ("csiq_dmos",)
     title = "CSIQ (Categorical Subjective Image Quality)"
+    label = "CSIQ"
     kind = "synthetic"
     score_type = "DMOS"
     higher_is_better = False

@@ -238,6 +238,7 @@ class Demo(Dataset):
 
     name = "demo"
     title = "Demo (scikit-image photographs, SSIM pseudo-MOS)"
+    label = "Demo"
     kind = "synthetic"
     score_type = "MOS"
     higher_is_better = True

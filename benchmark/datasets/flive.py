@@ -69,6 +69,7 @@ class Flive(Dataset):
     name = "flive"
     aliases = ("livefb", "live-fb", "live_fb", "paq2piq", "paq-2-piq", "flive_database")
     title = "FLIVE / LIVE-FB (PaQ-2-PiQ database)"
+    label = "LIVEFB"
     kind = "authentic"
     score_type = "MOS"
     higher_is_better = True

@@ -198,6 +198,7 @@ class Generic(Dataset):
     name = "generic"
     aliases = ("csv", "custom")
     title = "Generic CSV-described dataset"
+    label = "Generic"
     kind = "authentic"
     score_type = "MOS"
     higher_is_better = True

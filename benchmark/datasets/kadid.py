@@ -56,6 +56,7 @@ class Kadid(Dataset):
     name = "kadid"
     aliases = ("kadid10k", "kadid-10k", "kadid_10k")
     title = "KADID-10k (Konstanz Artificially Distorted Image quality Database)"
+    label = "KADID-10k"
     kind = "synthetic"
     score_type = "MOS"  # the file calls the column dmos; the values are MOS, higher = better
     higher_is_better = True

@@ -71,6 +71,7 @@ class Koniq(Dataset):
     name = "koniq"
     aliases = ("koniq10k", "koniq-10k", "koniq_10k")
     title = "KonIQ-10k"
+    label = "KonIQ"
     kind = "authentic"
     score_type = "MOS"
     higher_is_better = True

@@ -91,6 +91,7 @@ class Live(Dataset):
     name = "live"
     aliases = ("live_iqa", "liveiqa", "live_release2", "databaserelease2", "liveiqa_release2")
     title = "LIVE Image Quality Assessment Database, Release 2"
+    label = "LIVE"
     kind = "synthetic"
     score_type = "DMOS"
     higher_is_better = False

@@ -67,6 +67,7 @@ class Livec(Dataset):
     name = "livec"
     aliases = ("clive", "livechallenge", "live_challenge", "live-itw", "challengedb")
     title = "LIVE In the Wild Image Quality Challenge Database (CLIVE)"
+    label = "LIVEC"
     kind = "authentic"
     score_type = "MOS"
     higher_is_better = True

@@ -40,6 +40,7 @@ class Spaq(Dataset):
     name = "spaq"
     aliases = ("spaq11k",)
     title = "SPAQ: Smartphone Photography Attribute and Quality"
+    label = "SPAQ"
     kind = "authentic"
     score_type = "MOS"
     higher_is_better = True

@@ -80,6 +80,7 @@ class Tid2013(Dataset):
     name = "tid2013"
     aliases = ("tid", "tid-2013", "tid_2013")
     title = "TID2013 (Tampere Image Database 2013)"
+    label = "TID2013"
     kind = "synthetic"
     score_type = "MOS"
     higher_is_better = True

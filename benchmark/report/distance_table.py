@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmark.report.tables import (DATASET_LABELS, dataset_label, model_label, number,
+from benchmark.report.tables import (DATASET_ORDER, dataset_label, model_label, number,
                                      table_float, table_row, tex_escape)
 
 __all__ = ["FEATURES_GLOB", "feature_summaries", "distance_table", "distance_figures"]
@@ -30,7 +30,7 @@ def feature_summaries(results: Path) -> pd.DataFrame:
     table = table[(table["relation"] == "all") & (table["distance"] == "cosine")]
     # F0 and the teacher come with every student's folder: the same runs, the same numbers
     table = table.drop_duplicates(["dataset", "source"])
-    order = list(DATASET_LABELS)
+    order = DATASET_ORDER
     rank = table["dataset"].map(lambda d: order.index(d) if d in order else len(order))
     first = (table["source"] != "F0").astype(int)  # F0 heads each dataset's block
     return (table.assign(_rank=rank, _first=first)

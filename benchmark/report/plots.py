@@ -22,7 +22,7 @@ from matplotlib.ticker import MaxNLocator
 
 from benchmark.io import atomic_write_bytes
 from benchmark.records import load_record
-from benchmark.report.tables import DATASET_LABELS, MODEL_LABELS, ordered_models
+from benchmark.report.tables import DATASET_ORDER, MODEL_LABELS, dataset_display, ordered_models
 
 __all__ = ["save_figure", "scatter_figures", "box_figure", "curve_figures", "distance_gap_figure",
            "gap_share_figure", "report_figures", "figure_caption"]
@@ -48,7 +48,7 @@ def save_figure(figure: Figure, stem: Path) -> list[Path]:
 
 
 def _label(model: str, dataset: str) -> str:
-    return f"{MODEL_LABELS.get(model, model)} on {DATASET_LABELS.get(dataset, dataset)}"
+    return f"{MODEL_LABELS.get(model, model)} on {dataset_display(dataset)}"
 
 
 def scatter_figures(runs: pd.DataFrame, out: Path, rule: str = "val") -> list[Path]:
@@ -83,7 +83,7 @@ def box_figure(runs: pd.DataFrame, out: Path, rule: str = "val",
     if chosen.empty:
         return []
     datasets = sorted(chosen["dataset"].unique(), key=lambda d: (
-        list(DATASET_LABELS).index(d) if d in DATASET_LABELS else len(DATASET_LABELS), d))
+        DATASET_ORDER.index(d) if d in DATASET_ORDER else len(DATASET_ORDER), d))
     columns = min(4, len(datasets))
     rows = -(-len(datasets) // columns)
     figure = Figure(figsize=(3.2 * columns, 3.0 * rows))
@@ -95,7 +95,7 @@ def box_figure(runs: pd.DataFrame, out: Path, rule: str = "val",
         sns.stripplot(data=data, x="model", y=metric, order=order, ax=ax, size=3, color="0.2")
         ax.set_xticks(range(len(order)), [MODEL_LABELS.get(m, m) for m in order], rotation=45,
                       ha="right")
-        ax.set(title=DATASET_LABELS.get(dataset, dataset), xlabel="", ylabel=metric.upper())
+        ax.set(title=dataset_display(dataset), xlabel="", ylabel=metric.upper())
     for ax in axes[len(datasets):]:
         ax.set_visible(False)
     figure.tight_layout()

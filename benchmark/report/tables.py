@@ -9,6 +9,7 @@ carries a dagger; a missing result is ``--`` and an unknown published number is 
 
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 from typing import Iterable, Mapping
@@ -18,10 +19,12 @@ import pandas as pd
 from benchmark.aggregate import primary_cells
 from benchmark.io import atomic_write_text
 from benchmark.metrics import HIGHER_IS_BETTER
+from benchmark.registry import dataset_registry
 from benchmark.report.published import SOURCES, lookup
 
 __all__ = [
-    "SYNTHETIC", "AUTHENTIC", "DATASET_LABELS", "MODEL_LABELS", "dataset_label", "model_label",
+    "SYNTHETIC", "AUTHENTIC", "DATASET_ORDER", "MODEL_LABELS", "dataset_display", "dataset_label",
+    "model_label",
     "ordered_models", "table_datasets", "tex_escape", "number", "rank_marks", "main_table",
     "published_table", "protocol_table", "cross_table", "ablation_table", "build_tables",
     "write_tables", "table_float", "table_row",
@@ -29,10 +32,9 @@ __all__ = [
 
 SYNTHETIC = ("live", "csiq", "tid2013", "kadid")
 AUTHENTIC = ("livec", "koniq", "spaq", "flive")
-DATASET_LABELS = {"live": "LIVE", "csiq": "CSIQ", "tid2013": "TID2013", "kadid": "KADID-10k",
-                  "livec": "LIVEC", "koniq": "KonIQ", "spaq": "SPAQ", "flive": "LIVEFB",
-                  "demo": "Demo"}
-#: older methods first, the two studied models last, as in the papers' tables
+DATASET_ORDER = (*SYNTHETIC, *AUTHENTIC, "demo")
+#: older methods first, the two studied models last, as in the papers' tables. Kept here, not
+#: on the model classes as datasets' labels are, so reports import no model (and no torch)
 MODEL_LABELS = {"brisque": "BRISQUE", "dbcnn": "DBCNN", "hyperiqa": "HyperIQA", "musiq": "MUSIQ",
                 "tres": "TReS", "maniqa": "MANIQA", "probe": "Probe", "deiqt": "DEIQT",
                 "qfm": "QFM-IQM"}
@@ -47,8 +49,15 @@ DDAGGER = r"$^\ddagger$"
 PRECISION_NOTE = rf"{DDAGGER} trained in another precision than the original code (fp32 vs mixed)."
 
 
+@functools.cache
+def dataset_display(name: str) -> str:
+    """The label a registered dataset declares; any other name shows as itself."""
+    registry = dataset_registry()
+    return (registry.get(name).label or name) if name in registry.names() else name
+
+
 def dataset_label(name: str) -> str:
-    return tex_escape(DATASET_LABELS.get(name, name))
+    return tex_escape(dataset_display(name))
 
 
 def model_label(name: str) -> str:
