@@ -212,8 +212,7 @@ def fit(model: IQAModel, data: SplitData, config: Any, run: RunConfig, work_dir:
         result.train_s += time.perf_counter() - tic
     label_range = float(np.ptp(data.train_labels)) if len(data.train_labels) else 1.0
     for epoch in range(start_epoch, config.epochs):
-        if hasattr(model, "on_epoch_start"):
-            model.on_epoch_start(epoch)
+        model.on_epoch_start(epoch)
         if model.optimizer_stage(epoch) != stage:
             stage, trainer.optimizer, trainer.scheduler = stage_optimizer(model, config, steps, epoch)
         last_good = checkpoint_path if checkpoint_path.is_file() else "none (first epoch)"

@@ -65,13 +65,10 @@ def _group_schedules(model: IQAModel, optimizer, steps: int, config: Any,
     """One lr multiplier per parameter group: the recipe's schedule times the model's own
     per-part factor (HyperIQA's hyper-network decay, DBCNN's stage switch). ``offset`` is the
     global step at which ``optimizer`` took over (a stage's fresh optimiser counts from 0)."""
-    part_factor = getattr(model, "group_lr_factor", None)
 
     def schedule(part: str) -> Callable[[int], float]:
-        if part_factor is None:
-            return lambda step: lr_factor(step + offset, steps, config)
         return lambda step: (lr_factor(step + offset, steps, config)
-                             * part_factor(part, (step + offset) // steps))
+                             * model.group_lr_factor(part, (step + offset) // steps))
 
     return [schedule(group.get("part", "")) for group in optimizer.param_groups]
 
