@@ -67,7 +67,10 @@ def test_metric_scores_as_the_run_did_on_the_mos_scale(run, demo_root):
     assert a == pytest.approx(0.01) and b == pytest.approx(0.0, abs=1e-12)
     # the run's test predictions, its two seeded crops averaged (float32 noise only)
     np.testing.assert_allclose(a * scores + b, test["pred_unit_val"], rtol=0, atol=1e-6)
-    assert metric(demo_root / test["image"][3]) == scores[3]  # one path: a float
+    # one path: a float; alone in its batch, so equal to float32 noise (the CPU's convolution
+    # kernels depend on the batch size), not to the last digit
+    one = metric(demo_root / test["image"][3])
+    assert isinstance(one, float) and one == pytest.approx(scores[3], rel=1e-6)
 
 
 def test_the_api_and_bench_score_give_the_same_digits(run, folder, tmp_path):
