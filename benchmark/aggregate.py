@@ -71,14 +71,22 @@ def config_identity(record: Mapping[str, Any]) -> str:
     })[:12]
 
 
+def _rules(record: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(table rule, record selection) pairs. A paper-protocol run has no validation part and
+    reports its original's test-set rule: one row, rule ``paper``, apart from the honest ones."""
+    if record.get("protocol", "honest") == "paper":
+        return [("paper", "test_oracle")]
+    return [(rule, rule) for rule in SELECTION_RULES]
+
+
 def runs_table(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     """One row per record × selection rule: test metrics, and the same on val as ``val_*``."""
     rows = []
     for record in records:
         cell = config_identity(record)
         preset = (record.get("config") or {}).get("preset")
-        for rule in SELECTION_RULES:
-            chosen = record["metrics"].get(rule)
+        for rule, source in _rules(record):
+            chosen = record["metrics"].get(source)
             if chosen is None:
                 continue
             row = {

@@ -29,8 +29,8 @@ from benchmark.records import select_epochs
 from benchmark.train_step import (DTYPE_NAMES, LossTally, Trainer, build_optimizer,
                                   compiled_graphs, lr_factor, stage_optimizer, to_input)
 
-__all__ = ["RunConfig", "SplitData", "CheckpointError", "NonFiniteLossError", "fit",
-           "train_epoch", "steps_per_epoch", "predict", "extract", "resolve_device",
+__all__ = ["RunConfig", "result_run_fields", "SplitData", "CheckpointError",
+           "NonFiniteLossError", "fit", "train_epoch", "steps_per_epoch", "predict", "extract", "resolve_device",
            "build_optimizer", "lr_factor", "save_checkpoint", "load_checkpoint"]
 
 
@@ -60,15 +60,21 @@ class RunConfig:
     #: steps between the loop's reads of the device (loss check, progress); each read waits for
     #: the device to finish, so a small value starves a GPU of queued work
     sync_every: int = 50
+    #: honest: train on the split's train part, report the validation-selected epoch (the
+    #: default); paper: train on train + val (the published 80 %) and report each original's
+    #: test-set epoch rule, to reproduce published cells (README, "Two protocols")
+    protocol: str = "honest"
 
-    RESULT_FIELDS = ("seed", "amp", "compile")
+    RESULT_FIELDS = ("seed", "amp", "compile", "protocol")
+    PROTOCOLS = ("honest", "paper")
 
     def __post_init__(self) -> None:
         """Checked when built, before any data is read; whether CUDA is there is checked
         where the run starts (:func:`resolve_device`), since sweeps plan on login nodes."""
         _parse_device(self.device)
         for key, value, allowed in (("amp", self.amp, ("auto", "bf16", "fp16", "off")),
-                                    ("cache", self.cache, ("memory", "disk"))):
+                                    ("cache", self.cache, ("memory", "disk")),
+                                    ("protocol", self.protocol, self.PROTOCOLS)):
             if value not in allowed:
                 raise ConfigError(f"{key} {value!r} is not one of {', '.join(allowed)}")
         for key in ("workers", "threads", "max_steps_per_epoch"):
@@ -76,6 +82,15 @@ class RunConfig:
                 raise ConfigError(f"{key} must be 0 or more, got {getattr(self, key)}")
         if self.sync_every < 1:
             raise ConfigError(f"sync_every must be 1 or more, got {self.sync_every}")
+
+
+def result_run_fields(run: RunConfig) -> dict[str, Any]:
+    """The run settings a config hash covers. ``protocol`` enters only when it is ``paper``,
+    so honest runs keep the hashes (and folders) they had before there were two protocols."""
+    fields = {k: getattr(run, k) for k in RunConfig.RESULT_FIELDS}
+    if fields["protocol"] == "honest":
+        del fields["protocol"]
+    return fields
 
 
 @dataclass

@@ -148,13 +148,22 @@ def iter_records(results: Path) -> Iterator[dict[str, Any]]:
         yield load_record(path)
 
 
-def latest_record(results: Path, key: RunKey, hash_prefix: str = "") -> Path | None:
+def latest_record(results: Path, key: RunKey, hash_prefix: str = "",
+                  protocol: str | None = None) -> Path | None:
     """The newest finished record of a key whose config hash starts with ``hash_prefix``
-    (any hash when empty): how a run finds its prerequisites."""
+    (any hash when empty) and, given ``protocol``, that ran under it: how a run finds its
+    prerequisites (a paper-protocol student learns from a paper-protocol teacher)."""
     pattern = f"runs/{key.model}/{key.dataset}/split{key.split}-{hash_prefix[:10]}*"
-    # the folder name holds the hash's first 10 digits; a longer prefix needs the record
-    found = [path for path in _finished(Path(results).glob(pattern))
-             if len(hash_prefix) <= 10 or load_record(path)["config_hash"].startswith(hash_prefix)]
+
+    def matches(path: Path) -> bool:
+        # the folder name holds the hash's first 10 digits; a longer prefix needs the record
+        if len(hash_prefix) <= 10 and protocol is None:
+            return True
+        record = load_record(path)
+        return (record["config_hash"].startswith(hash_prefix)
+                and protocol in (None, record.get("protocol", "honest")))
+
+    found = [path for path in _finished(Path(results).glob(pattern)) if matches(path)]
     return max(found, key=lambda p: p.stat().st_mtime) if found else None
 
 

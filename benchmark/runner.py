@@ -21,7 +21,8 @@ import pandas as pd
 from benchmark.checkpoints import strip_training_state
 from benchmark.data import DecodeSpec, ImageCache
 from benchmark.datasets.prepare import PreparedDataset, load_prepared
-from benchmark.engine import RunConfig, SplitData, fit, resolve_device, save_checkpoint
+from benchmark.engine import (RunConfig, SplitData, fit, resolve_device, result_run_fields,
+                              save_checkpoint)
 from benchmark.io import DiskFullError, atomic_write_json, atomic_write_text, exclusive_lock, rename
 from benchmark.metrics import HIGHER_IS_BETTER, all_metrics
 from benchmark.models import (ConfigError, FitModel, IQAModel, check_trainable, config_to_dict,
@@ -98,6 +99,8 @@ def plan_run(model: str, dataset: str, split: int, root: Path, overrides: dict |
     check_split_file(split_file, prepared.table, name, prepared.meta["splits_sha256"],
                      prepared.split_path)
     parts = split_images(split_file, split)
+    if run.protocol == "paper":  # the published protocol has no validation part
+        parts = {**parts, "train": parts["train"] + parts["val"], "val": []}
     cls, config = resolve_config(model, name, overrides)
     crops = len(parts["train"]) * config.train_crops
     if cls.training_kind == "gradient" and config.batch_size > crops:
@@ -113,7 +116,8 @@ def plan_run(model: str, dataset: str, split: int, root: Path, overrides: dict |
         raise ConfigError(f"{cls.name} needs no {unknown[0]} run, so it cannot be pinned "
                           f"(prerequisites: {', '.join(cls.prerequisites(config)) or 'none'})")
     for needed in cls.prerequisites(config):
-        record_path = latest_record(results, RunKey(needed, name, split), pins.get(needed, ""))
+        record_path = latest_record(results, RunKey(needed, name, split), pins.get(needed, ""),
+                                    run.protocol)
         if record_path is None and needed in pins:
             raise MissingPrerequisiteError(
                 f"no finished {needed} run on {name} split {split} has a config hash starting "
@@ -130,7 +134,7 @@ def plan_run(model: str, dataset: str, split: int, root: Path, overrides: dict |
         prerequisites[needed] = {"dir": str(record_path.parent), "config_hash": record["config_hash"]}
     identity = {
         "model": cls.name, "dataset": name, "split": split, "config": config_to_dict(config),
-        "run": {k: getattr(run, k) for k in RunConfig.RESULT_FIELDS},
+        "run": result_run_fields(run),
         "data": {"table_sha256": prepared.meta["table_sha256"], "splits_sha256": split_file["sha256"]},
         "prerequisites": {k: v["config_hash"] for k, v in prerequisites.items()},
     }
@@ -153,7 +157,8 @@ def prerequisite_command(cls: type[IQAModel], config, needed: str, dataset: str,
     wanted = cls.prerequisite_config(config, needed)
     words = ["bench", "run", "--model", needed, "--dataset", dataset, "--split", str(split),
              "--root", str(root), "--results", str(results), "--seed", str(run.seed)]
-    for option, value, default in (("--amp", run.amp, "auto"), ("--device", run.device, "auto")):
+    for option, value, default in (("--amp", run.amp, "auto"), ("--device", run.device, "auto"),
+                                   ("--protocol", run.protocol, "honest")):
         if value != default:
             words += [option, value]
     if run.compile:
@@ -362,6 +367,7 @@ def _record(plan, run, result, data, device, facts, timings) -> dict:
         "config": plan["identity"]["config"], "run_config": asdict(run),
         "dataset_recipe": dataset_recipe(plan["cls"], plan["key"].dataset),
         "config_hash": plan["hash"], "identity": plan["identity"], "seed": run.seed,
+        "protocol": run.protocol,
         "git": git_state(), "versions": package_versions(),
         "device": {"type": device.type, "name": _device_name(device)},
         "data": {"root": str(plan["prepared"].root), **plan["identity"]["data"],

@@ -30,7 +30,7 @@ TOP_KEYS = ("paths", "protocol", "models", "suites", "suite")
 SUITE_KEYS = ("datasets", "splits", "expect_splits", "run", "teacher", "models", "students",
               "cross")
 CROSS_KEYS = ("train", "test")
-RUN_KEYS = ("device", "seed", "amp", "compile", "workers", "cache", "threads")
+RUN_KEYS = ("device", "seed", "amp", "compile", "workers", "cache", "threads", "protocol")
 PROTOCOL_KEYS = ("seeds", "rounding", "val_fraction", "min_val_groups")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # a stage name part and a folder name
 

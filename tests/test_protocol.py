@@ -62,3 +62,67 @@ def test_the_run_identity_holds_the_resolved_precision(demo_root, tmp_path):
 
     assert amp("hyperiqa", "auto") == "off"  # same hash as an explicit fp32 run
     assert amp("deiqt", "auto") == "auto" and amp("hyperiqa", "bf16") == "bf16"
+
+
+# --- the two protocols: honest (train / val / test) and paper (train + val / test) ---------
+
+PAPER = RunConfig(protocol="paper", progress=False)
+PROBE = {"backbone": "test_resnet", "pretrained": "false", "img_size": 32, "epochs": 3,
+         "train_crops": 1, "test_crops": 1, "batch_size": 32, "lr": 3e-3, "head_init": "random"}
+
+
+def test_the_paper_protocol_trains_on_train_and_val_and_is_hashed_apart(demo_root, tmp_path):
+    honest = plan_run("probe", "demo", 0, demo_root, PROBE, RunConfig(), tmp_path)
+    paper = plan_run("probe", "demo", 0, demo_root, PROBE, PAPER, tmp_path)
+    assert paper["parts"]["train"] == honest["parts"]["train"] + honest["parts"]["val"]
+    assert paper["parts"]["val"] == [] and paper["parts"]["test"] == honest["parts"]["test"]
+    assert paper["identity"]["run"]["protocol"] == "paper" and paper["hash"] != honest["hash"]
+    # honest runs keep the hash they had before there were two protocols
+    assert "protocol" not in honest["identity"]["run"]
+    with pytest.raises(Exception, match="protocol 'heldout' is not one of honest, paper"):
+        RunConfig(protocol="heldout")
+
+
+def test_a_paper_run_reports_its_test_rule_in_the_tables_beside_the_published(demo_root, tmp_path):
+    from benchmark.aggregate import runs_table, summarize
+    from benchmark.report.published import load_published
+    from benchmark.report.tables import HONEST_NOTE, SECTION, protocol_table, published_table
+    from benchmark.runner import run_one
+
+    quiet = {"log": lambda _: None}
+    honest = run_one("probe", "demo", 0, demo_root, PROBE, RunConfig(progress=False), tmp_path,
+                     **quiet)
+    paper = run_one("probe", "demo", 0, demo_root, PROBE, PAPER, tmp_path, **quiet)
+    assert paper["protocol"] == "paper" and paper["data"]["n_val"] == 0
+    assert paper["data"]["n_train"] == honest["data"]["n_train"] + honest["data"]["n_val"]
+    runs = runs_table([honest, paper])
+    assert sorted(runs["rule"]) == ["last", "paper", "test_oracle", "val"]
+    row = runs[runs["rule"] == "paper"].iloc[0]
+    assert row["srcc"] == paper["metrics"]["test_oracle"]["test"]["srcc"]
+    summary = summarize(runs, expected=1)
+    table = protocol_table(summary)
+    body = next(line for line in table.splitlines() if line.startswith("Probe"))
+    cells = [c.strip(" \\").replace("$-$", "-") for c in body.split("&")]
+    val, paper_srcc, delta = float(cells[2]), float(cells[4]), float(cells[5])
+    assert paper_srcc == round(row["srcc"], 3) and delta == pytest.approx(paper_srcc - val, abs=2e-3)
+    published = published_table(summary, load_published())
+    assert SECTION not in published and HONEST_NOTE not in published
+    honest_only = published_table(summarize(runs_table([honest]), expected=1), load_published())
+    assert SECTION in honest_only and HONEST_NOTE in honest_only
+
+
+def test_a_paper_student_learns_from_a_paper_teacher(tmp_path):
+    import json
+
+    from benchmark.records import RECORD_SCHEMA, RunKey, latest_record
+
+    for name, protocol in (("split0-aaaaaaaaaa", "honest"), ("split0-bbbbbbbbbb", "paper")):
+        folder = tmp_path / "runs" / "deiqt" / "demo" / name
+        folder.mkdir(parents=True)
+        (folder / "record.json").write_text(json.dumps(
+            {"schema": RECORD_SCHEMA, "model": "deiqt", "dataset": "demo", "split": 0,
+             "config": {}, "metrics": {"val": {"test": {"srcc": 0.5}}},
+             "config_hash": name[7:] + "0" * 54, "protocol": protocol}))
+    key = RunKey("deiqt", "demo", 0)
+    assert latest_record(tmp_path, key, protocol="paper").parent.name == "split0-bbbbbbbbbb"
+    assert latest_record(tmp_path, key, protocol="honest").parent.name == "split0-aaaaaaaaaa"

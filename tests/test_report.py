@@ -173,7 +173,7 @@ def test_protocol_table_optimism(built):
                                                                      "test_oracle")
         assert parse(row[2])[0] == pytest.approx(round(val, 3))
         assert parse(row[3])[0] == pytest.approx(round(oracle, 3))
-        assert parse(row[4])[0] == pytest.approx(round(oracle - val, 3), abs=1e-9)
+        assert row[4:6] == ["--", "--"]  # no paper-protocol runs: no paper column, no delta
         break
     else:
         pytest.fail("no QFM-IQM KonIQ row")

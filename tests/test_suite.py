@@ -33,7 +33,7 @@ def edited(tmp_path: Path, old: str, new: str, count: int = 1) -> Path:
 def test_repository_params_define_demo_paper_and_ablation():
     params = load_params(PARAMS)
     assert params.active == "demo"
-    assert list(params.suites) == ["demo", "paper", "ablation"]
+    assert list(params.suites) == ["demo", "paper", "paper-protocol", "ablation"]
     assert params.seeds == tuple(range(10))
     demo = params.suite()
     assert demo.datasets == ("demo",) and demo.splits == (0, 1, 2)
@@ -61,7 +61,8 @@ def test_repository_params_define_demo_paper_and_ablation():
 
 
 def test_every_suite_resolves_with_teachers_before_students():
-    assert load_params(PARAMS).check() == {"demo": 12, "paper": 720, "ablation": 420}
+    assert load_params(PARAMS).check() == {"demo": 12, "paper": 720, "paper-protocol": 560,
+                                        "ablation": 420}
 
 
 def test_entry_hyper_parameters_win_over_the_suites_adjustments(tmp_path):
@@ -106,7 +107,7 @@ BAD = [
     ("\nsuite: *demo", "\nsuite: *nosuch", "found undefined alias"),
     ("\nsuite: *demo", "\nsuite: paper", "suite must alias a suite (suite: *paper)"),
     ("\nsuite: *demo", "\nsuite: papers",
-     "suite: unknown suite 'papers' (known: demo, paper, ablation)"),
+     "suite: unknown suite 'papers' (known: demo, paper, paper-protocol, ablation)"),
     ("\npaths:", "\npathz:", "params.yaml: unknown key 'pathz'"),
     ("run: {device: cpu, seed: 0,", "run: {device: cpu, sed: 0,",
      "suites.demo.run: unknown key 'sed'"),
@@ -211,7 +212,7 @@ def test_use_unknown_suite_names_the_known_ones_and_leaves_the_file(tmp_path):
     result = bench("suite", "use", "papr", "--params", path)
     assert result.exit_code == 1
     assert "Error: unknown suite 'papr' (suites in" in result.output
-    assert "demo, paper, ablation" in result.output
+    assert "demo, paper, paper-protocol, ablation" in result.output
     assert path.read_text() == PARAMS.read_text()
 
 
@@ -223,8 +224,8 @@ def test_list_and_check_commands(tmp_path):
     assert lines[1].split()[:2] == ["paper", "720"]
     result = bench("suite", "check", "--params", PARAMS, "--stamp", tmp_path / "checked")
     assert result.exit_code == 0, result.output
-    assert "3 suites valid (demo 12 runs, paper 720 runs, ablation 420 runs); active: demo" \
-        in result.output
+    assert ("4 suites valid (demo 12 runs, paper 720 runs, paper-protocol 560 runs, ablation 420 "
+            "runs); active: demo") in result.output
     assert (tmp_path / "checked").is_file()
     bad = edited(tmp_path, "datasets: [demo]", "datasets: [demoo]")
     result = bench("suite", "check", "--params", bad, "--stamp", tmp_path / "again")

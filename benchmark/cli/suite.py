@@ -32,11 +32,12 @@ def list_(params_path: Path) -> None:
     from benchmark.suite import load_params
 
     params = sweep_errors(load_params, params_path)
+    width = max(map(len, params.suites))
     for name, raw in params.suites.items():
         entries = [*(raw["models"] or {}), *(raw["students"] or {})]
         runs = len(entries) * len(raw["datasets"]) * len(raw["splits"])
         mark = "*" if name == params.active else " "
-        click.echo(f"{mark} {name:<10} {runs:>5} runs  {len(raw['splits'])} splits  "
+        click.echo(f"{mark} {name:<{width}} {runs:>5} runs  {len(raw['splits'])} splits  "
                    f"datasets: {', '.join(raw['datasets'])}  entries: {', '.join(entries)}")
 
 
