@@ -16,9 +16,10 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from benchmark.data import EpochSampler, TrainCrops, epoch_order, make_loader, shuffle_seed
+from benchmark.data import (EpochSampler, EvalCrops, TrainCrops, epoch_order, make_loader,
+                            shuffle_seed)
 
-__all__ = ["PackedImages", "LoaderBatches", "DeviceBatches", "training_batches",
+__all__ = ["PackedImages", "LoaderBatches", "DeviceBatches", "training_batches", "eval_batches",
            "default_workers", "DEVICE_SHARE"]
 
 #: share of the device's free memory the images may take; the rest is the model's
@@ -138,6 +139,28 @@ def training_batches(train_set: TrainCrops, batch_size: int, run, device: torch.
             raise ConfigError(f"data_on_device on: {why}; use auto or off")
         log(f"data on the CPU loader: {why}")
     return LoaderBatches(train_set, batch_size, run.workers, run.seed, device.type == "cuda")
+
+
+def eval_batches(crops: EvalCrops, batch_size: int, device: torch.device,
+                 workers: int = 0) -> Iterator[torch.Tensor]:
+    """The uint8 image batches of ``crops`` in order, cut a batch at a time from one packed
+    copy of the images (on the device where they fit); whole images (side 0), whose sizes
+    may differ, go through the loader."""
+    if crops.crop <= 0:
+        for batch in make_loader(crops, batch_size, workers, pin_memory=device.type == "cuda"):
+            yield batch["image"]
+        return
+    arrays = [crops.cache[i] for i in range(len(crops.cache))]
+    fits = PackedImages.nbytes(arrays) <= _free_bytes(device) * DEVICE_SHARE
+    where = device if fits else torch.device("cpu")
+    images = PackedImages(arrays, where)
+    table = torch.tensor([crops.draw(sample) for sample in range(len(crops))],
+                         dtype=torch.int64).reshape(-1, 3).to(where)
+    no_flip = torch.zeros(len(table), dtype=torch.bool, device=where)
+    for first in range(0, len(table), batch_size):
+        rows = slice(first, first + batch_size)
+        yield images.crops(table[rows, 0], table[rows, 1], table[rows, 2], no_flip[rows],
+                           crops.crop)
 
 
 def _free_bytes(device: torch.device) -> int:

@@ -125,11 +125,6 @@ class ImageArrays:
         return self._arrays[index]
 
 
-def _crop(array: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
-    top, left = _offsets(array.shape, size, rng)
-    return array[top : top + size, left : left + size] if size > 0 else array
-
-
 def _offsets(shape: tuple[int, ...], size: int, rng: np.random.Generator) -> tuple[int, int]:
     """A random crop's top-left corner; side 0 (the whole image) draws nothing."""
     if size <= 0:
@@ -229,10 +224,17 @@ class EvalCrops(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.cache) * self.n_crops
 
-    def __getitem__(self, sample: int) -> dict:
+    def draw(self, sample: int) -> tuple[int, int, int]:
+        """(image, top, left) of crop ``sample``."""
         index, k = divmod(sample, self.n_crops)
         rng = np.random.default_rng([self.seed, _TEST_STREAM, self.keys[index], k])
-        patch = _crop(self.cache[index], self.crop, rng)
+        return (index, *_offsets(self.cache[index].shape, self.crop, rng))
+
+    def __getitem__(self, sample: int) -> dict:
+        index, top, left = self.draw(sample)
+        patch = self.cache[index]
+        if self.crop > 0:
+            patch = patch[top : top + self.crop, left : left + self.crop]
         return {"image": torch.from_numpy(np.ascontiguousarray(patch.transpose(2, 0, 1))),
                 "index": index}
 

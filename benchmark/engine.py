@@ -21,9 +21,9 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from benchmark.batches import training_batches
+from benchmark.batches import eval_batches, training_batches
 from benchmark.checkpoints import RESUME_KEYS, CheckpointError, load_checkpoint, save_checkpoint
-from benchmark.data import ImageCache, EvalCrops, TrainCrops, make_loader
+from benchmark.data import ImageCache, EvalCrops, TrainCrops
 from benchmark.metrics import all_metrics
 from benchmark.models import ConfigError, IQAModel, TrainContext, eval_crop
 from benchmark.records import select_epochs
@@ -142,10 +142,10 @@ def predict(model: IQAModel, cache: ImageCache, crop: int, n_crops: int, seed: i
     head = model if fn == "forward" else getattr(model, fn)
     if crop <= 0 and len({cache[i].shape for i in range(len(cache))}) > 1:
         batch_size = n_crops
-    for batch in make_loader(EvalCrops(cache, crop, n_crops, seed), batch_size, workers,
-                             None, False, device.type == "cuda"):
+    for images in eval_batches(EvalCrops(cache, crop, n_crops, seed), batch_size, device,
+                               workers):
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            out = head(to_input(batch["image"], device, channels_last))
+            out = head(to_input(images, device, channels_last))
         outputs.append(out.float())  # kept on the device: one transfer at the end, not per batch
     if not outputs:
         return np.zeros((0,))

@@ -94,3 +94,22 @@ def test_a_run_on_the_device_path_records_it_and_matches_the_loader(tiny_root, t
     assert records["on"]["history"] != [] and all(
         ours[part] == theirs[part] for ours, theirs in
         zip(records["on"]["history"], records["off"]["history"]) for part in ("train", "val", "test"))
+
+
+def test_batched_evaluation_gives_the_per_crop_loaders_scores():
+    from benchmark.data import EvalCrops, collate
+    from benchmark.engine import predict
+    from benchmark.runner import resolve_config
+
+    torch.manual_seed(0)
+    cls, config = resolve_config("probe", "demo", {"backbone": "test_resnet",
+                                                   "pretrained": "false", "img_size": 32})
+    model = cls(config).eval()
+    cache = _train_set().cache
+    crops = EvalCrops(cache, 32, 5, seed=2)
+    with torch.no_grad():  # one crop at a time, stacked: the loader's way
+        images = collate([crops[i] for i in range(len(crops))])["image"]
+        expected = model(images.float() / 255).view(len(cache), 5).mean(1).double().numpy()
+    got = predict(model, cache, 32, 5, 2, torch.device("cpu"), batch_size=4)
+    assert got.shape == (len(SHAPES),) and np.ptp(got) > 0
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
