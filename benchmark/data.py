@@ -22,7 +22,8 @@ from benchmark.images import read_image
 from benchmark.io import atomic_dir, canonical_json, sha256_bytes
 
 __all__ = ["DecodeSpec", "ImageCache", "ImageArrays", "decode_image", "fit_to_spec", "image_key",
-           "TrainCrops", "EvalCrops", "collate", "make_loader"]
+           "TrainCrops", "EvalCrops", "EpochSampler", "collate", "make_loader", "epoch_order",
+           "shuffle_seed"]
 
 #: salt separating test-crop randomness from training randomness
 _TEST_STREAM = 7919
@@ -124,18 +125,30 @@ class ImageArrays:
         return self._arrays[index]
 
 
-def _crop(array: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
-    height, width = array.shape[:2]
+def _offsets(shape: tuple[int, ...], size: int, rng: np.random.Generator) -> tuple[int, int]:
+    """A random crop's top-left corner; side 0 (the whole image) draws nothing."""
     if size <= 0:
-        return array
-    top = int(rng.integers(0, height - size + 1))
-    left = int(rng.integers(0, width - size + 1))
-    return array[top : top + size, left : left + size]
+        return 0, 0
+    return int(rng.integers(0, shape[0] - size + 1)), int(rng.integers(0, shape[1] - size + 1))
+
+
+def shuffle_seed(seed: int, epoch: int) -> int:
+    return seed * 100003 + epoch
+
+
+def epoch_order(count: int, seed: int) -> list[int]:
+    """The training samples of an epoch in the order ``shuffle_seed`` gives them."""
+    generator = torch.Generator().manual_seed(seed)
+    # the draw torch's DataLoader took from its generator before shuffling: earlier runs
+    # shuffled through it, and keeping its order keeps their numbers
+    torch.empty((), dtype=torch.int64).random_(generator=generator)
+    return torch.randperm(count, generator=generator).numpy().tolist()
 
 
 class TrainCrops(torch.utils.data.Dataset):
     """DEIQT's repetition protocol: every image appears ``n_crops`` times per epoch, each
-    with its own random crop (and flip); call :meth:`set_epoch` before each epoch.
+    with its own random crop (and flip). Items are keyed by (epoch, sample), so a loader
+    worker that outlives an epoch still crops for the epoch it is asked for.
 
     Each key in ``extra_crops`` holds a further independent crop (and flip) of the same image,
     drawn after the main one, so asking for it leaves the main crop unchanged."""
@@ -146,28 +159,53 @@ class TrainCrops(torch.utils.data.Dataset):
         self.extra_crops = tuple(extra_crops)
         self.labels = np.asarray(labels, dtype=np.float32)
         self.units = np.asarray(units, dtype=np.float32)
-        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.cache) * self.n_crops
+
+    def draws(self, epoch: int, sample: int) -> tuple[int, list[tuple[int, int, bool]]]:
+        """The image of ``sample`` and (top, left, flip) of each of its views, in
+        ``views`` order: the one generator both the loader and the device path crop by."""
+        index = sample % len(self.cache)
+        rng = np.random.default_rng([self.seed, epoch, sample])
+        shape, views = self.cache[index].shape, []
+        for _ in self.views:
+            top, left = _offsets(shape, self.crop, rng)
+            views.append((top, left, bool(self.hflip and rng.random() < 0.5)))
+        return index, views
+
+    @property
+    def views(self) -> tuple[str, ...]:
+        return ("image", *self.extra_crops)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict:
+        index, views = self.draws(*key)
+        array = self.cache[index]
+        item = {"label": self.labels[index], "unit": self.units[index], "index": index}
+        for name, (top, left, flip) in zip(self.views, views):
+            patch = array[top : top + self.crop, left : left + self.crop] if self.crop > 0 else array
+            if flip:
+                patch = patch[:, ::-1]
+            item[name] = torch.from_numpy(np.ascontiguousarray(patch.transpose(2, 0, 1)))
+        return item
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """(epoch, sample) keys of :class:`TrainCrops` in the epoch's shuffled order; the epoch
+    travels in the key because persistent workers never see the main process's state."""
+
+    def __init__(self, count: int, seed: int):
+        self.count, self.seed, self.epoch = count, seed, 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return len(self.cache) * self.n_crops
+        return self.count
 
-    def __getitem__(self, sample: int) -> dict:
-        index = sample % len(self.cache)
-        rng = np.random.default_rng([self.seed, self.epoch, sample])
-        item = {"image": self._view(index, rng), "label": self.labels[index],
-                "unit": self.units[index], "index": index}
-        for key in self.extra_crops:
-            item[key] = self._view(index, rng)
-        return item
-
-    def _view(self, index: int, rng: np.random.Generator) -> torch.Tensor:
-        patch = _crop(self.cache[index], self.crop, rng)
-        if self.hflip and rng.random() < 0.5:
-            patch = patch[:, ::-1]
-        return torch.from_numpy(np.ascontiguousarray(patch.transpose(2, 0, 1)))
+    def __iter__(self):
+        order = epoch_order(self.count, shuffle_seed(self.seed, self.epoch))
+        return iter([(self.epoch, sample) for sample in order])
 
 
 def image_key(path: Path) -> int:
@@ -186,10 +224,17 @@ class EvalCrops(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.cache) * self.n_crops
 
-    def __getitem__(self, sample: int) -> dict:
+    def draw(self, sample: int) -> tuple[int, int, int]:
+        """(image, top, left) of crop ``sample``."""
         index, k = divmod(sample, self.n_crops)
         rng = np.random.default_rng([self.seed, _TEST_STREAM, self.keys[index], k])
-        patch = _crop(self.cache[index], self.crop, rng)
+        return (index, *_offsets(self.cache[index].shape, self.crop, rng))
+
+    def __getitem__(self, sample: int) -> dict:
+        index, top, left = self.draw(sample)
+        patch = self.cache[index]
+        if self.crop > 0:
+            patch = patch[top : top + self.crop, left : left + self.crop]
         return {"image": torch.from_numpy(np.ascontiguousarray(patch.transpose(2, 0, 1))),
                 "index": index}
 
@@ -204,14 +249,15 @@ def collate(samples: list[dict]) -> dict:
     return batch
 
 
-def make_loader(dataset, batch_size: int, workers: int, shuffle_seed: int | None,
-                drop_last: bool, pin_memory: bool = False) -> torch.utils.data.DataLoader:
-    """Batches of ``dataset`` in a permutation seeded by ``shuffle_seed`` (None: in order).
-    ``pin_memory`` (for a CUDA device) lets the engine's copies to the device run without
-    blocking the host, so the next batch is collated while the GPU computes."""
-    generator = None
-    if shuffle_seed is not None:
-        generator = torch.Generator().manual_seed(shuffle_seed)
+def make_loader(dataset, batch_size: int, workers: int, sampler=None, drop_last: bool = False,
+                pin_memory: bool = False) -> torch.utils.data.DataLoader:
+    """Batches of ``dataset`` in ``sampler``'s order (None: in order). Workers persist
+    across epochs, so an epoch starts without forking them again. ``pin_memory`` (for a
+    CUDA device) lets the engine's copies to the device run without blocking the host, so
+    the next batch is collated while the GPU computes."""
+    # a generator of its own for the workers' seeds: drawing them from torch's global one
+    # would move the model's dropout whenever the loader changes
     return torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, shuffle=shuffle_seed is not None, generator=generator,
-        num_workers=workers, collate_fn=collate, drop_last=drop_last, pin_memory=pin_memory)
+        dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
+        collate_fn=collate, drop_last=drop_last, pin_memory=pin_memory,
+        persistent_workers=workers > 0, generator=torch.Generator().manual_seed(0))

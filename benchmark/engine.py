@@ -21,8 +21,9 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from benchmark.batches import eval_batches, training_batches
 from benchmark.checkpoints import RESUME_KEYS, CheckpointError, load_checkpoint, save_checkpoint
-from benchmark.data import ImageCache, EvalCrops, TrainCrops, make_loader
+from benchmark.data import ImageCache, EvalCrops, TrainCrops
 from benchmark.metrics import all_metrics
 from benchmark.models import ConfigError, IQAModel, TrainContext, eval_crop
 from benchmark.records import select_epochs
@@ -40,7 +41,7 @@ class NonFiniteLossError(RuntimeError):
 
 @dataclass(frozen=True)
 class RunConfig:
-    """How a run executes. Only ``seed`` and ``amp`` change results; the rest is plumbing."""
+    """How a run executes. Only the RESULT_FIELDS change results; the rest is plumbing."""
 
     seed: int = 0
     device: str = "cpu"  # cpu | cuda | cuda:N | auto (resolved and recorded by the runner)
@@ -55,6 +56,9 @@ class RunConfig:
     #: on a CPU it moves a result in its last bits, and a noisy recipe by more (README)
     threads: int = 0
     cache: str = "memory"  # memory | disk
+    #: training crops cut on the device from its copy of the images: auto (on CUDA when they
+    #: fit), on (any device; refused when they do not fit) or off (the CPU loader)
+    data_on_device: str = "auto"
     progress: bool = True
     max_steps_per_epoch: int = 0  # 0 = full epochs; profiling and smoke tests cap it
     #: steps between the loop's reads of the device (loss check, progress); each read waits for
@@ -74,7 +78,8 @@ class RunConfig:
         _parse_device(self.device)
         for key, value, allowed in (("amp", self.amp, ("auto", "bf16", "fp16", "off")),
                                     ("cache", self.cache, ("memory", "disk")),
-                                    ("protocol", self.protocol, self.PROTOCOLS)):
+                                    ("protocol", self.protocol, self.PROTOCOLS),
+                                    ("data_on_device", self.data_on_device, ("auto", "on", "off"))):
             if value not in allowed:
                 raise ConfigError(f"{key} {value!r} is not one of {', '.join(allowed)}")
         for key in ("workers", "threads", "max_steps_per_epoch"):
@@ -117,6 +122,7 @@ class FitResult:
     eval_s: float = 0.0
     precision: str = "fp32"  # what the forward passes computed in: fp32 | bf16 | fp16
     compiled_graphs: int = 0  # graphs torch.compile built for the objective (0: not compiled)
+    data_path: str = "loader"  # where the training crops were cut: loader | device
 
 
 def _parse_device(name: str) -> torch.device:
@@ -151,10 +157,10 @@ def predict(model: IQAModel, cache: ImageCache, crop: int, n_crops: int, seed: i
     head = model if fn == "forward" else getattr(model, fn)
     if crop <= 0 and len({cache[i].shape for i in range(len(cache))}) > 1:
         batch_size = n_crops
-    for batch in make_loader(EvalCrops(cache, crop, n_crops, seed), batch_size, workers,
-                             None, False, device.type == "cuda"):
+    for images in eval_batches(EvalCrops(cache, crop, n_crops, seed), batch_size, device,
+                               workers):
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            out = head(to_input(batch["image"], device, channels_last))
+            out = head(to_input(images, device, channels_last))
         outputs.append(out.float())  # kept on the device: one transfer at the end, not per batch
     if not outputs:
         return np.zeros((0,))
@@ -207,6 +213,7 @@ def fit(model: IQAModel, data: SplitData, config: Any, run: RunConfig, work_dir:
                            config.train_crops, run.seed, config.hflip,
                            extra_crops=model.extra_crops())
     steps = steps_per_epoch(len(train_set), config, run)
+    batches = training_batches(train_set, config.batch_size, run, device, log)
     if 0 < config.epochs <= config.warmup_epochs:
         # a warning, not a refusal: short runs at a low lr are legitimate probes
         log(f"warning: warmup_epochs {config.warmup_epochs:g} >= epochs {config.epochs}: the "
@@ -215,7 +222,8 @@ def fit(model: IQAModel, data: SplitData, config: Any, run: RunConfig, work_dir:
     graphs_before = compiled_graphs()
     # built before on_epoch_start(0), so a model that freezes parts there still lists them
     stage, trainer = Trainer.build(model, config, run, device, steps)
-    result, start_epoch = FitResult(precision=DTYPE_NAMES[trainer.amp_dtype]), 0
+    result = FitResult(precision=DTYPE_NAMES[trainer.amp_dtype], data_path=batches.path)
+    start_epoch = 0
     checkpoint_path = work_dir / "checkpoint.pt"
     preds: dict[str, list] = {"val": [], "test": []}
     if resume and checkpoint_path.is_file():
@@ -232,7 +240,7 @@ def fit(model: IQAModel, data: SplitData, config: Any, run: RunConfig, work_dir:
             stage, trainer.optimizer, trainer.scheduler = stage_optimizer(model, config, steps, epoch)
         last_good = checkpoint_path if checkpoint_path.is_file() else "none (first epoch)"
         tic = time.perf_counter()
-        train_terms = train_epoch(trainer, train_set, epoch, steps, config, run, label_range,
+        train_terms = train_epoch(trainer, batches, epoch, steps, config, run, label_range,
                                   f"the last good checkpoint is {last_good}")
         result.train_s += time.perf_counter() - tic
         tic = time.perf_counter()
@@ -303,14 +311,12 @@ def _resume(path: Path, trainer: Trainer, config: Any, stage: str, steps: int,
     return finished, stage, preds
 
 
-def train_epoch(trainer: Trainer, train_set: TrainCrops, epoch: int, steps: int, config: Any,
+def train_epoch(trainer: Trainer, batches, epoch: int, steps: int, config: Any,
                 run: RunConfig, label_range: float, on_bad: str = "") -> dict[str, float]:
-    """``steps`` updates on epoch ``epoch``'s crops: the mean of each loss term. The device is
-    read every ``run.sync_every`` steps and at the end; a non-finite loss found there names
-    its own step (``on_bad`` completes the message)."""
-    train_set.set_epoch(epoch)
-    loader = make_loader(train_set, config.batch_size, run.workers, run.seed * 100003 + epoch,
-                         True, trainer.device.type == "cuda")
+    """``steps`` updates on epoch ``epoch``'s batches (:func:`benchmark.batches.training_batches`):
+    the mean of each loss term. The device is read every ``run.sync_every`` steps and at the
+    end; a non-finite loss found there names its own step (``on_bad`` completes the message)."""
+    loader = batches.epoch(epoch)
     trainer.model.train()
     tally, shown = LossTally(trainer.device), 0
     bar = _progress(run.progress)(total=steps, desc=f"epoch {epoch + 1}/{config.epochs}")

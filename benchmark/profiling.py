@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 from benchmark.checkpoints import save_checkpoint
-from benchmark.data import TrainCrops, make_loader
+from benchmark.batches import training_batches
+from benchmark.data import TrainCrops
 from benchmark.engine import RunConfig, predict, resolve_device, train_epoch
 from benchmark.models import TrainContext, config_to_dict, eval_crop
 from benchmark.protocol import resolve_amp
@@ -91,7 +92,7 @@ def _sync(device: torch.device) -> None:
 def profile_model(name: str, overrides: dict, device_name: str = "auto", amp: str = "auto",
                   steps: int = 20, workers: int = 0, use_compile: bool = False,
                   dataset: str = "profile", image_hw: tuple[int, int] = (384, 512),
-                  sync_every: int = 50) -> dict:
+                  sync_every: int = 50, data_on_device: str = "auto") -> dict:
     """Images/s of the isolated step, of the loop, of evaluation and of the loader alone;
     peak memory; on a known GPU the step's model FLOPs utilisation. ``dataset`` picks that
     dataset's recipe for the model (``demo``: the CPU-sized one); ``image_hw`` is the size
@@ -100,7 +101,8 @@ def profile_model(name: str, overrides: dict, device_name: str = "auto", amp: st
     cls, config = resolve_config(name, dataset, overrides)
     run = RunConfig(device=str(device), amp=resolve_amp(amp, cls.original_precision),
                     compile=use_compile, workers=workers, progress=False,
-                    max_steps_per_epoch=steps, sync_every=sync_every)
+                    max_steps_per_epoch=steps, sync_every=sync_every,
+                    data_on_device=data_on_device)
     torch.manual_seed(0)
     model = cls(config)
     with tempfile.TemporaryDirectory() as folder:
@@ -119,14 +121,15 @@ def profile_model(name: str, overrides: dict, device_name: str = "auto", amp: st
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
-    loader = make_loader(train_set, batch_size, workers, 0, True, device.type == "cuda")
+    batches = training_batches(train_set, batch_size, run, device, log=lambda _: None)
     tic = time.perf_counter()
-    for count, cpu_batch in enumerate(loader, 1):
+    for count, first_batch in enumerate(batches.epoch(0), 1):
         if count >= steps:
             break
+    _sync(device)
     loader_rate = count * batch_size / (time.perf_counter() - tic)
 
-    batch = trainer.to_device(cpu_batch)
+    batch = trainer.to_device(first_batch)
     ctx = TrainContext(0, 0, steps, 1.0, device)
     model.train()
     for _ in range(2):  # warm-up: allocator, cuDNN autotuning, compilation
@@ -139,7 +142,7 @@ def profile_model(name: str, overrides: dict, device_name: str = "auto", amp: st
     step_s = (time.perf_counter() - tic) / steps
 
     tic = time.perf_counter()
-    train_epoch(trainer, train_set, 1, steps, config, run, 1.0)
+    train_epoch(trainer, batches, 1, steps, config, run, 1.0)
     loop_s = (time.perf_counter() - tic) / steps
 
     eval_images = _SyntheticImages(max(1, batch_size * min(steps, 10) // config.test_crops),
@@ -152,6 +155,7 @@ def profile_model(name: str, overrides: dict, device_name: str = "auto", amp: st
     report = {
         "model": name, "recipe": dataset, "device": str(device),
         "precision": DTYPE_NAMES[trainer.amp_dtype], "compile": use_compile,
+        "data_path": batches.path, "workers": workers,
         "batch_size": batch_size, "img_size": config.img_size, "image_hw": [height, width],
         "train_crops": config.train_crops, "test_crops": config.test_crops, "steps": steps,
         "params_M": round(sum(p.numel() for p in model.parameters()) / 1e6, 3),

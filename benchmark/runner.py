@@ -377,6 +377,7 @@ def _record(plan, run, result, data, device, facts, timings) -> dict:
         "history": result.history, "metrics": result.selection,
         "precision": precision_facts(result.precision, plan["cls"].original_precision),
         "compile": {"enabled": run.compile, "graphs": result.compiled_graphs},
+        "data_path": result.data_path,
         "labels": label_facts(plan["prepared"].table,
                               plan["prepared"].meta.get("spec", {}).get("score_type")),
         "higher_is_better": HIGHER_IS_BETTER, "suite_tag": plan["identity"]["config"].get("preset"),

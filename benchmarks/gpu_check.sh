@@ -2,7 +2,8 @@
 # The prepared device check, about 5 minutes on one GPU: `bench profile` of DEIQT, QFM-IQM,
 # HyperIQA and MANIQA at batch 128 in bf16 (random weights: the cost of a step does not depend
 # on them), then a one-epoch `bench run` of DEIQT on a synthetic KonIQ-sized set (10,073
-# images of 512x384). Prints one JSON object: the four profiles and the run's timings.
+# images of 512x384) with its training images kept and cropped on the device
+# (--data-on-device on). Prints one JSON object: the four profiles and the run's timings.
 #
 #   benchmarks/gpu_check.sh [OUT_DIR]          on a GPU
 #   benchmarks/gpu_check.sh --tiny [OUT_DIR]   the same steps at CPU scale (tests run it)
@@ -58,7 +59,7 @@ PY
 "${bench[@]}" data prepare generic --root "$out/koniq_sized" --seeds 0 --no-decode > /dev/null
 "${bench[@]}" run --model deiqt --dataset generic --root "$out/koniq_sized" --split 0 \
   "${run_sets[@]}" --set epochs=1 --set warmup_epochs=0 --device "$device" --amp "$amp" \
-  --results "$out/results" --quiet > "$out/run.log"
+  --data-on-device on --results "$out/results" --quiet > "$out/run.log"
 
 "$python" - "$out" <<'PY'
 import json
@@ -75,6 +76,7 @@ print(json.dumps({
     "run": {"model": "deiqt", "images": record["data"]["n_train"] + record["data"]["n_val"]
             + record["data"]["n_test"], "train_crops": crops, "timings": record["timings"],
             "train_images_per_s": round(crops / train_s, 1) if train_s else None,
-            "device": record["device"], "precision": record["precision"]},
+            "device": record["device"], "precision": record["precision"],
+            "data_path": record["data_path"]},
 }, indent=1))
 PY

@@ -24,3 +24,4 @@ def test_gpu_check_runs_at_cpu_scale_and_prints_one_json_object(tmp_path):
     for figures in report["profiles"].values():
         assert figures["batch_size"] == 4 and 0 < figures["engine_efficiency"] < 2
     assert report["run"]["images"] == 40 and report["run"]["train_images_per_s"] > 0
+    assert report["run"]["data_path"] == "device"

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from benchmark import engine
+from benchmark.batches import training_batches
 from benchmark.data import ImageArrays, TrainCrops
 from benchmark.engine import NonFiniteLossError, RunConfig, train_epoch
 from benchmark.models import get_model_class
@@ -37,7 +38,7 @@ def _setup(run: RunConfig):
     labels = np.linspace(0.0, 1.0, IMAGES)
     train_set = TrainCrops(cache, labels, labels, config.img_size, 1, run.seed)
     _, trainer = Trainer.build(model, config, run, torch.device("cpu"), IMAGES // 2)
-    return trainer, train_set, config
+    return trainer, training_batches(train_set, config.batch_size, run, torch.device("cpu")), config
 
 
 def _count_reads(monkeypatch) -> list[str]:

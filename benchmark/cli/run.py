@@ -80,7 +80,12 @@ run_options = [
     click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto."),
     click.option("--amp", type=click.Choice(["auto", "bf16", "fp16", "off"]), default="auto",
                  show_default=True),
-    click.option("--workers", type=int, default=0, show_default=True, help="Loader workers."),
+    click.option("--workers", type=click.IntRange(0), default=None,
+                 help="Loader workers [default: half the cores, at most 8; none up to 4 cores]."),
+    click.option("--data-on-device", type=click.Choice(["auto", "on", "off"]), default="auto",
+                 show_default=True,
+                 help="Keep the decoded training images on the device and crop there (auto: "
+                      "on CUDA when they fit in 40% of its free memory; off: the CPU loader)."),
     click.option("--threads", type=int, default=0, show_default=True,
                  help="CPU threads (0: torch's default, one per core); recorded in the run."),
     click.option("--cache", type=click.Choice(["memory", "disk"]), default="memory",
@@ -104,11 +109,16 @@ def _apply(options):
     return decorate
 
 
-def make_run_config(seed, device, amp, workers, threads, cache, use_compile, protocol, quiet):
+def make_run_config(seed, device, amp, workers, data_on_device, threads, cache, use_compile,
+                    protocol, quiet, max_steps=0):
+    from benchmark.batches import default_workers
     from benchmark.engine import RunConfig
 
-    return RunConfig(seed=seed, device=device, amp=amp, workers=workers, threads=threads,
-                     cache=cache, compile=use_compile, protocol=protocol, progress=not quiet)
+    return RunConfig(seed=seed, device=device, amp=amp,
+                     workers=default_workers() if workers is None else workers,
+                     data_on_device=data_on_device, threads=threads, cache=cache,
+                     compile=use_compile, protocol=protocol, progress=not quiet,
+                     max_steps_per_epoch=max_steps)
 
 
 @click.command()
@@ -120,13 +130,13 @@ def make_run_config(seed, device, amp, workers, threads, cache, use_compile, pro
               help="Use the MODEL run (e.g. QFM-IQM's deiqt teacher) whose config hash starts "
                    "with HASH, not the newest one (repeatable).")
 @user_errors
-def run(model, dataset, root, sets, results, seed, device, amp, workers, threads, cache,
-        use_compile, protocol, quiet, split, force, resume, pins) -> None:
+def run(model, dataset, root, sets, results, seed, device, amp, workers, data_on_device,
+        threads, cache, use_compile, protocol, quiet, split, force, resume, pins) -> None:
     """Train and evaluate one (model, dataset, split) and write its run record."""
     from benchmark.runner import run_one
 
-    run_config = guarded(make_run_config, seed, device, amp, workers, threads, cache,
-                         use_compile, protocol, quiet)
+    run_config = guarded(make_run_config, seed, device, amp, workers, data_on_device, threads,
+                         cache, use_compile, protocol, quiet)
     record = guarded(run_one, model, dataset, split, root or Path("data") / dataset,
                     parse_sets(sets), run_config, results, force=force, resume=resume,
                     pins=_parse_pins(pins))
@@ -235,16 +245,22 @@ def _write_scores(out: Path, metric, scored, failed) -> None:
               help="Timed training steps, for the step and for the loop each.")
 @click.option("--image-size", default="512x384", show_default=True, metavar="WxH",
               help="Size of the synthetic decoded images the crops are cut from.")
-@click.option("--workers", type=int, default=0, show_default=True)
+@click.option("--workers", type=click.IntRange(0), default=None,
+              help="Loader workers [default: half the cores, at most 8; none up to 4 cores].")
+@click.option("--data-on-device", type=click.Choice(["auto", "on", "off"]), default="auto",
+              show_default=True,
+              help="Keep the decoded training images on the device and crop there (auto: "
+                   "on CUDA when they fit in 40% of its free memory; off: the CPU loader).")
 @click.option("--compile", "use_compile", is_flag=True)
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the figures to this JSON file.")
 @user_errors
 def profile(model, sets, dataset, device, amp, batch_size, steps, image_size, workers,
-            use_compile, json_out) -> None:
+            data_on_device, use_compile, json_out) -> None:
     """Images/s of the training step alone and of the engine's loop (their ratio: the engine
     efficiency), of evaluation and of the loader; peak memory; MFU on a GPU."""
     from benchmark.io import atomic_write_json
+    from benchmark.batches import default_workers
     from benchmark.profiling import profile_model
 
     try:
@@ -254,8 +270,9 @@ def profile(model, sets, dataset, device, amp, batch_size, steps, image_size, wo
     overrides = parse_sets(sets)
     if batch_size:
         overrides["batch_size"] = batch_size
+    workers = default_workers() if workers is None else workers
     report = guarded(profile_model, model, overrides, device, amp, steps, workers, use_compile,
-                     dataset, (height, width))
+                     dataset, (height, width), data_on_device=data_on_device)
     for key, value in report.items():
         click.echo(f"{key:28s} {value}")
     if json_out:
