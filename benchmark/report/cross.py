@@ -278,7 +278,8 @@ def score_release(source: str, train: str, test: str, root_test: Path, results: 
     sha256 = sha256_file(path)
     identity = {"model": name, "checkpoint_sha256": sha256,
                 "config": config_to_dict(metric.model.config)}
-    key = cross_key({"config_hash": config_hash(identity)}, RELEASE_RULE, prepared.root,
+    source_hash = config_hash(identity)
+    key = cross_key({"config_hash": source_hash}, RELEASE_RULE, prepared.root,
                     prepared.meta.get("table_sha256"))
     out_path = cross_dir(results, f"{RELEASED_BY}-{name}", train, test) / f"split0-{key[:10]}.json"
     if _made_from(out_path, key) and not force:
@@ -294,8 +295,8 @@ def score_release(source: str, train: str, test: str, root_test: Path, results: 
     per_image = prepared.table[["image", "score", "score_unit"]].assign(pred=pred)
     _write_record(out_path, per_image, metrics, tic, {
         "key": key, "model": name, "release": RELEASED_BY, "train": train, "test": test,
-        "split": 0, "rule": RELEASE_RULE, "epoch": None, "config_id": key[:12],
-        "config_hash": config_hash(identity), "preset": None, "suite_tag": None,
+        "split": 0, "rule": RELEASE_RULE, "epoch": None, "config_id": source_hash[:12],
+        "config_hash": source_hash, "preset": None, "suite_tag": None,
         "source_dir": str(path.resolve().parent), "checkpoint": path.name,
         "checkpoint_sha256": sha256, "config": identity["config"],
         "data": _test_data(prepared), "device": str(metric.device)})
