@@ -143,3 +143,98 @@ def test_a_file_saved_as_pyiqa_saves_hyperiqa_gives_pyiqas_outputs(tmp_path, mon
     expected = theirs.double().forward_patch(x).reshape(-1)
     assert abs(float(expected[0] - expected[1])) > 1e-3  # the images score apart
     torch.testing.assert_close(ours(x).reshape(-1), expected, rtol=0, atol=1e-5)
+
+
+#: 475 demo images: whole batches of them, not ARCH's four
+DEMO_ARCH = {**ARCH, "batch_size": 64}
+
+
+def _sets() -> list[str]:
+    return [word for key, value in DEMO_ARCH.items() for word in ("--set", f"{key}={value}")]
+
+
+def _cross(results: Path, root: Path, *words: str):
+    return CliRunner().invoke(main, ["cross", "--train", "demo", "--test", "demo", "--root-test",
+                                     str(root), "--results", str(results), "--device", "cpu",
+                                     *_sets(), *words])
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_bench_cross_scores_a_pyiqa_release_as_bench_score_does(seeded, demo_root, tmp_path):
+    """bench cross --checkpoint pyiqa:MODEL:FILE: bench score's numbers against the test
+    set's labels, one record keyed by the file's sha256, a labelled row of the cross table."""
+    import hashlib
+    import json
+
+    import pandas as pd
+
+    from benchmark.datasets.prepare import load_prepared
+    from benchmark.metrics import all_metrics
+    from benchmark.report.cross import cross_summary
+    from benchmark.report.published import load_published
+    from benchmark.report.tables import cross_table
+
+    _, path = seeded
+    results = tmp_path / "results"
+    outcome = _cross(results, demo_root, "--checkpoint", f"pyiqa:probe:{path}")
+    assert outcome.exit_code == 0, outcome.output
+    (record_path,) = (results / "cross" / "pyiqa-probe" / "demo__demo").glob("split0-*.json")
+    record = json.loads(record_path.read_text())
+
+    prepared = load_prepared(demo_root, "demo")
+    images = [str(prepared.image_path(image)) for image in prepared.table["image"]]
+    scores = tmp_path / "scores.csv"
+    scored = CliRunner().invoke(main, ["score", *images, "--checkpoint", f"pyiqa:probe:{path}",
+                                       *_sets(), "--quiet", "--out", str(scores)])
+    assert scored.exit_code == 0, scored.output
+    by_score = pd.read_csv(scores)
+    assert by_score["image"].tolist() == images
+    expected = all_metrics(by_score["score"].to_numpy(float),
+                           prepared.table["score_unit"].to_numpy(float))
+    for name in ("srcc", "krcc", "plcc", "plcc_l5"):
+        assert abs(record["metrics"][name] - expected[name]) < 1e-9, name
+    per_image = pd.read_csv(record_path.with_suffix(".csv"))
+    assert per_image["pred"].to_numpy() == pytest.approx(by_score["score"].to_numpy(), rel=1e-7)
+    assert np.isfinite(record["metrics"]["srcc"]) and np.ptp(by_score["score"]) > 0
+    assert np.isnan(record["metrics"]["rmse"])  # its scale is unknown: no unit map
+    assert (record["release"], record["rule"], record["model"]) == ("pyiqa", "release", "probe")
+    assert record["checkpoint_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert record["data"]["n_images"] == len(images) == 475
+
+    summary = cross_summary(results, expected={"*": 10})
+    row = summary[summary["metric"] == "srcc"].iloc[0]
+    # one released model completes its cell, whatever number of splits our runs expect
+    assert (row["model"], row["dataset"], row["n"], row["expected"], bool(row["complete"])) == (
+        "pyiqa:probe", "demo->demo", 1, 1, True)
+    table = cross_table(summary, load_published())
+    line = next(text for text in table.splitlines() if text.startswith("Probe (pyiqa release)"))
+    assert line.split(" & ")[2].strip(" \\") == f"{record['metrics']['srcc']:.3f}"
+    assert "not trained here" in table
+
+    written = record_path.stat().st_mtime_ns
+    again = _cross(results, demo_root, "--checkpoint", f"pyiqa:probe:{path}")
+    assert again.exit_code == 0 and "already done" in again.output
+    assert record_path.stat().st_mtime_ns == written
+    forced = _cross(results, demo_root, "--checkpoint", f"pyiqa:probe:{path}", "--force")
+    assert forced.exit_code == 0 and record_path.stat().st_mtime_ns != written
+
+
+def test_bench_cross_refuses_bad_release_input_in_one_line(seeded, demo_root, tmp_path):
+    _, path = seeded
+    results = tmp_path / "results"
+    text = tmp_path / "notes.pth"
+    text.write_text("not a checkpoint")
+    refusals = {
+        (f"pyiqa:probe:{tmp_path / 'missing.pth'}",): "no pyiqa checkpoint at",
+        (f"pyiqa:probe:{text}",): "not a checkpoint that loads with weights_only=True",
+        (f"pyiqa:nosuchmodel:{path}",): "nosuchmodel",
+        (f"pyiqa:{path}",): "given as pyiqa:MODEL:FILE",
+        (str(path),): "a released checkpoint is given as pyiqa:MODEL:FILE",
+        (f"pyiqa:probe:{path}", "--model", "probe"): "--model select runs",
+    }
+    for words, message in refusals.items():
+        outcome = _cross(results, demo_root, "--checkpoint", *words)
+        assert outcome.exit_code == 1, (words, outcome.output)
+        assert len(outcome.output.strip().splitlines()) == 1 and message in outcome.output, \
+            (words, outcome.output)
+    assert not results.exists()

@@ -230,39 +230,62 @@ def feature_distance(dataset: str, root: Path, checkpoints: tuple[Path, ...],
               help="Prepared folder of the test dataset.")
 @click.option("--model", "models", multiple=True,
               help="Model(s) to evaluate; repeat [default: every model with runs on TRAIN].")
+@click.option("--checkpoint", default=None, metavar="pyiqa:MODEL:FILE",
+              help="Evaluate pyiqa's released checkpoint (trained on TRAIN) instead of runs.")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="Config value of the checkpoint's model (repeatable), as in bench score.")
 @results_option
-@click.option("--rule", type=click.Choice(["val", "last"]), default="val", show_default=True,
-              help="Weights: the validation-selected epoch or the last one.")
+@click.option("--rule", type=click.Choice(["val", "last"]), default=None,
+              help="Weights: the validation-selected epoch [default] or the last one.")
 @click.option("--config", default=None, help="Config id prefix when a model has several.")
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")
 @click.option("--force", is_flag=True, help="Re-evaluate splits that already have a record.")
 @user_errors
-def cross(train: str, test: str, root_test: Path, models: tuple[str, ...], results: Path,
-          rule: str, config: str | None, device: str, force: bool) -> None:
+def cross(train: str, test: str, root_test: Path, models: tuple[str, ...],
+          checkpoint: str | None, sets: tuple[str, ...], results: Path, rule: str | None,
+          config: str | None, device: str, force: bool) -> None:
     """Evaluate every split's model trained on TRAIN on all images of TEST.
 
     \b
     Writes RESULTS/cross/<model>/<train>__<test>/split<k>-<key>.json, the key naming the
     source run, the rule, the test folder and its table's checksum (a record is reused only
     under the same key); `bench report` turns them into the cross-dataset tables.
+    --checkpoint pyiqa:MODEL:FILE scores pyiqa's released model instead, with bench score's
+    protocol, into RESULTS/cross/pyiqa-<model>/ (keyed by the file's sha256); the tables
+    label its row "(pyiqa release)".
 
     \b
-    Example:
+    Examples:
       bench cross --train koniq --test livec --root-test data/livec --model deiqt
+      bench cross --train koniq --test livec --root-test data/livec \\
+        --checkpoint pyiqa:dbcnn:DBCNN_KonIQ.pth
     """
+    from benchmark.cli.run import parse_sets
     from benchmark.records import iter_records
     from benchmark.registry import dataset_registry
-    from benchmark.report.cross import evaluate_cross
+    from benchmark.report.cross import evaluate_cross, score_release
 
     train = dataset_registry().canonical(train)
-    models = models or tuple(sorted({r["model"] for r in iter_records(results)
-                                     if r["dataset"] == train}))
-    if not models:
-        raise BenchError(f"no finished runs on {train} under {results / 'runs'}")
+    if checkpoint is None and sets:
+        raise BenchError("--set applies to a --checkpoint; runs carry their own config")
+    if checkpoint is not None:
+        given = [f"--{name}" for name, value in (("model", models), ("rule", rule),
+                                                  ("config", config)) if value]
+        if given:
+            raise BenchError(f"{' and '.join(given)} select runs: a --checkpoint is one model "
+                             "with one set of weights")
+    else:
+        models = models or tuple(sorted({r["model"] for r in iter_records(results)
+                                         if r["dataset"] == train}))
+        if not models:
+            raise BenchError(f"no finished runs on {train} under {results / 'runs'}")
     decoded: dict = {}  # the test images, decoded once for every model and split
     try:
+        if checkpoint is not None:
+            score_release(checkpoint, train, test, root_test, results, parse_sets(sets),
+                          device, force, log=click.echo)
         for model in models:
-            evaluate_cross(model, train, test, root_test, results, rule, device, config, force,
-                           log=click.echo, decoded=decoded)
+            evaluate_cross(model, train, test, root_test, results, rule or "val", device,
+                           config, force, log=click.echo, decoded=decoded)
     except (ValueError, FileNotFoundError) as error:
         raise BenchError(str(error).splitlines()[0]) from None

@@ -9,8 +9,13 @@ weights were used, the test set's folder and the checksum of its table), so a re
 only for the same inputs and records of another rule or test copy sit beside it. Predictions
 are first put on the source's unit scale with the affine map the source run itself used (read
 from its predictions.csv), so a model trained on DMOS and tested on MOS keeps a positive SRCC
-when it orders quality right. Reading and summarising cross records needs no torch;
-evaluating does.
+when it orders quality right.
+
+A released checkpoint (pyiqa's, ``pyiqa:MODEL:FILE``) is scored by :func:`score_release`
+into ``results/cross/pyiqa-<model>/<train>__<test>/split0-<key10>.json``: one model, keyed by
+the file's sha256, with rule ``release`` and ``release: pyiqa`` in the record; its rows are
+the model ``pyiqa:<model>``, a cell of its own that one record completes. Reading and
+summarising cross records needs no torch; evaluating does.
 """
 
 from __future__ import annotations
@@ -28,12 +33,23 @@ from benchmark.io import atomic_write_json, atomic_write_text
 from benchmark.metrics import HIGHER_IS_BETTER, all_metrics
 from benchmark.records import config_hash, git_state, iter_records, package_versions
 
-__all__ = ["CROSS_SCHEMA", "cross_dir", "cross_key", "iter_cross", "cross_runs",
-           "cross_summary", "unit_map", "select_runs", "evaluate_cross", "score_runs"]
+__all__ = ["CROSS_SCHEMA", "RELEASE_RULE", "RELEASED_BY", "cross_dir", "cross_key",
+           "iter_cross", "cross_runs", "cross_summary", "released_model", "unit_map",
+           "select_runs", "evaluate_cross", "score_runs", "score_release"]
 
 CROSS_SCHEMA = "bench-cross/2"
 #: bench-cross/1 records numbered epochs from 0 and carried no key in their name
 _OLD_SCHEMA = "bench-cross/1"
+#: the rule of a released checkpoint's record: its publisher chose the weights, not a rule of ours
+RELEASE_RULE = "release"
+#: who released the checkpoints :func:`score_release` scores (the ``pyiqa:`` of their rows)
+RELEASED_BY = "pyiqa"
+
+
+def released_model(name: str) -> str | None:
+    """The model of a released checkpoint's rows (``pyiqa:dbcnn``), else None."""
+    who, sep, model = name.partition(":")
+    return model if sep and who == RELEASED_BY else None
 
 
 def cross_dir(results: Path, name: str, train: str, test: str) -> Path:
@@ -59,7 +75,10 @@ def cross_runs(results: Path) -> pd.DataFrame:
         data = record["data"]
         # one cell per source configuration and test copy: two folders of one test set differ
         test_copy = {"root": data.get("root"), "table_sha256": data.get("table_sha256")}
-        rows.append({"model": record["model"], "dataset": f"{record['train']}->{record['test']}",
+        # a release is not a model trained here: its rows never join our runs' cells
+        model = f"{record['release']}:{record['model']}" if record.get("release") \
+            else record["model"]
+        rows.append({"model": model, "dataset": f"{record['train']}->{record['test']}",
                      "config_id": config_hash({"source": record["config_id"],
                                                "test": test_copy})[:12],
                      "rule": record["rule"],
@@ -76,7 +95,11 @@ def cross_summary(results: Path, expected: dict[str, int] | int = 10) -> pd.Data
         # a cross cell is complete when every split of its source was evaluated
         expected = {**expected, **{d: expected.get(d.split("->")[0], expected.get("*", 10))
                                    for d in runs["dataset"].unique()}}
-    return summarize(runs, expected)
+    summary = summarize(runs, expected)
+    released = summary["model"].map(released_model).notna()
+    summary.loc[released, "expected"] = 1  # one released model, not one per split
+    summary.loc[released, "complete"] = summary.loc[released, "n"] >= 1
+    return summary
 
 
 def unit_map(predictions: pd.DataFrame, rule: str) -> tuple[float, float]:
@@ -194,23 +217,88 @@ def score_runs(records: list[dict], test: str, root_test: Path, out: Path, rule:
         metrics = all_metrics(a * pred + b, units)
         per_image = prepared.table[["image", "score", "score_unit"]].assign(
             pred=pred, pred_unit=a * pred + b)
-        atomic_write_text(out_path.with_suffix(".csv"), per_image.to_csv(
-            index=False, float_format="%.8g", lineterminator="\n"))
-        atomic_write_json(out_path, {
-            "schema": CROSS_SCHEMA, "key": key, "model": model, "train": train, "test": test,
+        _write_record(out_path, per_image, metrics, tic, {
+            "key": key, "model": model, "train": train, "test": test,
             "split": int(record["split"]), "rule": rule, "epoch": trained.epoch,
             "config_id": config_identity(record), "config_hash": record["config_hash"],
             "preset": record["config"].get("preset"), "suite_tag": record.get("suite_tag"),
             "source_dir": str(source), "checkpoint": trained.path.name,
-            "data": {"root": str(Path(prepared.root).resolve()), "table_sha256": table_sha256,
-                     "n_images": len(paths)},
-            "metrics": metrics, "higher_is_better": HIGHER_IS_BETTER,
-            "git": git_state(), "versions": package_versions(), "device": str(torch_device),
-            "timings": {"total_s": round(time.perf_counter() - tic, 3)},
-        })
+            "data": _test_data(prepared), "device": str(torch_device)})
         if _made_from(legacy, key):  # replaced under --force: one record per key
             legacy.unlink()
             legacy.with_suffix(".csv").unlink(missing_ok=True)
         log(f"{model} {train}->{test} split {record['split']}: srcc {metrics['srcc']:.4f}")
         written.append(out_path)
     return written
+
+
+def _test_data(prepared) -> dict[str, Any]:
+    return {"root": str(Path(prepared.root).resolve()),
+            "table_sha256": prepared.meta.get("table_sha256"), "n_images": len(prepared.table)}
+
+
+def _write_record(out_path: Path, per_image: pd.DataFrame, metrics: dict[str, float],
+                  tic: float, fields: dict[str, Any]) -> None:
+    """The per-image CSV, then the record beside it (its presence means the pair is whole)."""
+    atomic_write_text(out_path.with_suffix(".csv"), per_image.to_csv(
+        index=False, float_format="%.8g", lineterminator="\n"))
+    atomic_write_json(out_path, {
+        "schema": CROSS_SCHEMA, **fields, "metrics": metrics,
+        "higher_is_better": HIGHER_IS_BETTER, "git": git_state(),
+        "versions": package_versions(),
+        "timings": {"total_s": round(time.perf_counter() - tic, 3)}})
+
+
+def score_release(source: str, train: str, test: str, root_test: Path, results: Path,
+                  overrides: dict[str, Any] | None = None, device: str = "cpu",
+                  force: bool = False, log: Callable[[str], None] = print) -> Path:
+    """Score a released checkpoint (``pyiqa:MODEL:FILE``, trained by its publisher on
+    ``train``) on all images of ``test``, with ``bench score``'s metric, into one record.
+
+    The file carries no label scale, so no unit map exists: SRCC, KRCC and the PLCCs (raw and
+    after the logistic fits) are scale-free and computed as for runs, the raw RMSE is NaN.
+    The key is the file's sha256 and the resolved model config, the test folder and its
+    table's checksum."""
+    from benchmark.datasets.prepare import load_prepared
+    from benchmark.io import sha256_file
+    from benchmark.metric import load_metric
+    from benchmark.model_config import config_to_dict
+    from benchmark.pyiqa_weights import parse_source
+    from benchmark.registry import dataset_registry
+
+    parsed = parse_source(source)
+    if parsed is None:
+        raise ValueError(f"{source}: a released checkpoint is given as pyiqa:MODEL:FILE (runs "
+                         "of this harness are found under the results folder by model)")
+    tic = time.perf_counter()
+    metric = load_metric(source, device, overrides=overrides)  # refuses bad files first
+    name, path = metric.model.name, parsed[1]
+    train, test = dataset_registry().canonical(train), dataset_registry().canonical(test)
+    prepared = load_prepared(Path(root_test), test)
+    sha256 = sha256_file(path)
+    identity = {"model": name, "checkpoint_sha256": sha256,
+                "config": config_to_dict(metric.model.config)}
+    source_hash = config_hash(identity)
+    key = cross_key({"config_hash": source_hash}, RELEASE_RULE, prepared.root,
+                    prepared.meta.get("table_sha256"))
+    out_path = cross_dir(results, f"{RELEASED_BY}-{name}", train, test) / f"split0-{key[:10]}.json"
+    if _made_from(out_path, key) and not force:
+        log(f"already done: {out_path}")
+        return out_path
+    scored = metric.score_files([prepared.image_path(i) for i in prepared.table["image"]])
+    if scored.failed:
+        raise ValueError(scored.failed[0][1])
+    pred = np.asarray(scored.scores, dtype=np.float64)
+    # on the release's own scale: only the raw RMSE needs the unknown unit map
+    metrics = {**all_metrics(pred, prepared.table["score_unit"].to_numpy(float)),
+               "rmse": float("nan")}
+    per_image = prepared.table[["image", "score", "score_unit"]].assign(pred=pred)
+    _write_record(out_path, per_image, metrics, tic, {
+        "key": key, "model": name, "release": RELEASED_BY, "train": train, "test": test,
+        "split": 0, "rule": RELEASE_RULE, "epoch": None, "config_id": source_hash[:12],
+        "config_hash": source_hash, "preset": None, "suite_tag": None,
+        "source_dir": str(path.resolve().parent), "checkpoint": path.name,
+        "checkpoint_sha256": sha256, "config": identity["config"],
+        "data": _test_data(prepared), "device": str(metric.device)})
+    log(f"{RELEASED_BY}:{name} (released) {train}->{test}: srcc {metrics['srcc']:.4f}")
+    return out_path

@@ -20,6 +20,7 @@ from benchmark.aggregate import primary_cells
 from benchmark.io import atomic_write_text
 from benchmark.metrics import HIGHER_IS_BETTER
 from benchmark.registry import dataset_registry
+from benchmark.report.cross import RELEASE_RULE, RELEASED_BY, released_model
 from benchmark.report.published import SOURCES, lookup
 
 __all__ = [
@@ -64,12 +65,16 @@ def dataset_label(name: str) -> str:
 
 
 def model_label(name: str) -> str:
-    return tex_escape(MODEL_LABELS.get(name, name))
+    model = released_model(name)
+    return tex_escape(MODEL_LABELS.get(name, name) if model is None else
+                      f"{MODEL_LABELS.get(model, model)} ({RELEASED_BY} release)")
 
 
 def ordered_models(models: Iterable[str]) -> list[str]:
+    """The papers' order; a released checkpoint right after the model it is (ours first)."""
     order = list(MODEL_LABELS)
-    return sorted(set(models), key=lambda m: (order.index(m) if m in order else len(order), m))
+    base = {m: released_model(m) or m for m in models}
+    return sorted(base, key=lambda m: (order.index(base[m]) if base[m] in order else len(order), m))
 
 
 def table_datasets(present: Iterable[str]) -> list[tuple[str, list[str]]]:
@@ -307,7 +312,8 @@ def cross_table(cross_summary: pd.DataFrame, published: pd.DataFrame, metric: st
                 rule: str = "val") -> str:
     """Train (rows) × test (columns) medians per model; published values in parentheses."""
     chosen = primary_cells(cross_summary) if not cross_summary.empty else cross_summary
-    chosen = chosen[(chosen["rule"] == rule) & (chosen["metric"] == metric)] \
+    # a release has one set of weights, whichever rule the table shows for our runs
+    chosen = chosen[chosen["rule"].isin((rule, RELEASE_RULE)) & (chosen["metric"] == metric)] \
         if not chosen.empty else chosen
     cells = {}
     for r in chosen.itertuples():
@@ -333,6 +339,9 @@ def cross_table(cross_summary: pd.DataFrame, published: pd.DataFrame, metric: st
              "evaluated on every image of the target set.",
              "In parentheses: published, trained on the full source set.", _source_note(used),
              INCOMPLETE_NOTE]
+    if any(released_model(m) for m, _, _ in cells):
+        notes.append(f"({RELEASED_BY} release): the checkpoint {RELEASED_BY} publishes, trained by "
+                     "it on the source set, scored under our protocol; not trained here.")
     return table_float(body, "ll" + "c" * max(len(tests), 1),
                   f"Cross-dataset {METRIC_LABELS[metric]}.", f"tab:cross-{metric}",
                   [n for n in notes if n])
