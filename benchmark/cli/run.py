@@ -80,7 +80,7 @@ run_options = [
     click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto."),
     click.option("--amp", type=click.Choice(["auto", "bf16", "fp16", "off"]), default="auto",
                  show_default=True),
-    click.option("--workers", type=click.IntRange(0), default=None,
+    click.option("--workers", type=int, default=None,
                  help="Loader workers [default: half the cores, at most 8; none up to 4 cores]."),
     click.option("--data-on-device", type=click.Choice(["auto", "on", "off"]), default="auto",
                  show_default=True,
@@ -245,7 +245,7 @@ def _write_scores(out: Path, metric, scored, failed) -> None:
               help="Timed training steps, for the step and for the loop each.")
 @click.option("--image-size", default="512x384", show_default=True, metavar="WxH",
               help="Size of the synthetic decoded images the crops are cut from.")
-@click.option("--workers", type=click.IntRange(0), default=None,
+@click.option("--workers", type=int, default=None,
               help="Loader workers [default: half the cores, at most 8; none up to 4 cores].")
 @click.option("--data-on-device", type=click.Choice(["auto", "on", "off"]), default="auto",
               show_default=True,
