@@ -106,7 +106,8 @@ def main(dataset, root, splits, sets, qfm_sets, rule, metric, results, seed, dev
         indices = parse_indices(splits, "--splits")
     except SuiteError as error:
         raise BenchError(str(error)) from None
-    run = make_run_config(seed, device, "auto", 0, threads, "memory", False, quiet, max_steps)
+    run = make_run_config(seed=seed, device=device, workers=0, threads=threads, quiet=quiet,
+                          max_steps=max_steps)
     pairs = guarded(train_pairs, dataset, root, indices, parse_sets(sets), parse_sets(qfm_sets),
                     run, results, log=(lambda _: None) if quiet else click.echo)
     click.echo(format_comparison(*paired_comparison(pairs, rule, metric)))

@@ -47,7 +47,8 @@ def measure(root: Path, threads: int, seed: int, results: Path, split: int = 0,
     """One row per recipe: the run's test SRCC/PLCC under :data:`RULE` and its wall time."""
     from benchmark.runner import run_one
 
-    run = make_run_config(seed, "cpu", "off", 0, threads, "memory", False, True)
+    run = make_run_config(seed=seed, device="cpu", amp="off", workers=0, threads=threads,
+                          quiet=True)
     rows = []
     for model, (text, overrides) in RECIPES.items():
         record = guarded(run_one, model, "livec", split, root, dict(overrides), run, results,

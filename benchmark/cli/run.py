@@ -109,8 +109,10 @@ def _apply(options):
     return decorate
 
 
-def make_run_config(seed, device, amp, workers, data_on_device, threads, cache, use_compile,
-                    protocol, quiet, max_steps=0):
+def make_run_config(*, seed: int = 0, device: str = "auto", amp: str = "auto",
+                    workers: int | None = None, data_on_device: str = "auto", threads: int = 0,
+                    cache: str = "memory", use_compile: bool = False, protocol: str = "honest",
+                    quiet: bool = False, max_steps: int = 0):
     from benchmark.batches import default_workers
     from benchmark.engine import RunConfig
 
@@ -135,8 +137,9 @@ def run(model, dataset, root, sets, results, seed, device, amp, workers, data_on
     """Train and evaluate one (model, dataset, split) and write its run record."""
     from benchmark.runner import run_one
 
-    run_config = guarded(make_run_config, seed, device, amp, workers, data_on_device, threads,
-                         cache, use_compile, protocol, quiet)
+    run_config = guarded(make_run_config, seed=seed, device=device, amp=amp, workers=workers,
+                         data_on_device=data_on_device, threads=threads, cache=cache,
+                         use_compile=use_compile, protocol=protocol, quiet=quiet)
     record = guarded(run_one, model, dataset, split, root or Path("data") / dataset,
                     parse_sets(sets), run_config, results, force=force, resume=resume,
                     pins=_parse_pins(pins))
