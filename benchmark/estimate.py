@@ -90,7 +90,10 @@ def estimate_suite(suite: Suite, protocol: dict[str, Any],
             if not images:
                 raise ValueError(f"dataset {dataset} declares no image count to estimate from")
             cls, config = resolve_config(entry.model, dataset, entry.overrides)
-            n_train, n_val, n_test = _parts(images, float(protocol.get("val_fraction", 0.1)))
+            # the paper protocol trains on the validation part too
+            held_out = 0.0 if suite.run.get("protocol") == "paper" else \
+                float(protocol.get("val_fraction", 0.1))
+            n_train, n_val, n_test = _parts(images, held_out)
             if cls.training_kind != "gradient":
                 rows.append(RunCost(entry.name, entry.model, dataset, len(suite.splits), 0,
                                     n_val + n_test, None, "no GPU"))

@@ -34,6 +34,10 @@ def test_the_paper_grid_costs_what_its_recipes_and_sizes_say():
               + flive.eval_crops / speed.eval_crops_per_s) / 3600)
     assert rows["brisque", "koniq"].gpu_hours is None  # fitted on the CPU, no SGD
     assert len(rows) == 9 * 8
+    # the paper protocol trains on the whole 80 %: no validation part held out
+    paper = {(r.entry, r.dataset): r
+             for r in estimate_suite(params.suite("paper-protocol"), params.protocol)}
+    assert paper["deiqt", "flive"].train_crops == round(0.8 * 39810) * 9 * 10
 
 
 def test_a_profile_file_replaces_the_table_and_the_cli_prints_the_totals(tmp_path):
