@@ -29,7 +29,8 @@ DEVICE_SHARE = 0.4
 def default_workers() -> int:
     """Loader workers for the cores there are: half of them (the model's threads use the
     rest), at most 8; none up to 4 cores, where a worker takes a core from the model's
-    threads (on 2 cores one worker cut the probe's loop to a quarter of its step's speed)."""
+    threads (on a loaded 2-core machine one worker cut the probe's loop to a quarter of its
+    step's speed; on a quiet one it cost nothing, so none is the safe choice)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return 0 if (cores or 1) <= 4 else min(8, cores // 2)
 

@@ -33,7 +33,6 @@ def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
 DTYPE_NAMES = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
-
 def lr_factor(step: int, steps_per_epoch: int, config: Any) -> float:
     """Multiplier of the base lr at a global step: linear warm-up, then step, cosine over the
     run, periodic cosine or constant.

@@ -164,3 +164,13 @@ def test_parse_finds_a_set_in_a_wrapping_folder(tmp_path, root, table):
     (inner / LABEL_FILE).write_text((root / LABEL_FILE).read_text())
     nested = Demo().parse(tmp_path)
     assert nested["image"].iloc[0] == "demo-v1/" + table["image"].iloc[0]
+
+
+def test_the_run_log_names_only_the_demo_recipe_settings_in_force(demo_root, tmp_path):
+    from benchmark.runner import _recipe_notes, plan_run
+
+    plan = plan_run("probe", "demo", 0, demo_root, {"epochs": 2}, results=tmp_path)
+    line = _recipe_notes(plan)[0]
+    assert line.startswith("demo recipe (probe): ") and "lr=0.003" in line
+    assert " epochs=" not in line  # overridden: the run trains 2 epochs, not the recipe's 4
+    assert plan["config"].epochs == 2
