@@ -27,8 +27,8 @@ __all__ = ["SuiteError", "Paths", "Entry", "Cell", "Suite", "Params", "load_para
            "TOP_KEYS", "SUITE_KEYS", "RUN_KEYS"]
 
 TOP_KEYS = ("paths", "protocol", "models", "suites", "suite")
-SUITE_KEYS = ("datasets", "splits", "expect_splits", "run", "teacher", "models", "students",
-              "cross")
+SUITE_KEYS = ("datasets", "test_datasets", "splits", "expect_splits", "run", "teacher", "models",
+              "students", "cross")
 CROSS_KEYS = ("train", "test")
 RUN_KEYS = ("device", "seed", "amp", "compile", "workers", "cache", "threads", "protocol")
 PROTOCOL_KEYS = ("seeds", "rounding", "val_fraction", "min_val_groups")
@@ -126,6 +126,8 @@ class Suite:
     run: dict[str, Any] = field(default_factory=dict, compare=False)
     #: (train, test) dataset pairs: every entry's split models of train scored on all of test
     cross: tuple[tuple[str, str], ...] = ()
+    #: datasets that only cross pairs score: prepared by dvc.yaml, never trained on
+    test_datasets: tuple[str, ...] = ()
 
     def cells(self) -> list[Cell]:
         """Every cell, teachers' cells before their students' (entry, dataset, split order)."""
@@ -176,11 +178,13 @@ class Params:
             _check_splits(splits, len(self.seeds), "--splits")
         teacher = raw["teacher"]
         datasets = datasets or tuple(raw["datasets"])
+        test_datasets = tuple(raw["test_datasets"])
         cross = tuple((pair["train"], pair["test"]) for pair in raw["cross"]
-                      if pair["train"] in datasets and pair["test"] in datasets)
+                      if pair["train"] in datasets
+                      and (pair["test"] in datasets or pair["test"] in test_datasets))
         return Suite(name, datasets, splits or tuple(raw["splits"]), tuple(entries), teacher,
                      self._entry_model(teacher, f"{where}.teacher") if teacher else None,
-                     dict(raw["run"] or {}), cross)
+                     dict(raw["run"] or {}), cross, test_datasets)
 
     def _entry_model(self, entry: str, where: str) -> str:
         if entry in self.entries:
@@ -288,6 +292,15 @@ def _suite(value: Any, where: str, entries: dict) -> dict:
         raise SuiteError(f"{where}.datasets: a non-empty list of dataset names")
     for index, dataset in enumerate(datasets):
         _dataset(dataset, f"{where}.datasets[{index}]")
+    test_datasets = suite["test_datasets"]
+    if not isinstance(test_datasets, list):  # dvc.yaml's matrix needs a list, even an empty one
+        raise SuiteError(f"{where}.test_datasets: a list of dataset names that only cross "
+                         f"pairs score ([] for none), got {type(test_datasets).__name__}")
+    for index, dataset in enumerate(test_datasets):
+        _dataset(dataset, f"{where}.test_datasets[{index}]")
+        if dataset in datasets:
+            raise SuiteError(f"{where}.test_datasets[{index}]: {dataset!r} is also under "
+                             f"datasets (list it once)")
     _mapping(suite["run"], f"{where}.run", RUN_KEYS)
     expect = suite["expect_splits"]
     if not isinstance(expect, int) or isinstance(expect, bool) or expect < 1:
@@ -309,13 +322,14 @@ def _suite(value: Any, where: str, entries: dict) -> dict:
     teacher = suite["teacher"]
     if suite["students"] and teacher not in (suite["models"] or {}):
         raise SuiteError(f"{where}.teacher: {teacher!r} is not one of the suite's models")
-    _cross(suite["cross"], datasets, f"{where}.cross")
+    _cross(suite["cross"], datasets, test_datasets, f"{where}.cross")
     return suite
 
 
-def _cross(pairs: Any, datasets: list, where: str) -> None:
-    """A list of {train, test} pairs of the suite's own datasets: dvc.yaml's cross stage
-    needs the test set prepared by the suite's data stage."""
+def _cross(pairs: Any, datasets: list, test_datasets: list, where: str) -> None:
+    """A list of {train, test} pairs: train one of the suite's datasets, test one of its
+    datasets or test_datasets (dvc.yaml's cross stage needs the test set prepared by a data
+    stage, and models trained on train)."""
     if not isinstance(pairs, list):  # dvc.yaml's matrix needs a list, even an empty one
         raise SuiteError(f"{where}: a list of {{train: DATASET, test: DATASET}} pairs "
                          f"([] for none), got {type(pairs).__name__}")
@@ -323,11 +337,13 @@ def _cross(pairs: Any, datasets: list, where: str) -> None:
     for index, pair in enumerate(pairs):
         key = f"{where}[{index}]"
         pair = _mapping(pair, key, CROSS_KEYS, required=CROSS_KEYS)
-        for role in CROSS_KEYS:
+        for role, allowed, what in (("train", datasets, "datasets"),
+                                    ("test", datasets + test_datasets,
+                                     "datasets or test_datasets")):
             _dataset(pair[role], f"{key}.{role}")
-            if pair[role] not in datasets:
+            if pair[role] not in allowed:
                 raise SuiteError(f"{key}.{role}: {pair[role]!r} is not one of the suite's "
-                                 f"datasets ({', '.join(datasets)})")
+                                 f"{what} ({', '.join(allowed)})")
         if (pair["train"], pair["test"]) in seen:
             raise SuiteError(f"{key}: {pair['train']} -> {pair['test']} is listed twice")
         seen.add((pair["train"], pair["test"]))

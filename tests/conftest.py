@@ -103,7 +103,7 @@ def write_tiny_params(folder: Path, tiny_root: Path, results: Path, **suite) -> 
     (folder / "data" / "generic").symlink_to(tiny_root)
     tiny = {"datasets": ["generic"], "splits": [0, 1], "expect_splits": 2, "run": {"device": "cpu"},
             "teacher": None, "models": {"probe": dict(TINY_PROBE)}, "students": {}, "cross": [],
-            **suite}
+            "test_datasets": [], **suite}
     params = {"paths": {"data": str(folder / "data"), "results": str(results),
                         "pipeline": str(results / "dvc"), "report": str(results)},
               "protocol": {"seeds": "0-1", "rounding": "round", "val_fraction": 0.1,

@@ -174,3 +174,32 @@ def test_the_run_log_names_only_the_demo_recipe_settings_in_force(demo_root, tmp
     assert line.startswith("demo recipe (probe): ") and "lr=0.003" in line
     assert " epochs=" not in line  # overridden: the run trains 2 epochs, not the recipe's 4
     assert plan["config"].epochs == 2
+
+
+def test_demo_shift_is_the_demo_seen_closer_at_in_between_levels(root, tmp_path):
+    from benchmark.datasets.demo_shift import DemoShift
+
+    assert dataset_registry().get("demo-shift") is DemoShift
+    first, second = tmp_path / "a", tmp_path / "b"
+    DemoShift().generate(first)
+    DemoShift().generate(second)
+    assert _hashes(first) == _hashes(second)
+    shifted = DemoShift().parse(first)
+    assert len(shifted) == DemoShift.expected_images == N_REFS * N_TYPES * 4
+    assert sorted(shifted["group"].unique()) == sorted(REFERENCES)
+    # every level lies strictly between two of the demo's, or is a demo pixel block
+    for distortion in DISTORTIONS:
+        shift = next(d for d in DemoShift.distortions if d.name == distortion.name)
+        low, high = sorted(distortion.levels)[0], sorted(distortion.levels)[-1]
+        assert all(low <= level <= high for level in shift.levels), distortion.name
+        if distortion.name != "pixelate":
+            assert not set(shift.levels) & set(distortion.levels), distortion.name
+    for (ref, kind), rows in shifted.groupby(["group", "distortion"]):
+        scores = rows.sort_values("level")["score"].to_numpy()
+        assert (np.diff(scores) < 0).all(), f"{ref}/{kind}: {scores}"
+    # the same scene, another view: the references differ from the demo's
+    for ref in ("astronaut", "coffee"):
+        demo = np.asarray(Image.open(root / "reference" / f"{ref}.png"), dtype=float)
+        shift = np.asarray(Image.open(first / "reference" / f"{ref}.png"), dtype=float)
+        assert demo.shape == shift.shape and np.abs(demo - shift).mean() > 10
+    assert "demo-shift" in (first / "README.txt").read_text()

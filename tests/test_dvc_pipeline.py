@@ -61,9 +61,8 @@ def make_repo(tmp_path: Path, change=None) -> Path:
 
     def tiny(data):
         demo = data["suites"]["demo"]
-        # one dataset: the cross pair scores demo's split models on all of demo (a smoke test)
-        demo.update(splits=[0], expect_splits=1, models=dict(TINY), students={"qfm": VIT},
-                    cross=[{"train": "demo", "test": "demo"}])
+        # the suite's own cross pair: demo's split models scored on all of demo-shift
+        demo.update(splits=[0], expect_splits=1, models=dict(TINY), students={"qfm": VIT})
         if change:
             change(data)
 
@@ -85,7 +84,8 @@ def test_repro_builds_the_report_then_does_nothing_then_reruns_one_model(tmp_pat
     assert first.returncode == 0, first.stdout + first.stderr
     stages = ran(first)
     assert stages[0] == "check"
-    assert sorted(stages) == sorted(["check", "data@demo", "train@brisque-demo-0",
+    assert sorted(stages) == sorted(["check", "data@demo", "data-test@demo-shift",
+                                     "train@brisque-demo-0",
                                      "train@deiqt-demo-0", "student@qfm-demo-0",
                                      "features@qfm-demo", "cross@brisque-pair0",
                                      "cross@deiqt-pair0", "cross-student@qfm-pair0",
@@ -158,7 +158,9 @@ def check_analyses(repo: Path) -> None:
     tables = results / "tables"
     assert (tables / "features.tex").is_file() and (tables / "cross_srcc.tex").is_file()
     cross = (tables / "cross_srcc.tex").read_text()
-    assert all(label in cross for label in ("BRISQUE", "DEIQT", "QFM-IQM"))
+    assert all(label in cross for label in ("BRISQUE", "DEIQT", "QFM-IQM", "Demo-shift"))
+    record = json.loads((results / "dvc/cross/deiqt/demo__demo-shift/split0.json").read_text())
+    assert record["data"]["n_images"] == 380 and np.isfinite(record["metrics"]["srcc"])
     sections = len(list(tables.glob("*.tex"))) + len(list((results / "figures").glob("*.pdf")))
     sections += 2  # the feature-distance figures
     tex = (results / "report.tex").read_text()

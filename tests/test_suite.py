@@ -52,7 +52,8 @@ def test_repository_params_define_demo_paper_and_ablation():
     assert {e.model for e in paper.entries} == set(model_registry().names())
     assert [e.name for e in paper.entries if e.student] == ["qfm"]
     assert len(paper.cells()) == 8 * 9 * 10
-    assert paper.cross == (("koniq", "livec"), ("livec", "koniq")) and demo.cross == ()
+    assert paper.cross == (("koniq", "livec"), ("livec", "koniq"))
+    assert demo.cross == (("demo", "demo-shift"),) and demo.test_datasets == ("demo-shift",)
     # a pair leaves with either of its datasets
     assert params.suite("paper", datasets=["koniq", "live"]).cross == ()
     ablation = params.suite("ablation")
@@ -97,7 +98,7 @@ def test_lists_replace_the_suites_own():
 
 BAD = [
     ("datasets: [demo]", "datasets: [demoo]",
-     "suites.demo.datasets[0]: unknown dataset 'demoo'; did you mean demo?"),
+     "suites.demo.datasets[0]: unknown dataset 'demoo'; did you mean demo, demo-shift?"),
     ("datasets: [livec, koniq, csiq]", "datasets: [clive, koniq, csiq]",
      "suites.ablation.datasets[0]: 'clive' is an alias; write 'livec'"),
     ("  tres: {}\n", "  tres: {}\n  bogus: {}\n", "models.bogus: unknown model 'bogus'"),
@@ -120,16 +121,27 @@ BAD = [
      "suites.demo.teacher: 'probee' is not one of the suite's models"),
     ("  demo: &demo ", "  demo: &demo\n    colour: red\n  demo2: &demo2 ",
      "suites.demo: unknown key 'colour'"),
-    ("    cross: []             #", "    #", "suites.demo: missing key 'cross'"),
-    ("    cross: []             #", "    cross: {train: demo, test: demo}  #",
+    ("    cross: [{train: demo, test: demo-shift}]  #", "    #",
+     "suites.demo: missing key 'cross'"),
+    ("    cross: [{train: demo, test: demo-shift}]  #", "    cross: {train: demo, test: demo}  #",
      "suites.demo.cross: a list of {train: DATASET, test: DATASET} pairs ([] for none)"),
     ("{train: koniq, test: livec}", "{train: koniq, tset: livec}",
      "suites.paper.cross[0]: unknown key 'tset' (known: train, test)"),
     ("{train: koniq, test: livec}", "{train: koniq}", "suites.paper.cross[0]: missing key 'test'"),
     ("{train: koniq, test: livec}", "{train: koniq, test: clive}",
      "suites.paper.cross[0].test: 'clive' is an alias; write 'livec'"),
-    ("    cross: []             #", "    cross: [{train: demo, test: livec}]  #",
-     "suites.demo.cross[0].test: 'livec' is not one of the suite's datasets (demo)"),
+    ("    cross: [{train: demo, test: demo-shift}]  #", "    cross: [{train: demo, test: livec}]  #",
+     "suites.demo.cross[0].test: 'livec' is not one of the suite's datasets or test_datasets "
+     "(demo, demo-shift)"),
+    ("    cross: [{train: demo, test: demo-shift}]  #",
+     "    cross: [{train: demo-shift, test: demo}]  #",
+     "suites.demo.cross[0].train: 'demo-shift' is not one of the suite's datasets (demo)"),
+    ("    test_datasets: [demo-shift]  #", "    test_datasets: demo-shift  #",
+     "suites.demo.test_datasets: a list of dataset names that only cross pairs score"),
+    ("    test_datasets: [demo-shift]  #", "    test_datasets: [demo]  #",
+     "suites.demo.test_datasets[0]: 'demo' is also under datasets"),
+    ("    test_datasets: [demo-shift]  #", "    test_datasets: [demo-shfit]  #",
+     "suites.demo.test_datasets[0]: unknown dataset 'demo-shfit'"),
     ("{train: livec, test: koniq}", "{train: koniq, test: livec}",
      "suites.paper.cross[1]: koniq -> livec is listed twice"),
 ]
@@ -268,8 +280,8 @@ def test_analysis_stages_refuse_what_the_suite_lacks_in_one_line(tmp_path, demo_
          "'deiqt' is not one of the students of the active suite demo (qfm)"),
         (["features", "qfm", "demo"], "no run of deiqt/demo/0 exported at"),
         (["cross", "deiqt", "koniq", "livec"],
-         "koniq->livec is not a cross pair of the active suite demo (its pairs: none)"),
-        (["cross", "hyperiqa", "demo", "demo"],
+         "koniq->livec is not a cross pair of the active suite demo (its pairs: demo->demo-shift)"),
+        (["cross", "hyperiqa", "demo", "demo-shift"],
          "'hyperiqa' is not one of the entries of the active suite demo"),
     ]
     for args, message in cases:
