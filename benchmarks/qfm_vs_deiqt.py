@@ -15,6 +15,10 @@ Example (CPU, offline Lite0 backbone)::
         --set backbone=tf_efficientnet_lite0 --set pretrained=offline-lite0 --set epochs=3 \\
         --set warmup_epochs=0.5 --set train_crops=1 --set batch_size=16 --set lr=2e-3 \\
         --set schedule=cosine --qfm-set preset=full
+
+``--presets A1,A2,A3,A4,A5,A6`` runs the ablation instead: every preset paired against the
+same DEIQT runs, one summary line each (median and mean difference, wins, Wilcoxon p), so the
+component that carries a gain or a loss shows as the preset whose line moves.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import pandas as pd
 from benchmark.cli.options import BenchError, user_errors
 from benchmark.cli.run import guarded, make_run_config, parse_sets
 
-__all__ = ["train_pairs", "paired_comparison", "format_comparison", "main"]
+__all__ = ["train_pairs", "paired_comparison", "format_comparison", "format_ablation", "main"]
 
 
 def train_pairs(dataset: str, root: Path, splits: tuple[int, ...], recipe: dict,
@@ -75,6 +79,19 @@ def format_comparison(table: pd.DataFrame, summary: dict) -> str:
     return "\n".join(lines)
 
 
+def format_ablation(rows: list[tuple[str, pd.DataFrame, dict]]) -> str:
+    """One line per preset: its per-split differences against DEIQT and their summary."""
+    first = rows[0][2]
+    lines = [f"test {first['metric'].upper()} ({first['rule']}-selected), preset − DEIQT, "
+             f"per split and summarised"]
+    for preset, table, summary in rows:
+        per_split = " ".join(f"{value:+.3f}" for value in table["diff"])
+        lines.append(f"{preset:>4}  {per_split}  median {summary['median_diff']:+.4f}  "
+                     f"mean {summary['mean_diff']:+.4f}  wins {summary['qfm_wins']}/"
+                     f"{summary['n']}  p = {summary['p_value']:.4g}")
+    return "\n".join(lines)
+
+
 @click.command()
 @click.option("--dataset", required=True, help="Registered dataset name.")
 @click.option("--root", type=click.Path(file_okay=False, path_type=Path), required=True,
@@ -84,6 +101,8 @@ def format_comparison(table: pd.DataFrame, summary: dict) -> str:
               help="Recipe override for both models (repeatable).")
 @click.option("--qfm-set", "qfm_sets", multiple=True, metavar="KEY=VALUE",
               help="Override for QFM-IQM only, e.g. preset=A3 (repeatable).")
+@click.option("--presets", default="", metavar="ID,ID,...",
+              help="Ablation: pair each QFM-IQM preset (A1…A6, C1…, V1…) with DEIQT.")
 @click.option("--rule", type=click.Choice(["val", "last", "test_oracle"]), default="val",
               show_default=True)
 @click.option("--metric", type=click.Choice(["srcc", "plcc", "krcc"]), default="srcc",
@@ -97,8 +116,8 @@ def format_comparison(table: pd.DataFrame, summary: dict) -> str:
 @click.option("--max-steps", type=int, default=0, help="Cap steps per epoch (smoke tests).")
 @click.option("--quiet", is_flag=True, help="No progress bars or training log.")
 @user_errors
-def main(dataset, root, splits, sets, qfm_sets, rule, metric, results, seed, device, threads,
-         max_steps, quiet) -> None:
+def main(dataset, root, splits, sets, qfm_sets, presets, rule, metric, results, seed, device,
+         threads, max_steps, quiet) -> None:
     """Train DEIQT and QFM-IQM on each split and print their paired differences."""
     from benchmark.suite import SuiteError, parse_indices
 
@@ -108,9 +127,19 @@ def main(dataset, root, splits, sets, qfm_sets, rule, metric, results, seed, dev
         raise BenchError(str(error)) from None
     run = make_run_config(seed=seed, device=device, workers=0, threads=threads, quiet=quiet,
                           max_steps=max_steps)
-    pairs = guarded(train_pairs, dataset, root, indices, parse_sets(sets), parse_sets(qfm_sets),
-                    run, results, log=(lambda _: None) if quiet else click.echo)
-    click.echo(format_comparison(*paired_comparison(pairs, rule, metric)))
+    log = (lambda _: None) if quiet else click.echo
+    if not presets:
+        pairs = guarded(train_pairs, dataset, root, indices, parse_sets(sets),
+                        parse_sets(qfm_sets), run, results, log=log)
+        click.echo(format_comparison(*paired_comparison(pairs, rule, metric)))
+        return
+    rows = []
+    for preset in presets.split(","):
+        qfm_only = {**parse_sets(qfm_sets), "preset": preset.strip()}
+        pairs = guarded(train_pairs, dataset, root, indices, parse_sets(sets), qfm_only, run,
+                        results, log=log)
+        rows.append((preset.strip(), *paired_comparison(pairs, rule, metric)))
+    click.echo(format_ablation(rows))
 
 
 if __name__ == "__main__":
