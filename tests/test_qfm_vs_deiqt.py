@@ -44,6 +44,12 @@ def test_paired_differences_and_wilcoxon_p_on_synthetic_runs(script, tmp_path):
     assert f"Wilcoxon p = {summary['p_value']:.4g}" in text
     _, oracle = script.paired_comparison(pairs, rule="test_oracle", metric="srcc")
     assert oracle["median_diff"] != summary["median_diff"]  # the rule picks other metrics
+    lines = script.format_ablation([("A1", table, summary), ("A3", table, oracle)]).splitlines()
+    assert lines[0].startswith("test SRCC (val-selected), preset − DEIQT")
+    assert lines[1].split()[:7] == ["A1", *(f"{d:+.3f}" for d in expected)]
+    assert f"median {summary['median_diff']:+.4f}" in lines[1]
+    assert f"wins {summary['qfm_wins']}/6" in lines[1] and f"p = {summary['p_value']:.4g}" in lines[1]
+    assert f"median {oracle['median_diff']:+.4f}" in lines[2]
 
 
 def test_bad_splits_are_one_line(script):
