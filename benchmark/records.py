@@ -24,13 +24,15 @@ import subprocess
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, TypedDict
 
-from benchmark.io import canonical_json, sha256_bytes
+from benchmark.io import atomic_write_json, canonical_json, sha256_bytes
 
 __all__ = [
     "RECORD_SCHEMA",
     "SELECTION_RULES",
+    "RunRecord",
+    "write_record",
     "RunKey",
     "RecordError",
     "config_hash",
@@ -57,6 +59,52 @@ SELECTION_RULES = ("val", "last", "test_oracle")
 _FINISHED = re.compile(r"^split\d+-(?:[0-9a-f]{10}|dvc)$")
 #: keys every reader of a record relies on
 _REQUIRED = ("model", "dataset", "split", "config", "config_hash", "metrics")
+
+
+class RunRecord(TypedDict):
+    """What ``record.json`` holds (schema bench-run/2): written by :func:`write_record`, read
+    by :func:`load_record` (which adds ``_dir``, the folder it was read from)."""
+
+    schema: str
+    model: str
+    dataset: str
+    split: int
+    split_seed: int
+    config: dict[str, Any]  # the model's resolved config, as hashed
+    run_config: dict[str, Any]  # how it ran (device, seed, threads, ...), as asked
+    dataset_recipe: dict[str, Any]  # what the dataset changed in the paper recipe
+    config_hash: str
+    identity: dict[str, Any]  # everything the hash is computed over
+    seed: int
+    protocol: str  # honest | paper
+    git: dict[str, Any]
+    versions: dict[str, str]
+    device: dict[str, str]
+    data: dict[str, Any]  # root, table/split checksums, part sizes, partial copy or not
+    prerequisites: dict[str, dict[str, str]]  # model → {dir, config_hash} (QFM's teacher)
+    fit_facts: dict[str, Any]
+    timings: dict[str, float]
+    history: list[dict[str, Any]]  # per epoch: loss terms, val and test metrics
+    metrics: dict[str, dict[str, Any]]  # selection rule → {epoch, val, test}
+    precision: dict[str, Any]
+    compile: dict[str, Any]
+    data_path: str
+    labels: dict[str, Any]  # the label scale a trained model scores on later
+    higher_is_better: dict[str, bool]
+    suite_tag: str | None
+    status: str
+    created: str
+
+
+def write_record(folder: Path, record: RunRecord) -> Path:
+    """Write ``folder/record.json`` atomically; a record lacking a key of :class:`RunRecord`
+    is a programming error and is refused before anything is written."""
+    missing = [key for key in RunRecord.__annotations__ if key not in record]
+    if missing or record["schema"] != RECORD_SCHEMA:
+        raise RecordError(f"refusing to write a record without {missing or ['schema']}")
+    path = Path(folder) / "record.json"
+    atomic_write_json(path, dict(record))
+    return path
 
 
 class RecordError(ValueError):
@@ -104,7 +152,7 @@ def find_record(results: Path, key: RunKey, digest: str) -> Path | None:
     return path if path.is_file() else None
 
 
-def load_record(path: Path) -> dict[str, Any]:
+def load_record(path: Path) -> RunRecord:
     path = Path(path)
     try:
         record = json.loads(path.read_text())

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import shutil
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
@@ -23,17 +23,19 @@ from benchmark.data import DecodeSpec, ImageCache
 from benchmark.datasets.prepare import PreparedDataset, load_prepared
 from benchmark.engine import (RunConfig, SplitData, fit, resolve_device, result_run_fields,
                               save_checkpoint)
-from benchmark.io import DiskFullError, atomic_write_json, atomic_write_text, exclusive_lock, rename
+from benchmark.io import DiskFullError, atomic_write_text, exclusive_lock, rename
 from benchmark.metrics import HIGHER_IS_BETTER, all_metrics
 from benchmark.models import (ConfigError, FitModel, IQAModel, check_trainable, config_to_dict,
                               get_model_class)
 from benchmark.protocol import precision_facts, resolve_amp
-from benchmark.records import (RECORD_SCHEMA, SELECTION_RULES, RunKey, config_hash, find_record,
-                               git_state, latest_record, load_record, package_versions, run_dir)
+from benchmark.records import (RECORD_SCHEMA, SELECTION_RULES, RunKey, RunRecord, config_hash,
+                               find_record, git_state, latest_record, load_record,
+                               package_versions, run_dir, write_record)
 from benchmark.registry import dataset_registry
 from benchmark.splits import check_split_file, load_split_file, split_images
 
-__all__ = ["MissingPrerequisiteError", "ResumableRunError", "dataset_recipe", "resolve_config",
+__all__ = ["MissingPrerequisiteError", "ResumableRunError", "RunPlan", "dataset_recipe",
+           "resolve_config",
            "plan_run", "prerequisite_command", "run_one", "unit_mapping", "label_facts"]
 
 
@@ -44,6 +46,23 @@ class MissingPrerequisiteError(RuntimeError):
 class ResumableRunError(RuntimeError):
     """A rerun found the checkpoint of an unfinished run and was told neither to resume it
     nor to start over."""
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """Everything that identifies one run, resolved before it trains (:func:`plan_run`)."""
+
+    cls: type[IQAModel]
+    config: Any  # the model's Config, fully resolved
+    key: RunKey
+    identity: dict[str, Any]  # what the config hash is computed over
+    config_hash: str
+    prepared: PreparedDataset
+    split_file: dict[str, Any]
+    parts: dict[str, list[str]]  # train / val / test image paths, as the protocol uses them
+    #: needed model → {"dir": its run folder, "config_hash": its hash}
+    prerequisites: dict[str, dict[str, str]]
+    directory: Path  # the run folder it writes (work happens in a ``.partial`` sibling)
 
 
 def dataset_recipe(cls: type[IQAModel], dataset: str) -> dict[str, Any]:
@@ -88,7 +107,7 @@ def label_facts(table: pd.DataFrame, score_type: str | None) -> dict[str, Any]:
 
 def plan_run(model: str, dataset: str, split: int, root: Path, overrides: dict | None = None,
              run: RunConfig = RunConfig(), results: Path = Path("results"),
-             pins: dict[str, str] | None = None) -> dict[str, Any]:
+             pins: dict[str, str] | None = None) -> RunPlan:
     """Everything that identifies a run, without training: config, hash, paths, parts.
 
     A prerequisite is the newest finished run of its model on the same dataset and split, or,
@@ -139,9 +158,8 @@ def plan_run(model: str, dataset: str, split: int, root: Path, overrides: dict |
         "prerequisites": {k: v["config_hash"] for k, v in prerequisites.items()},
     }
     digest = config_hash(identity)
-    return {"cls": cls, "config": config, "key": key, "identity": identity, "hash": digest,
-            "prepared": prepared, "split_file": split_file, "parts": parts,
-            "prerequisites": prerequisites, "dir": run_dir(results, key, digest)}
+    return RunPlan(cls, config, key, identity, digest, prepared, split_file, parts,
+                   prerequisites, run_dir(results, key, digest))
 
 
 def prerequisite_command(cls: type[IQAModel], config, needed: str, dataset: str, split: int,
@@ -171,25 +189,25 @@ def prerequisite_command(cls: type[IQAModel], config, needed: str, dataset: str,
     return shlex.join(words)
 
 
-def _split_data(plan: dict, run: RunConfig, results: Path) -> SplitData:
-    prepared: PreparedDataset = plan["prepared"]
-    config = plan["config"]
+def _split_data(plan: RunPlan, run: RunConfig, results: Path) -> SplitData:
+    prepared: PreparedDataset = plan.prepared
+    config = plan.config
     table = prepared.table.set_index("image")
     spec = DecodeSpec(resize_hw=config.resize_hw, min_side=config.img_size)
     a, b = unit_mapping(prepared.table)
     unit_scale = config.label_scale == "unit"
     caches = {part: ImageCache([prepared.image_path(i) for i in images], spec, run.cache,
                                results / "cache" / "images")
-              for part, images in plan["parts"].items()}
-    if config.img_size <= 0 and plan["cls"].training_kind == "gradient":
+              for part, images in plan.parts.items()}
+    if config.img_size <= 0 and plan.cls.training_kind == "gradient":
         _require_one_size(caches["train"])
     label_column = "score_unit" if unit_scale else "score"
     units = {part: table.loc[images, "score_unit"].to_numpy(float)
-             for part, images in plan["parts"].items()}
+             for part, images in plan.parts.items()}
     return SplitData(
         train=caches["train"], val=caches["val"], test=caches["test"],
-        train_labels=table.loc[plan["parts"]["train"], label_column].to_numpy(float),
-        val_labels=table.loc[plan["parts"]["val"], label_column].to_numpy(float),
+        train_labels=table.loc[plan.parts["train"], label_column].to_numpy(float),
+        val_labels=table.loc[plan.parts["val"], label_column].to_numpy(float),
         train_units=units["train"], val_units=units["val"], test_units=units["test"],
         to_unit=(lambda x: np.asarray(x)) if unit_scale else (lambda x: a * np.asarray(x) + b))
 
@@ -245,12 +263,12 @@ def run_one(model: str, dataset: str, split: int, root: Path, overrides: dict | 
     results = Path(results)
     device = resolve_device(run.device)
     plan = plan_run(model, dataset, split, root, overrides, run, results, pins)
-    work_dir = plan["dir"].with_name(plan["dir"].name + ".partial")
-    existing = find_record(results, plan["key"], plan["hash"])
+    work_dir = plan.directory.with_name(plan.directory.name + ".partial")
+    existing = find_record(results, plan.key, plan.config_hash)
     if existing and not force:
         log(f"already done: {existing}")
         return load_record(existing)
-    resumable = not issubclass(plan["cls"], FitModel)
+    resumable = not issubclass(plan.cls, FitModel)
     _refuse_silent_restart(work_dir, resumable and not (resume or force))
     import torch
 
@@ -259,31 +277,31 @@ def run_one(model: str, dataset: str, split: int, root: Path, overrides: dict | 
         torch.set_num_threads(run.threads)
     try:
         # amp as hashed (auto resolved to the original's precision), device and threads as used
-        resolved = replace(run, device=str(device), amp=plan["identity"]["run"]["amp"],
+        resolved = replace(run, device=str(device), amp=plan.identity["run"]["amp"],
                            threads=torch.get_num_threads())
         return _train(plan, resolved, run, device, Path(root), results, force, resume, log)
     finally:
         torch.set_num_threads(previous_threads)
 
 
-def _train(plan: dict, run: RunConfig, asked: RunConfig, device, root: Path, results: Path,
+def _train(plan: RunPlan, run: RunConfig, asked: RunConfig, device, root: Path, results: Path,
            force: bool, resume: bool, log: Callable[[str], None]) -> dict:
     """``run`` as resolved (device, threads); ``asked`` as the user gave it (for commands)."""
     import torch
 
-    final_dir: Path = plan["dir"]
+    final_dir: Path = plan.directory
     work_dir = final_dir.with_name(final_dir.name + ".partial")
-    cls, config = plan["cls"], plan["config"]
+    cls, config = plan.cls, plan.config
     resumable = not issubclass(cls, FitModel)
     torch.manual_seed(run.seed)  # the initial weights are part of the seeded run
     instance: IQAModel = cls(config)  # bad configs fail here, before anything is written
     try:
         instance.attach_prerequisites({name: Path(info["dir"]) / "checkpoint.pt"
-                                       for name, info in plan["prerequisites"].items()})
+                                       for name, info in plan.prerequisites.items()})
     except ConfigError as error:  # e.g. a teacher of another backbone: say how to make one
-        commands = "; ".join(prerequisite_command(cls, config, needed, plan["key"].dataset,
-                                                  plan["key"].split, root, results, asked)
-                             for needed in plan["prerequisites"])
+        commands = "; ".join(prerequisite_command(cls, config, needed, plan.key.dataset,
+                                                  plan.key.split, root, results, asked)
+                             for needed in plan.prerequisites)
         raise MissingPrerequisiteError(f"{error}; make one it accepts with: {commands}") from None
     started = time.perf_counter()
     data = _split_data(plan, run, results)
@@ -291,7 +309,7 @@ def _train(plan: dict, run: RunConfig, asked: RunConfig, device, root: Path, res
     for line in _recipe_notes(plan):  # once the inputs are known good: errors stay one line
         log(line)
     with exclusive_lock(final_dir.with_name(f".{final_dir.name}.lock"), f"run folder {final_dir}"):
-        existing = find_record(results, plan["key"], plan["hash"])  # finished meanwhile
+        existing = find_record(results, plan.key, plan.config_hash)  # finished meanwhile
         if existing and not force:
             log(f"already done: {existing}")
             return load_record(existing)
@@ -342,47 +360,47 @@ def _drop_training_state(checkpoint: Path, log: Callable[[str], None]) -> None:
         log(f"note: {error.strerror}; {checkpoint} keeps its optimiser state")
 
 
-def _recipe_notes(plan: dict) -> list[str]:
+def _recipe_notes(plan: RunPlan) -> list[str]:
     """What a reader of the log must know about the recipe before trusting its numbers."""
-    cls, dataset = plan["cls"], plan["key"].dataset
+    cls, dataset = plan.cls, plan.key.dataset
     # only the settings in force: a user's --set or params.yaml value overrides the recipe's
     recipe = {key: value for key, value in dataset_recipe(cls, dataset).items()
-              if getattr(plan["config"], key, value) == value}
+              if getattr(plan.config, key, value) == value}
     lines = []
     if recipe:
         lines.append(f"{dataset} recipe ({cls.name}): "
                      + " ".join(f"{key}={value}" for key, value in recipe.items()))
-    if cls.training_kind == "gradient" and plan["config"].pretrained == "false":
+    if cls.training_kind == "gradient" and plan.config.pretrained == "false":
         lines.append(f"note: {cls.name} starts from random weights (pretrained=false); its "
                      f"numbers say the pipeline runs, not how well the model rates quality")
     return lines
 
 
-def _record(plan, run, result, data, device, facts, timings) -> dict:
-    parts = plan["parts"]
-    return {
-        "schema": RECORD_SCHEMA, "model": plan["key"].model, "dataset": plan["key"].dataset,
-        "split": plan["key"].split,
-        "split_seed": plan["split_file"]["splits"][plan["key"].split]["seed"],
-        "config": plan["identity"]["config"], "run_config": asdict(run),
-        "dataset_recipe": dataset_recipe(plan["cls"], plan["key"].dataset),
-        "config_hash": plan["hash"], "identity": plan["identity"], "seed": run.seed,
+def _record(plan: RunPlan, run, result, data, device, facts, timings) -> RunRecord:
+    parts = plan.parts
+    return RunRecord({
+        "schema": RECORD_SCHEMA, "model": plan.key.model, "dataset": plan.key.dataset,
+        "split": plan.key.split,
+        "split_seed": plan.split_file["splits"][plan.key.split]["seed"],
+        "config": plan.identity["config"], "run_config": asdict(run),
+        "dataset_recipe": dataset_recipe(plan.cls, plan.key.dataset),
+        "config_hash": plan.config_hash, "identity": plan.identity, "seed": run.seed,
         "protocol": run.protocol,
         "git": git_state(), "versions": package_versions(),
         "device": {"type": device.type, "name": _device_name(device)},
-        "data": {"root": str(plan["prepared"].root), **plan["identity"]["data"],
+        "data": {"root": str(plan.prepared.root), **plan.identity["data"],
                  "n_train": len(parts["train"]), "n_val": len(parts["val"]),
-                 "n_test": len(parts["test"]), "partial_dataset": plan["prepared"].meta.get("partial")},
-        "prerequisites": plan["prerequisites"], "fit_facts": facts, "timings": timings,
+                 "n_test": len(parts["test"]), "partial_dataset": plan.prepared.meta.get("partial")},
+        "prerequisites": plan.prerequisites, "fit_facts": facts, "timings": timings,
         "history": result.history, "metrics": result.selection,
-        "precision": precision_facts(result.precision, plan["cls"].original_precision),
+        "precision": precision_facts(result.precision, plan.cls.original_precision),
         "compile": {"enabled": run.compile, "graphs": result.compiled_graphs},
         "data_path": result.data_path,
-        "labels": label_facts(plan["prepared"].table,
-                              plan["prepared"].meta.get("spec", {}).get("score_type")),
-        "higher_is_better": HIGHER_IS_BETTER, "suite_tag": plan["identity"]["config"].get("preset"),
+        "labels": label_facts(plan.prepared.table,
+                              plan.prepared.meta.get("spec", {}).get("score_type")),
+        "higher_is_better": HIGHER_IS_BETTER, "suite_tag": plan.identity["config"].get("preset"),
         "status": "complete", "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
+    })
 
 
 def _device_name(device) -> str:
@@ -393,11 +411,11 @@ def _device_name(device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
 
 
-def _write_outputs(plan, result, record, work_dir: Path) -> None:
-    prepared, parts = plan["prepared"], plan["parts"]
+def _write_outputs(plan: RunPlan, result, record, work_dir: Path) -> None:
+    prepared, parts = plan.prepared, plan.parts
     table = prepared.table.set_index("image")
     a, b = unit_mapping(prepared.table)
-    unit = (lambda x: x) if plan["config"].label_scale == "unit" else (lambda x: a * x + b)
+    unit = (lambda x: x) if plan.config.label_scale == "unit" else (lambda x: a * x + b)
     frames = []
     for part in ("val", "test"):
         rows = table.loc[parts[part], ["score", "score_unit"]].reset_index()
@@ -409,4 +427,4 @@ def _write_outputs(plan, result, record, work_dir: Path) -> None:
         frames.append(rows)
     atomic_write_text(work_dir / "predictions.csv",
                       pd.concat(frames).to_csv(index=False, float_format="%.8g", lineterminator="\n"))
-    atomic_write_json(work_dir / "record.json", record)
+    write_record(work_dir, record)

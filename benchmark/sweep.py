@@ -19,12 +19,15 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from benchmark.io import (LockedError, atomic_dir, atomic_write_json, canonical_json,
                           exclusive_lock, sha256_bytes)
 from benchmark.grid import check_order, run_settings
 from benchmark.suite import Cell, Params, Paths, Suite
+
+if TYPE_CHECKING:  # the runner imports torch: sweeps plan without it until a run starts
+    from benchmark.runner import RunPlan
 
 __all__ = ["SweepError", "Job", "plan_sweep", "SweepState", "open_state",
            "export_run", "status_lines",
@@ -74,18 +77,18 @@ class Job:
         """The shell line a user can paste to make this run by hand."""
         return shlex.join(["bench", *self.argv()])
 
-    def plan(self) -> dict:
+    def plan(self) -> RunPlan:
         from benchmark.runner import plan_run
 
         return plan_run(self.model, self.dataset, self.split, Path(self.root), self.overrides,
                         self.run_config(), Path(self.results))
 
-    def finished(self, plan: dict | None = None) -> str | None:
+    def finished(self, plan: RunPlan | None = None) -> str | None:
         """The record folder of this exact config, if it exists."""
         from benchmark.records import find_record
 
         plan = plan or self.plan()
-        found = find_record(Path(self.results), plan["key"], plan["hash"])
+        found = find_record(Path(self.results), plan.key, plan.config_hash)
         return str(found.parent) if found else None
 
     def execute(self, log: Callable[[str], None] = print) -> dict:
@@ -96,7 +99,7 @@ class Job:
                        self.run_config(), Path(self.results), resume=True, log=log)
 
 
-def wrong_teacher(plan: dict, teacher_record: Path) -> str | None:
+def wrong_teacher(plan: RunPlan, teacher_record: Path) -> str | None:
     """Why a student's planned run would not use ``teacher_record``'s run (None if it would).
 
     The runner takes the newest finished run of the teacher's model, dataset and split; an
@@ -105,7 +108,7 @@ def wrong_teacher(plan: dict, teacher_record: Path) -> str | None:
     from benchmark.records import load_record
 
     teacher = load_record(teacher_record)
-    used = plan["prerequisites"].get(teacher["model"], {})
+    used = plan.prerequisites.get(teacher["model"], {})
     if used.get("config_hash") == teacher["config_hash"]:
         return None
     return (f"the newest {teacher['model']} run of {teacher['dataset']} split {teacher['split']} "

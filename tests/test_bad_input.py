@@ -88,7 +88,7 @@ class Space:
 
     def run_dir(self) -> Path:
         return plan_run("probe", "generic", 0, self.data, dict(TINY_PROBE), RunConfig(),
-                        self.results)["dir"]
+                        self.results).directory
 
     def checkpoint(self, **changes) -> Path:
         """A bench checkpoint of the tiny probe (untrained), with ``changes`` applied."""

@@ -173,7 +173,7 @@ def test_the_run_log_names_only_the_demo_recipe_settings_in_force(demo_root, tmp
     line = _recipe_notes(plan)[0]
     assert line.startswith("demo recipe (probe): ") and "lr=0.003" in line
     assert " epochs=" not in line  # overridden: the run trains 2 epochs, not the recipe's 4
-    assert plan["config"].epochs == 2
+    assert plan.config.epochs == 2
 
 
 def test_demo_shift_is_the_demo_seen_closer_at_in_between_levels(root, tmp_path):

@@ -56,3 +56,18 @@ def test_a_lock_names_its_holder_and_frees_on_release(tmp_path):
     assert not path.exists()
     with exclusive_lock(path, "run folder split0"):  # free again
         pass
+
+
+def test_a_run_record_is_written_whole_or_not_at_all(tmp_path):
+    from benchmark.records import RECORD_SCHEMA, RecordError, RunRecord, load_record, write_record
+
+    keys = list(RunRecord.__annotations__)
+    record = {key: None for key in keys}
+    record.update(schema=RECORD_SCHEMA, model="probe", dataset="demo", split=0, config={},
+                  config_hash="0" * 64, metrics={"val": {"epoch": 1, "test": {"srcc": 0.5}}})
+    del record["timings"]
+    with pytest.raises(RecordError, match="timings"):
+        write_record(tmp_path, record)
+    assert not (tmp_path / "record.json").exists()
+    record["timings"] = {}
+    assert load_record(write_record(tmp_path, record))["metrics"] == record["metrics"]

@@ -58,7 +58,7 @@ def test_auto_precision_is_the_originals_and_an_override_is_flagged():
 def test_the_run_identity_holds_the_resolved_precision(demo_root, tmp_path):
     def amp(model: str, mode: str) -> str:
         plan = plan_run(model, "demo", 0, demo_root, run=RunConfig(amp=mode), results=tmp_path)
-        return plan["identity"]["run"]["amp"]
+        return plan.identity["run"]["amp"]
 
     assert amp("hyperiqa", "auto") == "off"  # same hash as an explicit fp32 run
     assert amp("deiqt", "auto") == "auto" and amp("hyperiqa", "bf16") == "bf16"
@@ -74,11 +74,11 @@ PROBE = {"backbone": "test_resnet", "pretrained": "false", "img_size": 32, "epoc
 def test_the_paper_protocol_trains_on_train_and_val_and_is_hashed_apart(demo_root, tmp_path):
     honest = plan_run("probe", "demo", 0, demo_root, PROBE, RunConfig(), tmp_path)
     paper = plan_run("probe", "demo", 0, demo_root, PROBE, PAPER, tmp_path)
-    assert paper["parts"]["train"] == honest["parts"]["train"] + honest["parts"]["val"]
-    assert paper["parts"]["val"] == [] and paper["parts"]["test"] == honest["parts"]["test"]
-    assert paper["identity"]["run"]["protocol"] == "paper" and paper["hash"] != honest["hash"]
+    assert paper.parts["train"] == honest.parts["train"] + honest.parts["val"]
+    assert paper.parts["val"] == [] and paper.parts["test"] == honest.parts["test"]
+    assert paper.identity["run"]["protocol"] == "paper" and paper.config_hash != honest.config_hash
     # honest runs keep the hash they had before there were two protocols
-    assert "protocol" not in honest["identity"]["run"]
+    assert "protocol" not in honest.identity["run"]
     with pytest.raises(Exception, match="protocol 'heldout' is not one of honest, paper"):
         RunConfig(protocol="heldout")
 

@@ -331,7 +331,7 @@ def test_cli_round_trip(tmp_path):
     result = runner.invoke(import_pyiqa, ["generic", "--root", str(tmp_path), "--meta", str(meta),
                                           "--out", str(splits_json)])
     assert result.exit_code == 0, result.output
-    assert plan_run("brisque", "generic", 1, tmp_path)["parts"]["test"] == \
+    assert plan_run("brisque", "generic", 1, tmp_path).parts["test"] == \
         original["splits"][1]["test"]
     result = runner.invoke(export_pyiqa, ["generic", "--root", str(tmp_path), "--out", str(out),
                                           "--pickle"])
