@@ -14,6 +14,7 @@ from typing import Callable
 
 import pandas as pd
 
+from benchmark.errors import UserError
 from benchmark.io import atomic_write_json, atomic_write_text
 from benchmark.records import RunKey, load_record, run_dir
 from benchmark.suite import Cell, Params, Suite
@@ -25,7 +26,7 @@ __all__ = ["AnalysisError", "grid_record", "feature_distance_stage", "cross_stag
 HEADLINE = ("S1_0.2", "R1_0.2", "gap_ratio_1", "rho", "knn_srcc")
 
 
-class AnalysisError(ValueError):
+class AnalysisError(UserError, ValueError):
     """An analysis stage that cannot run (a run missing, a name not in the suite)."""
 
 

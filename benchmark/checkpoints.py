@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from benchmark.errors import UserError
 from benchmark.io import atomic_write_bytes
 
 __all__ = ["CheckpointError", "RESUME_KEYS", "WEIGHT_KEYS", "save_checkpoint",
@@ -27,7 +28,7 @@ WEIGHT_KEYS = ("model", "config", "epoch", "state_dict")
 RESUME_KEYS = ("optimizer", "scheduler", "scaler", "rng", "history", "preds", "train_s", "eval_s")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint that is not a bench checkpoint, or belongs to another model or config."""
 
 

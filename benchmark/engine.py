@@ -24,6 +24,7 @@ import torch
 from benchmark.batches import eval_batches, training_batches
 from benchmark.checkpoints import RESUME_KEYS, CheckpointError, load_checkpoint, save_checkpoint
 from benchmark.data import ImageCache, EvalCrops, TrainCrops
+from benchmark.errors import UserError
 from benchmark.metrics import all_metrics
 from benchmark.models import ConfigError, IQAModel, TrainContext, eval_crop
 from benchmark.records import select_epochs
@@ -35,7 +36,7 @@ __all__ = ["RunConfig", "result_run_fields", "SplitData", "CheckpointError",
            "build_optimizer", "lr_factor", "save_checkpoint", "load_checkpoint"]
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(UserError, RuntimeError):
     """The loss became NaN/inf; the last good checkpoint is kept."""
 
 

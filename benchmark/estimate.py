@@ -13,10 +13,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from benchmark.errors import UserError
 from benchmark.registry import dataset_registry
 from benchmark.suite import Suite
 
-__all__ = ["Throughput", "BUILT_IN", "RunCost", "load_throughputs", "estimate_suite"]
+__all__ = ["EstimateError", "Throughput", "BUILT_IN", "RunCost", "load_throughputs",
+           "estimate_suite"]
+
+
+class EstimateError(UserError, ValueError):
+    """A profile file or a dataset the estimate cannot use; names the file or dataset."""
 
 
 @dataclass(frozen=True)
@@ -59,14 +65,17 @@ def load_throughputs(paths: list[Path]) -> dict[str, Throughput]:
     for training, evaluation images/s times their crops for evaluation."""
     measured = {}
     for path in paths:
-        figures = json.loads(Path(path).read_text())
+        try:
+            figures = json.loads(Path(path).read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise EstimateError(f"{path}: unreadable profile file ({error})") from None
         try:
             measured[figures["model"]] = Throughput(
                 float(figures["loop_images_per_s"]),
                 float(figures["eval_images_per_s"]) * int(figures["test_crops"]),
                 f"{path} ({figures['device']}, {figures['precision']})")
         except KeyError as error:
-            raise ValueError(f"{path} is not a `bench profile --json` file: no {error}") from None
+            raise EstimateError(f"{path} is not a `bench profile --json` file: no {error}") from None
     return measured
 
 
@@ -88,7 +97,7 @@ def estimate_suite(suite: Suite, protocol: dict[str, Any],
         for dataset in suite.datasets:
             images = registry.get(dataset).expected_images
             if not images:
-                raise ValueError(f"dataset {dataset} declares no image count to estimate from")
+                raise EstimateError(f"dataset {dataset} declares no image count to estimate from")
             cls, config = resolve_config(entry.model, dataset, entry.overrides)
             # the paper protocol trains on the validation part too
             held_out = 0.0 if suite.run.get("protocol") == "paper" else \

@@ -18,6 +18,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from benchmark.errors import UserError
+
 __all__ = [
     "DiskFullError",
     "LockedError",
@@ -36,11 +38,11 @@ __all__ = [
 _FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
-class DiskFullError(OSError):
+class DiskFullError(UserError, OSError):
     """No space left while writing a file; the message names the file."""
 
 
-class LockedError(RuntimeError):
+class LockedError(UserError, RuntimeError):
     """Another process holds the lock; the message names it."""
 
 

@@ -19,6 +19,8 @@ import types
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar, Literal, Union, get_args, get_origin, get_type_hints
 
+from benchmark.errors import UserError
+
 __all__ = ["ConfigError", "ModelConfig", "Optimizer", "Schedule", "Loss", "LabelScale",
            "field_choices", "check_trainable", "config_from_dict", "config_to_dict",
            "eval_crop"]
@@ -31,7 +33,7 @@ Loss = Literal["smoothl1", "l1", "mse"]
 LabelScale = Literal["raw", "unit"]
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """An unknown config key or a value of the wrong type; names the key."""
 
 

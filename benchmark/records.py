@@ -26,6 +26,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypedDict
 
+from benchmark.errors import UserError
 from benchmark.io import atomic_write_json, canonical_json, sha256_bytes
 
 __all__ = [
@@ -107,7 +108,7 @@ def write_record(folder: Path, record: RunRecord) -> Path:
     return path
 
 
-class RecordError(ValueError):
+class RecordError(UserError, ValueError):
     """A record.json that is unreadable or lacks what every record has; names the file."""
 
 

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint, entry_points
 from typing import Generic, TypeVar
 
+from benchmark.errors import UserError
+
 __all__ = ["Registry", "UnknownNameError", "DATASETS_GROUP", "MODELS_GROUP"]
 
 DATASETS_GROUP = "bench.datasets"
@@ -28,7 +30,7 @@ def _installed(group: str) -> tuple[EntryPoint, ...]:
     return tuple(entry_points(group=group))
 
 
-class UnknownNameError(KeyError):
+class UnknownNameError(UserError, KeyError):
     """An unknown dataset or model name; the message suggests close matches."""
 
     def __str__(self) -> str:  # KeyError quotes its argument; we want a plain sentence

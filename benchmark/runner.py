@@ -23,6 +23,7 @@ from benchmark.data import DecodeSpec, ImageCache
 from benchmark.datasets.prepare import PreparedDataset, load_prepared
 from benchmark.engine import (RunConfig, SplitData, fit, resolve_device, result_run_fields,
                               save_checkpoint)
+from benchmark.errors import UserError
 from benchmark.io import DiskFullError, atomic_write_text, exclusive_lock, rename
 from benchmark.metrics import HIGHER_IS_BETTER, all_metrics
 from benchmark.models import (ConfigError, FitModel, IQAModel, check_trainable, config_to_dict,
@@ -39,11 +40,11 @@ __all__ = ["MissingPrerequisiteError", "ResumableRunError", "RunPlan", "dataset_
            "plan_run", "prerequisite_command", "run_one", "unit_mapping", "label_facts"]
 
 
-class MissingPrerequisiteError(RuntimeError):
+class MissingPrerequisiteError(UserError, RuntimeError):
     """A run needs another run first (QFM-IQM needs its DEIQT teacher)."""
 
 
-class ResumableRunError(RuntimeError):
+class ResumableRunError(UserError, RuntimeError):
     """A rerun found the checkpoint of an unfinished run and was told neither to resume it
     nor to start over."""
 

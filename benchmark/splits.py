@@ -15,6 +15,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from benchmark.errors import UserError
 from benchmark.io import atomic_write_text, canonical_json, sha256_bytes
 
 __all__ = [
@@ -33,7 +34,7 @@ SPLIT_FORMAT = "bench-splits/1"
 PARTS = ("train", "val", "test")
 
 
-class SplitFileError(Exception):
+class SplitFileError(UserError):
     """A split file that is unreadable, tampered with, or does not match its table."""
 
 

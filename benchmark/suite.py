@@ -20,6 +20,7 @@ from typing import Any, Iterable
 
 import yaml
 
+from benchmark.errors import UserError
 from benchmark.registry import UnknownNameError, dataset_registry, model_registry
 
 __all__ = ["SuiteError", "Paths", "Entry", "Cell", "Suite", "Params", "load_params",
@@ -35,7 +36,7 @@ PROTOCOL_KEYS = ("seeds", "rounding", "val_fraction", "min_val_groups")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # a stage name part and a folder name
 
 
-class SuiteError(ValueError):
+class SuiteError(UserError, ValueError):
     """A params.yaml (or grid selection) mistake; the message names the key."""
 
 

@@ -21,6 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
+from benchmark.errors import UserError
 from benchmark.io import (LockedError, atomic_dir, atomic_write_json, canonical_json,
                           exclusive_lock, sha256_bytes)
 from benchmark.grid import check_order, run_settings
@@ -38,7 +39,7 @@ STATUSES = ("done", "running", "failed", "pending")
 METRIC_KEYS = ("srcc", "plcc")  # what `dvc metrics show` lists per run and selection rule
 
 
-class SweepError(RuntimeError):
+class SweepError(UserError, RuntimeError):
     """A sweep that cannot start (bad grid, data not prepared, already running)."""
 
 

@@ -30,7 +30,7 @@ import click
 import pandas as pd
 
 from benchmark.cli.options import BenchError, user_errors
-from benchmark.cli.run import guarded, make_run_config, parse_sets
+from benchmark.cli.run import make_run_config, parse_sets
 
 __all__ = ["train_pairs", "paired_comparison", "format_comparison", "format_ablation", "main"]
 
@@ -129,15 +129,15 @@ def main(dataset, root, splits, sets, qfm_sets, presets, rule, metric, results, 
                           max_steps=max_steps)
     log = (lambda _: None) if quiet else click.echo
     if not presets:
-        pairs = guarded(train_pairs, dataset, root, indices, parse_sets(sets),
-                        parse_sets(qfm_sets), run, results, log=log)
+        pairs = train_pairs(dataset, root, indices, parse_sets(sets),
+                            parse_sets(qfm_sets), run, results, log=log)
         click.echo(format_comparison(*paired_comparison(pairs, rule, metric)))
         return
     rows = []
     for preset in presets.split(","):
         qfm_only = {**parse_sets(qfm_sets), "preset": preset.strip()}
-        pairs = guarded(train_pairs, dataset, root, indices, parse_sets(sets), qfm_only, run,
-                        results, log=log)
+        pairs = train_pairs(dataset, root, indices, parse_sets(sets), qfm_only, run,
+                            results, log=log)
         rows.append((preset.strip(), *paired_comparison(pairs, rule, metric)))
     click.echo(format_ablation(rows))
 

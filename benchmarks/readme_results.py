@@ -20,7 +20,7 @@ from pathlib import Path
 import click
 
 from benchmark.cli.options import BenchError, user_errors
-from benchmark.cli.run import guarded, make_run_config
+from benchmark.cli.run import make_run_config
 
 __all__ = ["RECIPES", "measure", "table", "compare", "main"]
 
@@ -51,7 +51,7 @@ def measure(root: Path, threads: int, seed: int, results: Path, split: int = 0,
                           quiet=True)
     rows = []
     for model, (text, overrides) in RECIPES.items():
-        record = guarded(run_one, model, "livec", split, root, dict(overrides), run, results,
+        record = run_one(model, "livec", split, root, dict(overrides), run, results,
                          log=log)
         chosen = record["metrics"][RULE]
         rows.append({"model": model, "recipe": text, "rule": RULE,

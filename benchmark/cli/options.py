@@ -8,35 +8,26 @@ from typing import Callable
 
 import click
 
+from benchmark.errors import UserError
+
 __all__ = ["root_option", "json_option", "user_errors", "BenchError"]
 
 
-class BenchError(Exception):
+class BenchError(UserError):
     """A user-facing failure whose message is already one clear line."""
 
 
-def _user_error_types() -> tuple[type[BaseException], ...]:
-    # imported here: these modules are light (no torch), but the CLI root must stay lighter.
-    # Programming errors (IndexError, KeyError…) are not among them: they keep their traceback
-    from benchmark.datasets.base import DatasetError
-    from benchmark.io import DiskFullError, LockedError
-    from benchmark.model_config import ConfigError
-    from benchmark.records import RecordError
-    from benchmark.registry import UnknownNameError
-    from benchmark.splits import SplitFileError
-
-    return (BenchError, ConfigError, DatasetError, DiskFullError, LockedError, RecordError,
-            SplitFileError, UnknownNameError)
-
-
 def user_errors(command: Callable) -> Callable:
-    """Turn the library's user-facing exceptions into a one-line message and exit code 1."""
+    """The one place where library errors become the CLI's one-line message and exit code 1:
+    every :class:`~benchmark.errors.UserError`, and a missing file (a path the user gave).
+    Programming errors (IndexError, KeyError, ...) are not among them: they keep their
+    traceback."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
-        except _user_error_types() as error:
+        except (UserError, FileNotFoundError) as error:
             raise click.ClickException(str(error).splitlines()[0] if str(error) else
                                        type(error).__name__) from None
 

@@ -9,7 +9,7 @@ import click
 
 from benchmark.cli.options import BenchError, json_option, user_errors
 
-__all__ = ["models", "run", "score", "profile", "pretrain", "parse_sets", "guarded"]
+__all__ = ["models", "run", "score", "profile", "pretrain", "parse_sets"]
 
 
 def parse_sets(pairs: tuple[str, ...]) -> dict:
@@ -26,23 +26,6 @@ def parse_sets(pairs: tuple[str, ...]) -> dict:
         except yaml.YAMLError:
             raise BenchError(f"--set {key}: cannot parse value {text!r}") from None
     return values
-
-
-def _run_errors():
-    from benchmark.engine import CheckpointError, NonFiniteLossError
-    from benchmark.models import ConfigError
-    from benchmark.runner import MissingPrerequisiteError, ResumableRunError
-
-    return (CheckpointError, ConfigError, MissingPrerequisiteError, NonFiniteLossError,
-            ResumableRunError, FileNotFoundError)
-
-
-def guarded(function, *args, **kwargs):
-    """Call ``function``; the run errors users cause become one-line messages."""
-    try:
-        return function(*args, **kwargs)
-    except _run_errors() as error:
-        raise BenchError(str(error).splitlines()[0]) from None
 
 
 def _parse_pins(pins: tuple[str, ...]) -> dict[str, str]:
@@ -137,12 +120,12 @@ def run(model, dataset, root, sets, results, seed, device, amp, workers, data_on
     """Train and evaluate one (model, dataset, split) and write its run record."""
     from benchmark.runner import run_one
 
-    run_config = guarded(make_run_config, seed=seed, device=device, amp=amp, workers=workers,
-                         data_on_device=data_on_device, threads=threads, cache=cache,
-                         use_compile=use_compile, protocol=protocol, quiet=quiet)
-    record = guarded(run_one, model, dataset, split, root or Path("data") / dataset,
-                    parse_sets(sets), run_config, results, force=force, resume=resume,
-                    pins=_parse_pins(pins))
+    run_config = make_run_config(seed=seed, device=device, amp=amp, workers=workers,
+                                 data_on_device=data_on_device, threads=threads, cache=cache,
+                                 use_compile=use_compile, protocol=protocol, quiet=quiet)
+    record = run_one(model, dataset, split, root or Path("data") / dataset,
+                     parse_sets(sets), run_config, results, force=force, resume=resume,
+                     pins=_parse_pins(pins))
     # the paper protocol reports the original's test-set rule; it has no validation part
     shown = ("test_oracle",) if protocol == "paper" else tuple(record["metrics"])
     for rule in shown:
@@ -185,8 +168,8 @@ def score(images, checkpoint, rule, sets, device, out, as_json, quiet) -> None:
 
     if out is not None and out.suffix.lower() not in (".csv", ".json"):
         raise BenchError(f"--out {out}: the file must end in .csv or .json")
-    metric = guarded(load_metric, checkpoint, device=device, rule=rule,
-                     overrides=parse_sets(sets))
+    metric = load_metric(checkpoint, device=device, rule=rule,
+                         overrides=parse_sets(sets))
     paths, missing = collect_images(list(images))
     scored = metric.score_files(paths, progress=not quiet)
     failed = missing + scored.failed
@@ -274,8 +257,8 @@ def profile(model, sets, dataset, device, amp, batch_size, steps, image_size, wo
     if batch_size:
         overrides["batch_size"] = batch_size
     workers = default_workers() if workers is None else workers
-    report = guarded(profile_model, model, overrides, device, amp, steps, workers, use_compile,
-                     dataset, (height, width), data_on_device=data_on_device)
+    report = profile_model(model, overrides, device, amp, steps, workers, use_compile,
+                           dataset, (height, width), data_on_device=data_on_device)
     for key, value in report.items():
         click.echo(f"{key:28s} {value}")
     if json_out:
@@ -291,8 +274,8 @@ def pretrain(model, out, sets) -> None:
     """Run a model's own pre-training step (DBCNN's SCNN distortion classifier)."""
     from benchmark.models import get_model_class
 
-    cls = guarded(get_model_class, model)
+    cls = get_model_class(model)
     if cls.pretrain is None:
         raise BenchError(f"model {model!r} has no pre-training step")
-    facts = guarded(cls.pretrain, out, **parse_sets(sets))
+    facts = cls.pretrain(out, **parse_sets(sets))
     click.echo(f"wrote {out}" + (f"  {facts}" if facts else ""))

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from benchmark.cli.options import BenchError, user_errors
-from benchmark.cli.sweep import params_option, sweep_errors
+from benchmark.cli.sweep import params_option
 
 __all__ = ["suite"]
 
@@ -31,7 +31,7 @@ def list_(params_path: Path) -> None:
     """Each suite with its datasets, entries and run count; * marks the active one."""
     from benchmark.suite import load_params
 
-    params = sweep_errors(load_params, params_path)
+    params = load_params(params_path)
     width = max(map(len, params.suites))
     for name, raw in params.suites.items():
         entries = [*(raw["models"] or {}), *(raw["students"] or {})]
@@ -55,8 +55,8 @@ def check(params_path: Path, prune: bool, stamp: Path | None) -> None:
     from benchmark.suite import load_params
     from benchmark.sweep import prune_exports
 
-    params = sweep_errors(load_params, params_path)
-    counts = sweep_errors(params.check)
+    params = load_params(params_path)
+    counts = params.check()
     click.echo(f"{params_path}: {len(counts)} suites valid ("
                + ", ".join(f"{name} {count} runs" for name, count in counts.items())
                + f"); active: {params.active}")
@@ -81,7 +81,7 @@ def use(name: str, params_path: Path) -> None:
     """Make suite NAME the active one (rewrites the `suite:` line of params.yaml)."""
     from benchmark.suite import switch_suite
 
-    params = sweep_errors(switch_suite, params_path, name)
+    params = switch_suite(params_path, name)
     raw = params.suites[name]
     click.echo(f"active suite: {name} ({len(raw['datasets'])} datasets, "
                f"{len(raw['splits'])} splits); next: dvc repro")
@@ -102,35 +102,24 @@ def use(name: str, params_path: Path) -> None:
 def run(entry: str, dataset: str, split: int, params_path: Path, out: Path, metrics: Path,
         teacher: Path | None) -> None:
     """Run one cell of the active suite and copy its record to --out (a DVC stage)."""
-    from benchmark.cli.run import guarded
     from benchmark.suite import load_params
     from benchmark.sweep import export_run, plan_sweep, wrong_teacher
 
-    params = sweep_errors(load_params, params_path)
+    params = load_params(params_path)
     active = params.suite()
     if entry not in {e.name for e in active.entries}:
         raise BenchError(f"{entry!r} is not an entry of the active suite {active.name}")
-    cell = sweep_errors(params.suite, active.name, [entry], [dataset], [split])
-    job = sweep_errors(plan_sweep, params, cell)[0]
+    cell = params.suite(active.name, [entry], [dataset], [split])
+    job = plan_sweep(params, cell)[0]
     if teacher is not None:
-        problem = wrong_teacher(guarded(job.plan), teacher / "record.json")
+        problem = wrong_teacher(job.plan(), teacher / "record.json")
         if problem:
             raise BenchError(problem)
-    record = guarded(job.execute, click.echo)
+    record = job.execute(click.echo)
     export_run(record, out, metrics)
     test = record["metrics"]["val"]["test"]
     click.echo(f"{entry} {dataset} split {split}: test SRCC {test['srcc']:.4f} "
                f"PLCC {test['plcc']:.4f} (val-selected); copied to {out}")
-
-
-def _analysis_errors(function, *args, **kwargs):
-    from benchmark.analyses import AnalysisError
-    from benchmark.checkpoints import CheckpointError
-
-    try:
-        return sweep_errors(function, *args, **kwargs)
-    except (AnalysisError, CheckpointError, FileNotFoundError) as error:
-        raise BenchError(str(error).splitlines()[0]) from None
 
 
 def _threads(params) -> None:
@@ -170,11 +159,11 @@ def features(student: str, dataset: str, params_path: Path, out: Path, boot: int
     from benchmark.report.features import format_summary
     from benchmark.suite import load_params
 
-    params = sweep_errors(load_params, params_path)
+    params = load_params(params_path)
     _threads(params)
-    summary = _analysis_errors(feature_distance_stage, params, student, dataset, out,
-                               n_boot=boot, seed=seed,
-                               log=lambda text: click.echo(text, err=True))
+    summary = feature_distance_stage(params, student, dataset, out,
+                                     n_boot=boot, seed=seed,
+                                     log=lambda text: click.echo(text, err=True))
     shown = summary[(summary["relation"] == "all") & (summary["distance"] == "cosine")]
     click.echo(format_summary(shown))
     click.echo(f"median over {int(summary['n_splits'].max())} splits; wrote summary.csv, "
@@ -203,9 +192,9 @@ def cross(entry: str, train: str, test: str, params_path: Path, out: Path) -> No
     from benchmark.analyses import cross_stage
     from benchmark.suite import load_params
 
-    params = sweep_errors(load_params, params_path)
+    params = load_params(params_path)
     _threads(params)
-    written = _analysis_errors(cross_stage, params, entry, train, test, out, log=click.echo)
+    written = cross_stage(params, entry, train, test, out, log=click.echo)
     click.echo(f"wrote {len(written)} cross records to {out}")
 
 
@@ -228,10 +217,10 @@ def estimate(params_path: Path, name: str | None, profiles: tuple[Path, ...]) ->
     from benchmark.estimate import estimate_suite, load_throughputs
     from benchmark.suite import load_params
 
-    params = sweep_errors(load_params, params_path)
-    suite_ = sweep_errors(params.suite, name)
-    rows = guarded_estimate(estimate_suite, suite_, params.protocol,
-                            guarded_estimate(load_throughputs, list(profiles)))
+    params = load_params(params_path)
+    suite_ = params.suite(name)
+    rows = estimate_suite(suite_, params.protocol,
+                          load_throughputs(list(profiles)))
     click.echo(f"{'entry':<10} {'dataset':<8} {'runs':>4} {'train crops/run':>16} "
                f"{'eval crops/run':>15} {'GPU-h':>9}  throughput")
     per_entry: dict[str, float] = {}
@@ -245,11 +234,3 @@ def estimate(params_path: Path, name: str | None, profiles: tuple[Path, ...]) ->
     click.echo(f"total suite {suite_.name}: {sum(per_entry.values()):.1f} GPU-hours "
                f"({len(suite_.cells())} runs; 'estimate' rows use the built-in table, not a "
                f"measurement)")
-
-
-def guarded_estimate(fn, *args):
-    """``fn(*args)`` with a bad profile file or an uncountable dataset as a one-line error."""
-    try:
-        return fn(*args)
-    except (ValueError, OSError) as error:
-        raise BenchError(str(error)) from None

@@ -9,7 +9,7 @@ import click
 
 from benchmark.cli.options import BenchError, user_errors
 
-__all__ = ["sweep", "params_option", "sweep_errors"]
+__all__ = ["sweep", "params_option"]
 
 params_option = click.option(
     "--params", "params_path", type=click.Path(dir_okay=False, path_type=Path),
@@ -18,17 +18,6 @@ params_option = click.option(
 
 def _names(text: str | None) -> list[str] | None:
     return None if text is None else [n.strip() for n in text.split(",") if n.strip()]
-
-
-def sweep_errors(function, *args, **kwargs):
-    """Call the library; its user-facing errors become one-line ClickExceptions."""
-    from benchmark.suite import SuiteError
-    from benchmark.sweep import SweepError
-
-    try:
-        return function(*args, **kwargs)
-    except (SuiteError, SweepError) as error:
-        raise BenchError(str(error).splitlines()[0]) from None
 
 
 @click.command()
@@ -84,12 +73,12 @@ def sweep(params_path, suite_name, models, datasets, splits, launcher, workers, 
     from benchmark.sweep import (load_states, open_state, pid_alive, plan_sweep, status_lines,
                                  sweep_id)
 
-    params = sweep_errors(load_params, params_path)
-    indices = None if splits is None else sweep_errors(parse_indices, splits, "--splits")
-    chosen = sweep_errors(params.suite, suite_name, _names(models), _names(datasets), indices)
+    params = load_params(params_path)
+    indices = None if splits is None else parse_indices(splits, "--splits")
+    chosen = params.suite(suite_name, _names(models), _names(datasets), indices)
     if status:
-        states = {s["id"]: s for s in sweep_errors(load_states, params.paths.results)}
-        ident = sweep_id(chosen, sweep_errors(plan_sweep, params, chosen, device, check_data=False))
+        states = {s["id"]: s for s in load_states(params.paths.results)}
+        ident = sweep_id(chosen, plan_sweep(params, chosen, device, check_data=False))
         if not states:
             raise BenchError(f"no sweeps under {params.paths.results / 'sweeps'}")
         if ident not in states:
@@ -99,7 +88,7 @@ def sweep(params_path, suite_name, models, datasets, splits, launcher, workers, 
             for line in status_lines(state, pid_alive(state)):
                 click.echo(line)
         return
-    jobs = sweep_errors(plan_sweep, params, chosen, device)
+    jobs = plan_sweep(params, chosen, device)
     if dry_run:
         for job in jobs:
             after = f"   (after {', '.join(job.needs)})" if job.needs else ""
@@ -107,17 +96,16 @@ def sweep(params_path, suite_name, models, datasets, splits, launcher, workers, 
         click.echo(f"{len(jobs)} runs")
         return
     with ExitStack() as held:  # entering the state takes the lock: a held one is a user error
-        state = sweep_errors(held.enter_context,
-                             open_state(params.paths.results, chosen, jobs, launcher))
+        state = held.enter_context(open_state(params.paths.results, chosen, jobs, launcher))
         click.echo(f"sweep {state.data['id']}: {len(jobs)} runs, state in {state.path}")
         if launcher == "local":
-            sweep_errors(run_local, jobs, state, workers, detect_gpus(gpus), click.echo)
+            run_local(jobs, state, workers, detect_gpus(gpus), click.echo)
         else:
             from benchmark.slurm import SlurmOptions, run_slurm
 
             options = SlurmOptions(partition, time_min, gpus_per_task, cpus_per_task, mem_gb,
                                    array_parallelism, max_requeues, cluster)
-            sweep_errors(run_slurm, jobs, state, options, click.echo)
+            run_slurm(jobs, state, options, click.echo)
         lines = status_lines(state.data)
     for line in lines:
         click.echo(line)

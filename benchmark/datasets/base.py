@@ -18,6 +18,8 @@ from typing import Any, ClassVar, Literal, Sequence
 import numpy as np
 import pandas as pd
 
+from benchmark.errors import UserError
+
 __all__ = [
     "STANDARD_COLUMNS",
     "DatasetError",
@@ -41,7 +43,7 @@ STANDARD_COLUMNS = [
 ]
 
 
-class DatasetError(Exception):
+class DatasetError(UserError):
     """Bad or missing dataset files; the message is one line naming the culprit."""
 
 
