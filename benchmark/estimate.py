@@ -76,6 +76,8 @@ def load_throughputs(paths: list[Path]) -> dict[str, Throughput]:
                 f"{path} ({figures['device']}, {figures['precision']})")
         except KeyError as error:
             raise EstimateError(f"{path} is not a `bench profile --json` file: no {error}") from None
+        except (TypeError, ValueError) as error:
+            raise EstimateError(f"{path}: a figure is not a number ({error})") from None
     return measured
 
 

@@ -63,3 +63,18 @@ def test_a_profile_file_replaces_the_table_and_the_cli_prints_the_totals(tmp_pat
     refused = CliRunner().invoke(main, ["suite", "estimate", "--params", str(PARAMS),
                                         "--profile", str(bad)])
     assert refused.exit_code == 1 and "not a `bench profile --json` file" in refused.output
+
+
+@pytest.mark.parametrize("text, message", [
+    ("{not json", "unreadable profile file"),
+    (json.dumps({"model": "deiqt", "loop_images_per_s": "fast", "eval_images_per_s": 1,
+                 "test_crops": 1, "device": "cuda", "precision": "bf16"}),
+     "a figure is not a number"),
+])
+def test_a_bad_profile_file_is_one_line_naming_it(tmp_path, text, message):
+    bad = tmp_path / "bad.json"
+    bad.write_text(text)
+    refused = CliRunner().invoke(main, ["suite", "estimate", "--params", str(PARAMS),
+                                        "--profile", str(bad)])
+    assert refused.exit_code == 1 and message in refused.output and str(bad) in refused.output
+    assert len(refused.output.strip().splitlines()) == 1
