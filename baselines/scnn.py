@@ -39,7 +39,7 @@ from PIL import Image
 from torch import nn
 
 from benchmark.datasets.demo import DISTORTIONS, REFERENCES
-from benchmark.io import atomic_write_bytes
+from benchmark.files import atomic_write_bytes
 from benchmark.models import ConfigError
 from benchmark.weights import WeightFile
 

@@ -15,9 +15,9 @@ from typing import Callable
 import pandas as pd
 
 from benchmark.errors import UserError
-from benchmark.io import atomic_write_json, atomic_write_text
+from benchmark.files import atomic_write_json, atomic_write_text
 from benchmark.records import RunKey, load_record, run_dir
-from benchmark.suite import Cell, Params, Suite
+from benchmark.grid.suite import Cell, Params, Suite
 
 __all__ = ["AnalysisError", "grid_record", "feature_distance_stage", "cross_stage",
            "HEADLINE"]
@@ -72,7 +72,7 @@ def feature_distance_stage(params: Params, student: str, dataset: str, out: Path
     from benchmark.registry import dataset_registry
     from benchmark.report.features import (backbone_features, checkpoint_features,
                                            distance_report, median_over_splits, select_images)
-    from benchmark.splits import load_split_file
+    from benchmark.datasets.splits import load_split_file
 
     suite = params.suite()
     _entry(suite, student, students=True)

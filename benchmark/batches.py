@@ -1,8 +1,8 @@
 """Where training batches come from: the loader, or the decoded images kept on the device.
 
 Both paths cut the same crops: the offsets and flips of every sample come from
-:meth:`benchmark.data.TrainCrops.draws`, the samples of every epoch from
-:func:`benchmark.data.epoch_order`. The loader path crops one sample at a time in worker
+:meth:`benchmark.loader.TrainCrops.draws`, the samples of every epoch from
+:func:`benchmark.loader.epoch_order`. The loader path crops one sample at a time in worker
 processes and copies each batch to the device; the device path copies the uint8 images
 there once and cuts a whole batch with one gather, so a GPU never waits on host crops.
 """
@@ -16,7 +16,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from benchmark.data import (EpochSampler, EvalCrops, TrainCrops, epoch_order, make_loader,
+from benchmark.loader import (EpochSampler, EvalCrops, TrainCrops, epoch_order, make_loader,
                             shuffle_seed)
 
 __all__ = ["PackedImages", "LoaderBatches", "DeviceBatches", "training_batches", "eval_batches",

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from benchmark.errors import UserError
-from benchmark.io import atomic_write_bytes
+from benchmark.files import atomic_write_bytes
 
 __all__ = ["CheckpointError", "RESUME_KEYS", "WEIGHT_KEYS", "save_checkpoint",
            "load_torch_file", "load_checkpoint", "load_weights", "strip_training_state"]

@@ -23,7 +23,7 @@ import torch
 
 from benchmark.batches import eval_batches, training_batches
 from benchmark.checkpoints import RESUME_KEYS, CheckpointError, load_checkpoint, save_checkpoint
-from benchmark.data import ImageCache, EvalCrops, TrainCrops
+from benchmark.loader import ImageCache, EvalCrops, TrainCrops
 from benchmark.errors import UserError
 from benchmark.metrics import all_metrics
 from benchmark.models import ConfigError, IQAModel, TrainContext, eval_crop
@@ -174,7 +174,7 @@ def extract(model: IQAModel, paths: list[Path], crop: int, n_crops: int, device:
             fn: str = "forward", seed: int = 0, resize_hw: tuple[int, int] | None = None,
             batch_size: int = 32) -> np.ndarray:
     """:func:`predict` on image files: scores or ``features()`` averaged over seeded crops."""
-    from benchmark.data import DecodeSpec
+    from benchmark.loader import DecodeSpec
 
     if resize_hw is None:
         resize_hw = getattr(getattr(model, "config", None), "resize_hw", None)

@@ -15,7 +15,7 @@ from typing import Any
 
 from benchmark.errors import UserError
 from benchmark.registry import dataset_registry
-from benchmark.suite import Suite
+from benchmark.grid.suite import Suite
 
 __all__ = ["EstimateError", "Throughput", "BUILT_IN", "RunCost", "load_throughputs",
            "estimate_suite"]

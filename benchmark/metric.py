@@ -28,7 +28,7 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from benchmark.data import DecodeSpec, ImageArrays, decode_image, fit_to_spec, image_key
+from benchmark.loader import DecodeSpec, ImageArrays, decode_image, fit_to_spec, image_key
 from benchmark.engine import CheckpointError, predict, resolve_device
 from benchmark.images import ImageError
 from benchmark.models import eval_crop

@@ -19,7 +19,7 @@ import torch
 
 from benchmark.checkpoints import save_checkpoint
 from benchmark.batches import training_batches
-from benchmark.data import TrainCrops
+from benchmark.loader import TrainCrops
 from benchmark.engine import RunConfig, predict, resolve_device, train_epoch
 from benchmark.models import TrainContext, config_to_dict, eval_crop
 from benchmark.protocol import resolve_amp

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, TypedDict
 
 from benchmark.errors import UserError
-from benchmark.io import atomic_write_json, canonical_json, sha256_bytes
+from benchmark.files import atomic_write_json, canonical_json, sha256_bytes
 
 __all__ = [
     "RECORD_SCHEMA",

@@ -19,12 +19,12 @@ import numpy as np
 import pandas as pd
 
 from benchmark.checkpoints import strip_training_state
-from benchmark.data import DecodeSpec, ImageCache
+from benchmark.loader import DecodeSpec, ImageCache
 from benchmark.datasets.prepare import PreparedDataset, load_prepared
 from benchmark.engine import (RunConfig, SplitData, fit, resolve_device, result_run_fields,
                               save_checkpoint)
 from benchmark.errors import UserError
-from benchmark.io import DiskFullError, atomic_write_text, exclusive_lock, rename
+from benchmark.files import DiskFullError, atomic_write_text, exclusive_lock, rename
 from benchmark.metrics import HIGHER_IS_BETTER, all_metrics
 from benchmark.models import (ConfigError, FitModel, IQAModel, check_trainable, config_to_dict,
                               get_model_class)
@@ -33,7 +33,7 @@ from benchmark.records import (RECORD_SCHEMA, SELECTION_RULES, RunKey, RunRecord
                                find_record, git_state, latest_record, load_record,
                                package_versions, run_dir, write_record)
 from benchmark.registry import dataset_registry
-from benchmark.splits import check_split_file, load_split_file, split_images
+from benchmark.datasets.splits import check_split_file, load_split_file, split_images
 
 __all__ = ["MissingPrerequisiteError", "ResumableRunError", "RunPlan", "dataset_recipe",
            "resolve_config",

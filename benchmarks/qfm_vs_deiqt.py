@@ -6,7 +6,7 @@ that already exist under ``--results`` are reused by their config hash, so an in
 comparison continues where it stopped. It prints, per split, both test metrics under one
 selection rule (validation-selected by default) and their difference QFM − DEIQT, then the
 median and mean difference, the wins and a two-sided Wilcoxon signed-rank p-value
-(``benchmark.aggregate.paired_tests``, scipy.stats.wilcoxon). With 5 splits the smallest
+(``benchmark.report.aggregate.paired_tests``, scipy.stats.wilcoxon). With 5 splits the smallest
 possible p is 0.0625: five splits can show a consistent sign, not significance.
 
 Example (CPU, offline Lite0 backbone)::
@@ -53,7 +53,7 @@ def train_pairs(dataset: str, root: Path, splits: tuple[int, ...], recipe: dict,
 def paired_comparison(pairs: list[tuple[dict, dict]], rule: str = "val",
                       metric: str = "srcc") -> tuple[pd.DataFrame, dict]:
     """Per-split metrics and differences (QFM − DEIQT), and the summary with a Wilcoxon p."""
-    from benchmark.aggregate import paired_tests, runs_table
+    from benchmark.report.aggregate import paired_tests, runs_table
 
     runs = runs_table([record for pair in pairs for record in pair])
     runs = runs[runs["rule"] == rule]
@@ -119,7 +119,7 @@ def format_ablation(rows: list[tuple[str, pd.DataFrame, dict]]) -> str:
 def main(dataset, root, splits, sets, qfm_sets, presets, rule, metric, results, seed, device,
          threads, max_steps, quiet) -> None:
     """Train DEIQT and QFM-IQM on each split and print their paired differences."""
-    from benchmark.suite import SuiteError, parse_indices
+    from benchmark.grid.suite import SuiteError, parse_indices
 
     try:
         indices = parse_indices(splits, "--splits")

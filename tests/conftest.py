@@ -9,7 +9,7 @@ import pytest
 
 from benchmark.datasets.prepare import prepare
 from benchmark.registry import dataset_registry
-from benchmark.splits import SplitProtocol
+from benchmark.datasets.splits import SplitProtocol
 
 
 def pytest_configure(config) -> None:

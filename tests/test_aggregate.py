@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 from scipy import stats
 
-from benchmark.aggregate import (aggregate, bootstrap_median_ci, config_identity, parse_expected,
+from benchmark.report.aggregate import (aggregate, bootstrap_median_ci, config_identity, parse_expected,
                                  primary_cells, summarize)
 from benchmark.records import iter_records
 from synthetic_runs import write_run, write_suite
@@ -120,7 +120,7 @@ def test_rmse_wins_count_lower_as_better(tmp_path):
         "model": ["a"] * 3 + ["b"] * 3, "dataset": "x", "config_id": "c", "rule": "val",
         "split": [0, 1, 2] * 2, "preset": None, "suite_tag": None,
         "srcc": [0.9, 0.9, 0.9, 0.8, 0.8, 0.8], "plcc": 0.5, "rmse": [0.1, 0.1, 0.3, 0.2, 0.2, 0.2]})
-    from benchmark.aggregate import paired_tests
+    from benchmark.report.aggregate import paired_tests
 
     tests = paired_tests(runs, metrics=("srcc", "rmse", "plcc"))
     wins = dict(zip(tests["metric"], tests["wins_a"]))

@@ -25,11 +25,11 @@ from benchmark.cli import main
 from benchmark.datasets.base import Source
 from benchmark.datasets.kadid import Kadid
 from benchmark.engine import RunConfig
-from benchmark.io import canonical_json, exclusive_lock, sha256_bytes
+from benchmark.files import canonical_json, exclusive_lock, sha256_bytes
 from benchmark.models import config_to_dict, create_backbone, get_model_class
 from benchmark.runner import plan_run
-from benchmark.suite import load_params
-from benchmark.sweep import plan_sweep, sweep_id
+from benchmark.grid.suite import load_params
+from benchmark.grid.sweep import plan_sweep, sweep_id
 from conftest import TINY_PROBE, bomb_png, write_tiny_params, write_tiny_set
 from synthetic_runs import write_run
 

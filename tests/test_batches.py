@@ -8,7 +8,7 @@ import torch
 
 from benchmark import batches as batches_module
 from benchmark.batches import DeviceBatches, LoaderBatches, training_batches
-from benchmark.data import ImageArrays, TrainCrops
+from benchmark.loader import ImageArrays, TrainCrops
 from benchmark.engine import RunConfig
 from benchmark.models import ConfigError
 
@@ -97,7 +97,7 @@ def test_a_run_on_the_device_path_records_it_and_matches_the_loader(tiny_root, t
 
 
 def test_batched_evaluation_gives_the_per_crop_loaders_scores():
-    from benchmark.data import EvalCrops, collate
+    from benchmark.loader import EvalCrops, collate
     from benchmark.engine import predict
     from benchmark.runner import resolve_config
 

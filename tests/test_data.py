@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from benchmark import data
-from benchmark.data import DecodeSpec, ImageCache, EvalCrops, TrainCrops
+from benchmark import loader
+from benchmark.loader import DecodeSpec, ImageCache, EvalCrops, TrainCrops
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,7 @@ def test_disk_cache_matches_memory_and_is_reused(images, tmp_path, monkeypatch):
     def no_decoding(*_):
         raise AssertionError("a cached image set was decoded again")
 
-    monkeypatch.setattr(data, "decode_image", no_decoding)
+    monkeypatch.setattr(loader, "decode_image", no_decoding)
     again = ImageCache(images, spec, mode="disk", cache_dir=tmp_path)
     assert np.array_equal(again[5], memory[5])
 
@@ -57,6 +57,6 @@ def test_an_extra_crop_is_independent_and_leaves_the_main_crop_unchanged(images)
     for sample in range(len(plain)):
         assert np.array_equal(plain[0, sample]["image"], paired[0, sample]["image"])
         assert not np.array_equal(paired[0, sample]["image"], paired[0, sample]["teacher_image"])
-    batch = data.collate([paired[0, 0], paired[0, 1]])
+    batch = loader.collate([paired[0, 0], paired[0, 1]])
     assert batch["teacher_image"].shape == batch["image"].shape == (2, 3, 32, 32)
-    assert "teacher_image" not in data.collate([plain[0, 0], plain[0, 1]])
+    assert "teacher_image" not in loader.collate([plain[0, 0], plain[0, 1]])

@@ -24,7 +24,7 @@ from benchmark.datasets.livec import TRAINING_IMAGES, Livec
 from benchmark.datasets.prepare import load_prepared, prepare
 from benchmark.datasets.spaq import Spaq
 from benchmark.registry import dataset_registry
-from benchmark.splits import SplitProtocol, load_split_file
+from benchmark.datasets.splits import SplitProtocol, load_split_file
 
 
 def shared(name: str) -> Path:

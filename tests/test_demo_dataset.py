@@ -23,7 +23,7 @@ from benchmark.datasets.demo import (
 )
 from benchmark.datasets.prepare import prepare
 from benchmark.registry import dataset_registry
-from benchmark.splits import SplitProtocol
+from benchmark.datasets.splits import SplitProtocol
 
 N_REFS, N_TYPES, N_LEVELS = 19, 5, 5
 N_IMAGES = N_REFS * N_TYPES * N_LEVELS  # 475

@@ -17,7 +17,7 @@ from baselines.deiqt import DEIQT, DEIQTConfig
 from benchmark.cli import LAZY_COMMANDS, main
 from benchmark.models import TrainContext, field_choices, get_model_class, list_models
 from benchmark.registry import dataset_registry
-from benchmark.splits import SplitProtocol, make_split
+from benchmark.datasets.splits import SplitProtocol, make_split
 from qfm.config import QFMConfig
 from qfm.model import QFM
 from qfm.presets import GRID_IDS, PRESETS

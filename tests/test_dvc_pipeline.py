@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from benchmark.suite import read_yaml
+from benchmark.grid.suite import read_yaml
 from pdfpages import page_count
 
 REPO = Path(__file__).resolve().parents[1]

@@ -191,7 +191,7 @@ def test_whole_images_of_two_sizes_train_never_but_test_one_by_one(tmp_path):
 def test_whole_image_evaluation_scores_each_image_as_if_alone(demo_root):
     import numpy as np
 
-    from benchmark.data import DecodeSpec, ImageCache
+    from benchmark.loader import DecodeSpec, ImageCache
     from benchmark.engine import predict
 
     paths = sorted((demo_root / "distorted").glob("*.png"))[:3]

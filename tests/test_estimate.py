@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from benchmark.cli import main
 from benchmark.estimate import BUILT_IN, estimate_suite, load_throughputs
-from benchmark.suite import load_params
+from benchmark.grid.suite import load_params
 
 PARAMS = Path(__file__).resolve().parent.parent / "params.yaml"
 

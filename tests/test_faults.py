@@ -1,7 +1,7 @@
 """Fault injection: a crash at every atomic write and rename of a run, a sweep, a prepare and
 an archive merge (a disk full at one of them too).
 
-Every commit goes through ``os.replace`` inside :mod:`benchmark.io`; :class:`Faults` stands in
+Every commit goes through ``os.replace`` inside :mod:`benchmark.files`; :class:`Faults` stands in
 for that module's ``os`` and dies just before or just after the commit named by an injection
 point. After each crash: nothing the user placed is gone, nothing unfinished is counted, and
 running again (as a sweep does: ``--resume``) ends with the uninterrupted result, counted once.
@@ -21,7 +21,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-import benchmark.io
+import benchmark.files
 from benchmark.checkpoints import RESUME_KEYS
 from benchmark.cli import main
 from benchmark.datasets.base import DatasetError
@@ -32,8 +32,8 @@ from benchmark.records import RunKey, latest_record, record_paths
 from benchmark.registry import dataset_registry
 from benchmark.runner import ResumableRunError, run_one
 from benchmark.trained import load_trained
-from benchmark.splits import SplitProtocol
-from benchmark.sweep import load_states
+from benchmark.datasets.splits import SplitProtocol
+from benchmark.grid.sweep import load_states
 from conftest import TINY_PROBE, write_tiny_params, write_tiny_set
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -59,7 +59,7 @@ def label(target: Path) -> str:
 
 
 class Faults:
-    """``os`` for benchmark.io: at the ``nth`` commit named ``point`` (``name#n``), die
+    """``os`` for benchmark.files: at the ``nth`` commit named ``point`` (``name#n``), die
     ``before`` or ``after`` it, or fail it as a full disk would (``full``)."""
 
     def __init__(self, point: str, when: str):
@@ -86,7 +86,7 @@ def faults(monkeypatch):
     """``faults(point, when)`` arms an injection point; ``faults()`` disarms it."""
     def arm(point: str | None = None, when: str | None = None) -> Faults | None:
         injected = Faults(point, when) if point else None
-        monkeypatch.setattr(benchmark.io, "os", injected or os)
+        monkeypatch.setattr(benchmark.files, "os", injected or os)
         return injected
 
     return arm

@@ -8,7 +8,7 @@ import re
 import pandas as pd
 import pytest
 
-from benchmark.aggregate import runs_table
+from benchmark.report.aggregate import runs_table
 from benchmark.engine import RunConfig
 from benchmark.metrics import srcc
 from benchmark.records import load_record
@@ -117,7 +117,7 @@ def _cross_setup(tmp_path, demo_root, monkeypatch):
     """A source run on koniq (three splits) and stand-ins that count decodes and loads."""
     import numpy as np
 
-    import benchmark.data
+    import benchmark.loader
     import benchmark.engine
     import benchmark.trained
     from benchmark.models import get_model_class
@@ -147,7 +147,7 @@ def _cross_setup(tmp_path, demo_root, monkeypatch):
 
     monkeypatch.setattr(benchmark.trained, "load_trained", fake_load)
     monkeypatch.setattr(benchmark.engine, "predict", fake_predict)
-    monkeypatch.setattr(benchmark.data, "decode_image", counting_decode)
+    monkeypatch.setattr(benchmark.loader, "decode_image", counting_decode)
     return results, counts
 
 
@@ -165,7 +165,7 @@ def test_cross_records_are_reused_only_for_the_same_rule_root_and_table(tmp_path
                                                                         monkeypatch):
     import shutil
 
-    from benchmark.io import sha256_bytes
+    from benchmark.files import sha256_bytes
     from benchmark.report.cross import cross_runs, evaluate_cross
     from conftest import link_dataset
 

@@ -1,4 +1,4 @@
-"""benchmark.io: files honour the umask, a full disk names the file, a lock names its holder."""
+"""benchmark.files: files honour the umask, a full disk names the file, a lock names its holder."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import stat
 
 import pytest
 
-import benchmark.io
-from benchmark.io import (DiskFullError, LockedError, atomic_dir, atomic_write_text,
+import benchmark.files
+from benchmark.files import (DiskFullError, LockedError, atomic_dir, atomic_write_text,
                           exclusive_lock)
 
 
@@ -39,7 +39,7 @@ def test_a_full_disk_names_the_file_and_keeps_the_old_content(tmp_path, monkeypa
         def fsync(self, fd):
             raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(benchmark.io, "os", Full())
+    monkeypatch.setattr(benchmark.files, "os", Full())
     with pytest.raises(DiskFullError, match=f"no space left on device writing {target}"):
         atomic_write_text(target, "new")
     assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["record.json"]

@@ -84,7 +84,7 @@ def test_the_paper_protocol_trains_on_train_and_val_and_is_hashed_apart(demo_roo
 
 
 def test_a_paper_run_reports_its_test_rule_in_the_tables_beside_the_published(demo_root, tmp_path):
-    from benchmark.aggregate import runs_table, summarize
+    from benchmark.report.aggregate import runs_table, summarize
     from benchmark.report.published import load_published
     from benchmark.report.tables import HONEST_NOTE, SECTION, protocol_table, published_table
     from benchmark.runner import run_one

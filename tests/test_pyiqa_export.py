@@ -20,9 +20,9 @@ from test_pyiqa_interop import small_table
 from benchmark.datasets.koniq import Koniq
 from benchmark.datasets.livec import Livec
 from benchmark.datasets.tid2013 import Tid2013
-from benchmark.pyiqa_export import export_splits
-from benchmark.pyiqa_interop import import_splits
-from benchmark.splits import PARTS, SplitProtocol, build_split_file
+from benchmark.datasets.pyiqa_export import export_splits
+from benchmark.datasets.pyiqa_interop import import_splits
+from benchmark.datasets.splits import PARTS, SplitProtocol, build_split_file
 
 
 def test_livec_export_opens_with_t1_to_t7_and_shifts_its_cells(tmp_path):

@@ -25,10 +25,10 @@ from benchmark.datasets.livec import Livec
 from benchmark.datasets.prepare import prepare
 from benchmark.datasets.spaq import Spaq
 from benchmark.datasets.tid2013 import Tid2013
-from benchmark.pyiqa_export import export_splits
-from benchmark.pyiqa_interop import import_splits, read_split_json
+from benchmark.datasets.pyiqa_export import export_splits
+from benchmark.datasets.pyiqa_interop import import_splits, read_split_json
 from benchmark.runner import plan_run
-from benchmark.splits import SplitFileError, SplitProtocol, build_split_file, load_split_file
+from benchmark.datasets.splits import SplitFileError, SplitProtocol, build_split_file, load_split_file
 
 PARTS = ("train", "val", "test")
 

@@ -18,7 +18,7 @@ from click.testing import CliRunner
 
 from benchmark import load_metric
 from benchmark.cli import main
-from benchmark.data import ImageArrays
+from benchmark.loader import ImageArrays
 from benchmark.engine import CheckpointError, predict
 from benchmark.models import config_from_dict, get_model_class
 

@@ -180,7 +180,7 @@ def test_protocol_table_optimism(built):
 
 
 def test_a_run_in_another_precision_than_its_original_is_flagged(tmp_path):
-    from benchmark.aggregate import aggregate
+    from benchmark.report.aggregate import aggregate
     from benchmark.report.tables import DDAGGER, PRECISION_NOTE, main_table, protocol_table
 
     write_run(tmp_path, "hyperiqa", "livec", 0, 0.80, seed=1)
@@ -303,13 +303,13 @@ def test_tables_compile_with_pdflatex(built, tmp_path):
 
 def test_cross_evaluation_records(tmp_path, monkeypatch):
     """evaluate_cross with stand-ins for load_trained/predict: orientation and metrics."""
-    import benchmark.data
+    import benchmark.loader
     import benchmark.engine
     import benchmark.trained
     from benchmark.datasets.base import Dataset, standard_table
     from benchmark.datasets.prepare import prepare
     from benchmark.report.cross import cross_summary, evaluate_cross
-    from benchmark.splits import SplitProtocol
+    from benchmark.datasets.splits import SplitProtocol
 
     rng = np.random.default_rng(0)
     images = [f"t{i}.png" for i in range(40)]
@@ -351,7 +351,7 @@ def test_cross_evaluation_records(tmp_path, monkeypatch):
 
     monkeypatch.setattr(benchmark.trained, "load_trained", fake_load)
     monkeypatch.setattr(benchmark.engine, "predict", fake_predict)
-    monkeypatch.setattr(benchmark.data, "decode_image", lambda path, spec: np.zeros((8, 8, 3)))
+    monkeypatch.setattr(benchmark.loader, "decode_image", lambda path, spec: np.zeros((8, 8, 3)))
     written = evaluate_cross("deiqt", "koniq", "livec", root, tmp_path / "results", device="cpu",
                              log=lambda _: None)
     assert [p.name.split("-")[0] for p in written] == ["split0", "split1", "split2"]

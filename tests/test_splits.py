@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from benchmark.splits import (SplitFileError, SplitProtocol, build_split_file, load_split_file,
+from benchmark.datasets.splits import (SplitFileError, SplitProtocol, build_split_file, load_split_file,
                               make_split, save_split_file, split_images)
 
 

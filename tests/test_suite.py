@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from benchmark.cli import main
 from benchmark.registry import model_registry
-from benchmark.suite import SuiteError, load_params, parse_indices, parse_params
+from benchmark.grid.suite import SuiteError, load_params, parse_indices, parse_params
 
 REPO = Path(__file__).resolve().parents[1]
 PARAMS = REPO / "params.yaml"

@@ -18,10 +18,10 @@ from benchmark.cli import main
 from benchmark.cli.run import parse_sets
 from benchmark.records import record_paths
 from benchmark.trained import load_trained
-from benchmark.suite import Cell, load_params
-from benchmark.slurm import SlurmOptions, SlurmTask, run_slurm
-from benchmark.local import _spawn, detect_gpus
-from benchmark.sweep import (Job, SweepState, export_run, open_state, plan_sweep, prune_exports,
+from benchmark.grid.suite import Cell, load_params
+from benchmark.grid.slurm import SlurmOptions, SlurmTask, run_slurm
+from benchmark.grid.local import _spawn, detect_gpus
+from benchmark.grid.sweep import (Job, SweepState, export_run, open_state, plan_sweep, prune_exports,
                              ready_jobs, status_lines)
 
 REPO = Path(__file__).resolve().parents[1]

@@ -13,7 +13,7 @@ import torch
 
 from benchmark import engine
 from benchmark.batches import training_batches
-from benchmark.data import ImageArrays, TrainCrops
+from benchmark.loader import ImageArrays, TrainCrops
 from benchmark.engine import NonFiniteLossError, RunConfig, train_epoch
 from benchmark.models import get_model_class
 from benchmark.runner import resolve_config

@@ -43,7 +43,7 @@ def load_dataset(name: str, options: tuple[str, ...] = ()):
 
 def parse_seeds(text: str) -> tuple[int, ...]:
     """``0-9`` or ``0,3,5`` or a mix (``0-4,7``), in the order given, without repeats."""
-    from benchmark.suite import SuiteError, parse_indices
+    from benchmark.grid.suite import SuiteError, parse_indices
 
     try:
         return parse_indices(text, "--seeds")
@@ -182,7 +182,7 @@ def prepare(name: str, root: Path, allow_missing: bool, official: bool, seeds: s
     """Write the standard table and the seeded splits of NAME to <root>/bench/."""
     from benchmark.datasets.prepare import PREPARED_DIR
     from benchmark.datasets.prepare import prepare as prepare_dataset
-    from benchmark.splits import SplitProtocol
+    from benchmark.datasets.splits import SplitProtocol
 
     dataset = load_dataset(name, options)
     try:

@@ -1,8 +1,8 @@
 """``bench data import-pyiqa`` / ``export-pyiqa``: splits to and from pyiqa's files.
 
 The part mapping, the CLIVE row offset and the JSON-only rule are described in
-:mod:`benchmark.pyiqa_interop`, the split columns and dataset classes of the export in
-:mod:`benchmark.pyiqa_export`. Both commands work on a prepared dataset (``bench data
+:mod:`benchmark.datasets.pyiqa_interop`, the split columns and dataset classes of the export in
+:mod:`benchmark.datasets.pyiqa_export`. Both commands work on a prepared dataset (``bench data
 prepare``) and never import torch.
 """
 
@@ -76,8 +76,8 @@ def import_pyiqa(name: str, root: Path, meta_path: Path, split_path: Path | None
         --meta pyiqa_files/meta_info_tid2013.csv --column bench_split_00
     """
     from benchmark.datasets.prepare import PREPARED_DIR, adopt_split_file
-    from benchmark.pyiqa_interop import import_splits
-    from benchmark.splits import save_split_file
+    from benchmark.datasets.pyiqa_interop import import_splits
+    from benchmark.datasets.splits import save_split_file
 
     prepared = _prepared(name, root)
     result = import_splits(prepared.table, prepared.name, meta_path, split_path,
@@ -125,9 +125,9 @@ def export_pyiqa(name: str, root: Path, split_path: Path | None, out_dir: Path, 
     """
     import pickle
 
-    from benchmark.io import atomic_write_bytes, atomic_write_text
-    from benchmark.pyiqa_export import export_splits
-    from benchmark.splits import load_split_file
+    from benchmark.files import atomic_write_bytes, atomic_write_text
+    from benchmark.datasets.pyiqa_export import export_splits
+    from benchmark.datasets.splits import load_split_file
 
     prepared = _prepared(name, root)
     split_file = load_split_file(split_path or prepared.split_path)

@@ -24,7 +24,7 @@ expect_option = click.option(
 
 
 def _expected(values: tuple[str, ...]) -> dict[str, int]:
-    from benchmark.aggregate import parse_expected
+    from benchmark.report.aggregate import parse_expected
 
     try:
         return parse_expected(values)
@@ -57,8 +57,8 @@ def aggregate(results: Path, out: Path | None, expect: tuple[str, ...]) -> None:
     Example:
       bench aggregate --results results --expect-splits 10 --expect-splits koniq=1
     """
-    from benchmark.aggregate import aggregate as run_aggregate
-    from benchmark.aggregate import format_summary
+    from benchmark.report.aggregate import aggregate as run_aggregate
+    from benchmark.report.aggregate import format_summary
 
     expected = _expected(expect)
     _has_records(results)
@@ -184,7 +184,7 @@ def feature_distance(dataset: str, root: Path, checkpoints: tuple[Path, ...],
     from benchmark.registry import dataset_registry
     from benchmark.report.features import (backbone_features, checkpoint_features,
                                            distance_report, format_summary, select_images)
-    from benchmark.splits import load_split_file
+    from benchmark.datasets.splits import load_split_file
 
     if not checkpoints and backbone is None:
         raise BenchError("nothing to analyse: pass --backbone and/or --checkpoint")

@@ -207,7 +207,7 @@ def _write_scores(out: Path, metric, scored, failed) -> None:
     import csv
     import io
 
-    from benchmark.io import atomic_write_text
+    from benchmark.files import atomic_write_text
 
     if out.suffix.lower() == ".json":
         atomic_write_text(out, json.dumps(_scores_payload(metric, scored, failed), indent=1) + "\n")
@@ -245,7 +245,7 @@ def profile(model, sets, dataset, device, amp, batch_size, steps, image_size, wo
             data_on_device, use_compile, json_out) -> None:
     """Images/s of the training step alone and of the engine's loop (their ratio: the engine
     efficiency), of evaluation and of the loader; peak memory; MFU on a GPU."""
-    from benchmark.io import atomic_write_json
+    from benchmark.files import atomic_write_json
     from benchmark.batches import default_workers
     from benchmark.profiling import profile_model
 

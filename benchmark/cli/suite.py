@@ -29,7 +29,7 @@ def suite() -> None:
 @user_errors
 def list_(params_path: Path) -> None:
     """Each suite with its datasets, entries and run count; * marks the active one."""
-    from benchmark.suite import load_params
+    from benchmark.grid.suite import load_params
 
     params = load_params(params_path)
     width = max(map(len, params.suites))
@@ -51,9 +51,9 @@ def list_(params_path: Path) -> None:
 @user_errors
 def check(params_path: Path, prune: bool, stamp: Path | None) -> None:
     """Validate params.yaml completely: names, every cell's config, teacher order."""
-    from benchmark.io import atomic_write_text
-    from benchmark.suite import load_params
-    from benchmark.sweep import prune_exports
+    from benchmark.files import atomic_write_text
+    from benchmark.grid.suite import load_params
+    from benchmark.grid.sweep import prune_exports
 
     params = load_params(params_path)
     counts = params.check()
@@ -79,7 +79,7 @@ def check(params_path: Path, prune: bool, stamp: Path | None) -> None:
 @user_errors
 def use(name: str, params_path: Path) -> None:
     """Make suite NAME the active one (rewrites the `suite:` line of params.yaml)."""
-    from benchmark.suite import switch_suite
+    from benchmark.grid.suite import switch_suite
 
     params = switch_suite(params_path, name)
     raw = params.suites[name]
@@ -102,8 +102,8 @@ def use(name: str, params_path: Path) -> None:
 def run(entry: str, dataset: str, split: int, params_path: Path, out: Path, metrics: Path,
         teacher: Path | None) -> None:
     """Run one cell of the active suite and copy its record to --out (a DVC stage)."""
-    from benchmark.suite import load_params
-    from benchmark.sweep import export_run, plan_sweep, wrong_teacher
+    from benchmark.grid.suite import load_params
+    from benchmark.grid.sweep import export_run, plan_sweep, wrong_teacher
 
     params = load_params(params_path)
     active = params.suite()
@@ -157,7 +157,7 @@ def features(student: str, dataset: str, params_path: Path, out: Path, boot: int
     """
     from benchmark.analyses import feature_distance_stage
     from benchmark.report.features import format_summary
-    from benchmark.suite import load_params
+    from benchmark.grid.suite import load_params
 
     params = load_params(params_path)
     _threads(params)
@@ -190,7 +190,7 @@ def cross(entry: str, train: str, test: str, params_path: Path, out: Path) -> No
       bench suite cross deiqt koniq livec --out results/dvc/cross/deiqt/koniq__livec
     """
     from benchmark.analyses import cross_stage
-    from benchmark.suite import load_params
+    from benchmark.grid.suite import load_params
 
     params = load_params(params_path)
     _threads(params)
@@ -215,7 +215,7 @@ def estimate(params_path: Path, name: str | None, profiles: tuple[Path, ...]) ->
       bench suite estimate --suite paper --profile deiqt.json
     """
     from benchmark.estimate import estimate_suite, load_throughputs
-    from benchmark.suite import load_params
+    from benchmark.grid.suite import load_params
 
     params = load_params(params_path)
     suite_ = params.suite(name)

@@ -68,9 +68,9 @@ def sweep(params_path, suite_name, models, datasets, splits, launcher, workers, 
       bench sweep --suite paper --launcher slurm --partition gpu --time 720
       bench sweep --suite paper --status
     """
-    from benchmark.suite import load_params, parse_indices
-    from benchmark.local import detect_gpus, run_local
-    from benchmark.sweep import (load_states, open_state, pid_alive, plan_sweep, status_lines,
+    from benchmark.grid.suite import load_params, parse_indices
+    from benchmark.grid.local import detect_gpus, run_local
+    from benchmark.grid.sweep import (load_states, open_state, pid_alive, plan_sweep, status_lines,
                                  sweep_id)
 
     params = load_params(params_path)
@@ -101,7 +101,7 @@ def sweep(params_path, suite_name, models, datasets, splits, launcher, workers, 
         if launcher == "local":
             run_local(jobs, state, workers, detect_gpus(gpus), click.echo)
         else:
-            from benchmark.slurm import SlurmOptions, run_slurm
+            from benchmark.grid.slurm import SlurmOptions, run_slurm
 
             options = SlurmOptions(partition, time_min, gpus_per_task, cpus_per_task, mem_gb,
                                    array_parallelism, max_requeues, cluster)

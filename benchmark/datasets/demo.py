@@ -50,7 +50,7 @@ import pandas as pd
 from PIL import Image, ImageEnhance, ImageFilter
 
 from benchmark.datasets.base import Dataset, DatasetError, find_file, standard_table
-from benchmark.io import atomic_write_text
+from benchmark.files import atomic_write_text
 
 __all__ = ["Demo", "Distortion", "REFERENCES", "DISTORTIONS", "LABEL_FILE", "SIZE", "SEED",
            "load_reference", "ssim_score", "pseudo_mos", "readme"]

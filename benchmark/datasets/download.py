@@ -29,7 +29,7 @@ from pathlib import Path, PurePosixPath
 from tqdm import tqdm
 
 from benchmark.datasets.base import Dataset, DatasetError, Source
-from benchmark.io import rename, sha256_file
+from benchmark.files import rename, sha256_file
 
 __all__ = [
     "DownloadError",

@@ -14,8 +14,8 @@ from pathlib import Path
 import pandas as pd
 
 from benchmark.datasets.base import Dataset, DatasetError
-from benchmark.io import atomic_write_json, atomic_write_text, sha256_bytes
-from benchmark.splits import SplitProtocol, build_split_file, save_split_file
+from benchmark.files import atomic_write_json, atomic_write_text, sha256_bytes
+from benchmark.datasets.splits import SplitProtocol, build_split_file, save_split_file
 
 __all__ = [
     "PREPARED_DIR",

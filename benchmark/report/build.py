@@ -8,8 +8,8 @@ from typing import Mapping
 
 import pandas as pd
 
-from benchmark.aggregate import CELL_KEYS, aggregate, format_summary, primary_cells
-from benchmark.io import atomic_write_text
+from benchmark.report.aggregate import CELL_KEYS, aggregate, format_summary, primary_cells
+from benchmark.files import atomic_write_text
 from benchmark.report.cross import cross_summary
 from benchmark.report.distance_table import distance_figures, distance_table, feature_summaries
 from benchmark.report.document import Section, write_document

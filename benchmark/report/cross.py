@@ -28,8 +28,8 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import pandas as pd
 
-from benchmark.aggregate import config_identity, main_rank, runs_frame, summarize
-from benchmark.io import atomic_write_json, atomic_write_text
+from benchmark.report.aggregate import config_identity, main_rank, runs_frame, summarize
+from benchmark.files import atomic_write_json, atomic_write_text
 from benchmark.metrics import HIGHER_IS_BETTER, all_metrics
 from benchmark.records import config_hash, git_state, iter_records, package_versions
 
@@ -114,7 +114,7 @@ def unit_map(predictions: pd.DataFrame, rule: str) -> tuple[float, float]:
 
 def select_runs(results: Path, model: str, train: str, config: str | None = None) -> list[dict]:
     """The records of one configuration of ``model`` on ``train``: the one given by id prefix,
-    else the main-table one (:func:`benchmark.aggregate.main_rank`)."""
+    else the main-table one (:func:`benchmark.report.aggregate.main_rank`)."""
     records = [r for r in iter_records(results) if r["model"] == model and r["dataset"] == train]
     if not records:
         raise ValueError(f"no finished {model} runs on {train} under {Path(results) / 'runs'}")
@@ -152,7 +152,7 @@ def _made_from(path: Path, key: str) -> bool:
 
 
 def _decoded(store: dict, paths: list[Path], spec) -> Any:
-    from benchmark.data import ImageCache
+    from benchmark.loader import ImageCache
 
     if spec not in store:
         store.clear()  # one decoded copy at a time: a test set can be large
@@ -178,7 +178,7 @@ def score_runs(records: list[dict], test: str, root_test: Path, out: Path, rule:
 
     The test images are decoded once and reused for every split (and, through ``decoded``,
     for the next model with the same decode settings)."""
-    from benchmark.data import DecodeSpec
+    from benchmark.loader import DecodeSpec
     from benchmark.datasets.prepare import load_prepared
     from benchmark.engine import predict, resolve_device
     from benchmark.models import eval_crop
@@ -260,7 +260,7 @@ def score_release(source: str, train: str, test: str, root_test: Path, results: 
     The key is the file's sha256 and the resolved model config, the test folder and its
     table's checksum."""
     from benchmark.datasets.prepare import load_prepared
-    from benchmark.io import sha256_file
+    from benchmark.files import sha256_file
     from benchmark.metric import load_metric
     from benchmark.model_config import config_to_dict
     from benchmark.pyiqa_weights import parse_source

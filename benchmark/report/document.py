@@ -16,7 +16,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmark.io import atomic_write_bytes, atomic_write_text
+from benchmark.files import atomic_write_bytes, atomic_write_text
 
 __all__ = ["Section", "document_text", "write_document", "PDFLATEX_MISSING"]
 

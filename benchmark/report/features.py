@@ -17,7 +17,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import pandas as pd
 
-from benchmark.io import atomic_write_text
+from benchmark.files import atomic_write_text
 from benchmark.report import feature_distance as fd
 from benchmark.report.plots import distance_gap_figure, gap_share_figure
 
@@ -45,7 +45,7 @@ class Selection:
 
 def select_images(prepared, part: str, split: int | None) -> Selection:
     """``part`` of split ``split`` (test/train/val) of a prepared dataset, or ``all`` images."""
-    from benchmark.splits import load_split_file, split_images
+    from benchmark.datasets.splits import load_split_file, split_images
 
     table = prepared.table.set_index("image", drop=False)
     if part == "all":

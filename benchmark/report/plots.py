@@ -20,7 +20,7 @@ from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from benchmark.io import atomic_write_bytes
+from benchmark.files import atomic_write_bytes
 from benchmark.records import load_record
 from benchmark.report.tables import DATASET_ORDER, MODEL_LABELS, dataset_display, ordered_models
 

@@ -16,8 +16,8 @@ from typing import Iterable, Mapping
 
 import pandas as pd
 
-from benchmark.aggregate import primary_cells
-from benchmark.io import atomic_write_text
+from benchmark.report.aggregate import primary_cells
+from benchmark.files import atomic_write_text
 from benchmark.metrics import HIGHER_IS_BETTER
 from benchmark.registry import dataset_registry
 from benchmark.report.cross import RELEASE_RULE, RELEASED_BY, released_model

@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from benchmark.errors import UserError
-from benchmark.io import (LockedError, atomic_dir, atomic_write_json, canonical_json,
+from benchmark.files import (LockedError, atomic_dir, atomic_write_json, canonical_json,
                           exclusive_lock, sha256_bytes)
-from benchmark.grid import check_order, run_settings
-from benchmark.suite import Cell, Params, Paths, Suite
+from benchmark.grid.cells import check_order, run_settings
+from benchmark.grid.suite import Cell, Params, Paths, Suite
 
 if TYPE_CHECKING:  # the runner imports torch: sweeps plan without it until a run starts
     from benchmark.runner import RunPlan

@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from benchmark.images import read_image
-from benchmark.io import atomic_dir, canonical_json, sha256_bytes
+from benchmark.files import atomic_dir, canonical_json, sha256_bytes
 
 __all__ = ["DecodeSpec", "ImageCache", "ImageArrays", "decode_image", "fit_to_spec", "image_key",
            "TrainCrops", "EvalCrops", "EpochSampler", "collate", "make_loader", "epoch_order",

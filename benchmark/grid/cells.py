@@ -1,5 +1,5 @@
 """A suite's grid resolved against the models and the engine, which this module imports
-(:mod:`benchmark.suite` reads params.yaml without them): every cell's config and
+(:mod:`benchmark.grid.suite` reads params.yaml without them): every cell's config and
 prerequisites, and the suite's run settings. Whatever a run would refuse fails here, naming
 the params.yaml key, before ``bench suite check`` passes or a sweep starts a run.
 """
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from benchmark.suite import Suite, SuiteError
+from benchmark.grid.suite import Suite, SuiteError
 
 __all__ = ["check_order", "run_settings"]
 

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from benchmark.errors import UserError
-from benchmark.io import atomic_write_text, canonical_json, sha256_bytes
+from benchmark.files import atomic_write_text, canonical_json, sha256_bytes
 
 __all__ = [
     "SplitProtocol",

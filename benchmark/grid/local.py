@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from benchmark.sweep import Job, SweepError, SweepState, finish, one_line, ready_jobs
+from benchmark.grid.sweep import Job, SweepError, SweepState, finish, one_line, ready_jobs
 
 __all__ = ["run_local", "detect_gpus"]
 

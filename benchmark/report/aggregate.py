@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from benchmark.io import atomic_write_bytes, atomic_write_text
+from benchmark.files import atomic_write_bytes, atomic_write_text
 from benchmark.metrics import HIGHER_IS_BETTER
 from benchmark.records import SELECTION_RULES, config_hash, iter_records
 

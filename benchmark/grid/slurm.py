@@ -16,7 +16,7 @@ from typing import Any, Callable
 import submitit
 from PIL import Image
 
-from benchmark.sweep import Job, SweepState, finish, one_line, ready_jobs
+from benchmark.grid.sweep import Job, SweepState, finish, one_line, ready_jobs
 
 __all__ = ["SlurmOptions", "SlurmTask", "run_slurm"]
 

@@ -41,7 +41,7 @@ import numpy as np
 import pandas as pd
 
 from benchmark.datasets.livec import TRAINING_IMAGES
-from benchmark.splits import PARTS, SplitFileError
+from benchmark.datasets.splits import PARTS, SplitFileError
 
 __all__ = ["PYIQA_CLASSES", "PyiqaExport", "export_splits"]
 

@@ -201,7 +201,7 @@ class Params:
     def check(self) -> dict[str, int]:
         """Resolve every cell of every suite and its run settings (imports the models): every
         value a run would refuse fails here; returns cells per suite."""
-        from benchmark.grid import check_order, run_settings
+        from benchmark.grid.cells import check_order, run_settings
 
         counts = {}
         for name in self.suites:
@@ -361,7 +361,7 @@ def _dataset(name: Any, where: str) -> None:
 
 
 def _protocol(protocol: dict, where: str) -> None:
-    from benchmark.splits import SplitProtocol
+    from benchmark.datasets.splits import SplitProtocol
 
     try:
         SplitProtocol(rounding=protocol["rounding"], val_fraction=float(protocol["val_fraction"]),
@@ -421,7 +421,7 @@ def _text(value: Any, where: str) -> str:
 
 def switch_suite(path: Path | str, name: str) -> Params:
     """Point ``suite:`` at suite ``name`` (``suite: *name``); every other line stays."""
-    from benchmark.io import atomic_write_text
+    from benchmark.files import atomic_write_text
 
     path = Path(path)
     lines = path.read_text().splitlines(keepends=True)

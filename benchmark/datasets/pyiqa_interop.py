@@ -16,7 +16,7 @@ part: ``val`` is the held-out 20 % that its configs evaluate and report. Its off
 splits (KonIQ-10k, FLIVE) have all three. So when every split's ``test`` is empty, pyiqa
 ``train`` -> our ``train`` and pyiqa ``val`` -> our ``test``, and our ``val`` stays empty
 (the engine then selects by the last epoch); otherwise the parts map by name. The export
-(:mod:`benchmark.pyiqa_export`) is the inverse.
+(:mod:`benchmark.datasets.pyiqa_export`) is the inverse.
 
 Matching. Rows are matched to the prepared table by image name, not by position: a pyiqa
 name matches the table image whose path ends with it (case-insensitive, on ``/``
@@ -45,8 +45,8 @@ import pandas as pd
 from benchmark.datasets.base import DatasetError
 from benchmark.datasets.generic import read_label_csv
 from benchmark.datasets.livec import TRAINING_IMAGES
-from benchmark.io import canonical_json, sha256_bytes, sha256_file
-from benchmark.splits import PARTS, SPLIT_FORMAT, SplitFileError
+from benchmark.files import canonical_json, sha256_bytes, sha256_file
+from benchmark.datasets.splits import PARTS, SPLIT_FORMAT, SplitFileError
 
 __all__ = [
     "NAME_COLUMNS",
@@ -78,7 +78,7 @@ class PyiqaMeta:
 
 @dataclass(frozen=True)
 class PyiqaImport:
-    split_file: dict  # benchmark.splits format, checksummed
+    split_file: dict  # benchmark.datasets.splits format, checksummed
     counts: list[dict[str, int]]  # per split, images per part
     notes: list[str]
 
