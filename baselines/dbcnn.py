@@ -33,11 +33,10 @@ Challenge 448, CSIQ/TID2013 whole images; test on whole images; random horizonta
 - ``"head"``: stage 1 only (streams frozen; ``head_lr``);
 - ``"all"``: stage 2 only (everything at ``lr``), from a fresh FC;
 - ``"both"`` (default): ``head_epochs`` epochs of stage 1, then ``epochs - head_epochs`` of
-  stage 2, in one run. The switch needs three engine hooks: ``on_epoch_start(epoch)`` freezes
-  or unfreezes the streams, ``optimizer_stage(epoch)`` makes the engine build a fresh
-  optimiser at the switch, and ``group_lr_factor(part, epoch)`` scales each parameter group's
-  lr (groups carry a ``part`` key: ``head`` or ``streams``). Without the last hook the FC
-  keeps ``head_lr`` in stage 2.
+  stage 2, in one run: :meth:`DBCNN.recipe` states the two stages as data (parameter groups
+  carry a ``part`` key, ``head`` or ``streams``; stage 1 freezes ``streams``, stage 2 sets
+  both parts to ``lr``), and the engine freezes, builds the fresh optimiser and moves the
+  learning rates at the switch.
 
 Differences from the original, so results are labelled honestly: stage 2 starts from stage
 1's last FC, not the one with the best *test* SRCC. Training crops and whole-image testing
@@ -57,13 +56,13 @@ from torch.nn import functional as F
 
 from baselines import pyiqa_keymaps
 from baselines.scnn import ORIGINAL_SCNN, SCNN, load_scnn_features, pretrain_scnn
-from benchmark.models import (ConfigError, IQAModel, Loss, ModelConfig, Optimizer, Schedule,
-                              backbone_norm, create_backbone, decay_groups)
+from benchmark.models import (ConfigError, IQAModel, Loss, ModelConfig, Optimizer, Recipe,
+                              Schedule, Stage, backbone_norm, create_backbone, decay_groups)
 from benchmark.weights import fetch_weights
 
-__all__ = ["DBCNN", "DBCNNConfig", "Stage"]
+__all__ = ["DBCNN", "DBCNNConfig", "StageChoice"]
 
-Stage = Literal["head", "all", "both"]
+StageChoice = Literal["head", "all", "both"]
 
 
 @dataclass(frozen=True)
@@ -73,7 +72,7 @@ class DBCNNConfig(ModelConfig):
     backbone: str = "vgg16.tv_in1k"  # torchvision's ImageNet VGG-16, as the original
     pretrained: str = "true"  # ImageNet VGG-16; offline: a local weights file
     scnn_weights: str = "original"  # "original" (released scnn.pkl) | "none" (random) | a path
-    stage: Stage = "both"
+    stage: StageChoice = "both"
     head_epochs: int = 50  # stage 1's length when stage="both"
     head_lr: float = 1e-3  # stage 1's lr (FC only)
     head_optimizer: Optimizer = "sgd"  # stage 1's (momentum 0.9); stage 2 uses `optimizer`
@@ -156,7 +155,7 @@ class DBCNN(IQAModel):
         self.fc = nn.Linear(self.num_features, 1)
         nn.init.kaiming_normal_(self.fc.weight)
         nn.init.zeros_(self.fc.bias)
-        # "both" starts frozen through on_epoch_start(0), so param_groups still sees the streams
+        # "head" never trains the streams; "both" freezes them through its recipe's first stage
         self._freeze_streams(config.stage == "head")
 
     def _stream_parameters(self):
@@ -206,24 +205,16 @@ class DBCNN(IQAModel):
         return head + [{**g, "part": "streams"}
                        for g in decay_groups(streams, c.lr, c.weight_decay, decay_all=c.decay_all)]
 
-    def on_epoch_start(self, epoch: int) -> None:
-        """Stage "both": streams frozen for the first ``head_epochs`` epochs, then trained."""
-        if self.config.stage == "both":
-            self._freeze_streams(epoch < self.config.head_epochs)
-
-    def optimizer_stage(self, epoch: int) -> str:
-        """Stage 1 (the head) runs on ``head_optimizer``, stage 2 on ``optimizer``; the engine
-        builds a fresh one at the switch, as the original builds a new solver per stage."""
-        c = self.config
-        in_head_stage = c.stage == "head" or (c.stage == "both" and epoch < c.head_epochs)
-        return c.head_optimizer if in_head_stage else c.optimizer
-
-    def group_lr_factor(self, part: str, epoch: int) -> float:
-        """Multiplier of a group's lr at ``epoch``: "both" moves the FC to ``lr`` in stage 2."""
-        c = self.config
-        if c.stage != "both":
-            return 1.0
-        in_head_stage = epoch < c.head_epochs
-        if part == "head":
-            return 1.0 if in_head_stage else c.lr / c.head_lr
-        return 0.0 if in_head_stage else 1.0
+    @classmethod
+    def recipe(cls, c: DBCNNConfig) -> Recipe:
+        """Stage 1 (the FC, streams frozen) on ``head_optimizer`` at ``head_lr``, then stage 2
+        (everything) on a fresh ``optimizer`` at ``lr``, as the original builds a new solver
+        per stage; "head" and "all" run one of them."""
+        if c.stage == "head":
+            return Recipe((Stage("head", c.epochs, c.head_optimizer, lr={"head": c.head_lr}),))
+        if c.stage == "all":
+            return Recipe((Stage("all", c.epochs, c.optimizer),))
+        return Recipe((Stage("head", c.head_epochs, c.head_optimizer, lr={"head": c.head_lr},
+                             frozen=("streams",)),
+                       Stage("all", c.epochs - c.head_epochs, c.optimizer,
+                             lr={"head": c.lr, "streams": c.lr})))

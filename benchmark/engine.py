@@ -7,8 +7,8 @@ because every random draw is derived from (seed, epoch, sample), ends with the s
 metrics as an uninterrupted run on the CPU.
 
 Epochs are numbered from 1 wherever a person reads them: the history, the selection rules,
-checkpoints, logs and records. Model hooks (``on_epoch_start``, ``optimizer_stage``,
-``group_lr_factor``, ``TrainContext.epoch``) take the 0-based loop index.
+checkpoints, logs and records. The model's recipe stages (:mod:`benchmark.recipe`), its
+``group_lr_factor`` hook and ``TrainContext.epoch`` take the 0-based loop index.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from benchmark.metrics import all_metrics
 from benchmark.models import ConfigError, IQAModel, TrainContext, eval_crop
 from benchmark.records import select_epochs
 from benchmark.train_step import (DTYPE_NAMES, LossTally, Trainer, build_optimizer,
-                                  compiled_graphs, lr_factor, stage_optimizer, to_input)
+                                  compiled_graphs, lr_factor, to_input)
 
 __all__ = ["RunConfig", "result_run_fields", "SplitData", "CheckpointError",
            "NonFiniteLossError", "fit", "train_epoch", "steps_per_epoch", "predict", "extract", "resolve_device",
@@ -221,14 +221,13 @@ def fit(model: IQAModel, data: SplitData, config: Any, run: RunConfig, work_dir:
             f"whole run is linear warm-up and the lr never reaches {config.lr:g}; set "
             f"warmup_epochs below epochs")
     graphs_before = compiled_graphs()
-    # built before on_epoch_start(0), so a model that freezes parts there still lists them
-    stage, trainer = Trainer.build(model, config, run, device, steps)
+    trainer = Trainer.build(model, config, run, device, steps)
     result = FitResult(precision=DTYPE_NAMES[trainer.amp_dtype], data_path=batches.path)
     start_epoch = 0
     checkpoint_path = work_dir / "checkpoint.pt"
     preds: dict[str, list] = {"val": [], "test": []}
     if resume and checkpoint_path.is_file():
-        start_epoch, stage, preds = _resume(checkpoint_path, trainer, config, stage, steps, result)
+        start_epoch, preds = _resume(checkpoint_path, trainer, config, result)
         log(f"resuming after epoch {start_epoch} from {checkpoint_path}")
     if start_epoch == 0:
         tic = time.perf_counter()
@@ -236,9 +235,7 @@ def fit(model: IQAModel, data: SplitData, config: Any, run: RunConfig, work_dir:
         result.train_s += time.perf_counter() - tic
     label_range = float(np.ptp(data.train_labels)) if len(data.train_labels) else 1.0
     for epoch in range(start_epoch, config.epochs):
-        model.on_epoch_start(epoch)
-        if model.optimizer_stage(epoch) != stage:
-            stage, trainer.optimizer, trainer.scheduler = stage_optimizer(model, config, steps, epoch)
+        trainer.enter_stage(epoch)
         last_good = checkpoint_path if checkpoint_path.is_file() else "none (first epoch)"
         tic = time.perf_counter()
         train_terms = train_epoch(trainer, batches, epoch, steps, config, run, label_range,
@@ -281,10 +278,10 @@ def steps_per_epoch(crops: int, config: Any, run: RunConfig) -> int:
     return min(steps, run.max_steps_per_epoch) if run.max_steps_per_epoch else steps
 
 
-def _resume(path: Path, trainer: Trainer, config: Any, stage: str, steps: int,
-            result: FitResult) -> tuple[int, str, dict[str, list]]:
-    """Load a checkpoint's training state into the trainer, its model and ``result``: the
-    finished epochs, the optimiser stage they ended in and their predictions."""
+def _resume(path: Path, trainer: Trainer, config: Any,
+            result: FitResult) -> tuple[int, dict[str, list]]:
+    """Load a checkpoint's training state into the trainer (in the recipe stage its last
+    epoch ran in), its model and ``result``: the finished epochs and their predictions."""
     model = trainer.model
     state = load_checkpoint(path)
     if not isinstance(state, dict):
@@ -298,9 +295,7 @@ def _resume(path: Path, trainer: Trainer, config: Any, stage: str, steps: int,
     model.load_state_dict(state["state_dict"])
     # the history counts the finished epochs whatever numbering the checkpoint used
     finished = len(state["history"])
-    if model.optimizer_stage(finished - 1) != stage:
-        stage, trainer.optimizer, trainer.scheduler = stage_optimizer(model, config, steps,
-                                                                      finished - 1)
+    trainer.enter_stage(finished - 1)
     trainer.optimizer.load_state_dict(state["optimizer"])
     trainer.scheduler.load_state_dict(state["scheduler"])
     trainer.scaler.load_state_dict(state["scaler"])
@@ -309,7 +304,7 @@ def _resume(path: Path, trainer: Trainer, config: Any, stage: str, steps: int,
     result.history = state["history"]
     result.train_s, result.eval_s = state["train_s"], state["eval_s"]
     preds = {k: [np.asarray(v, dtype=np.float64) for v in state["preds"][k]] for k in ("val", "test")}
-    return finished, stage, preds
+    return finished, preds
 
 
 def train_epoch(trainer: Trainer, batches, epoch: int, steps: int, config: Any,

@@ -25,11 +25,14 @@ from torch import nn
 from benchmark.model_config import (ConfigError, LabelScale, Loss, ModelConfig, Optimizer,
                                     Schedule, check_trainable, config_from_dict, config_to_dict,
                                     eval_crop, field_choices)
+from benchmark.recipe import Recipe, Stage
 from benchmark.registry import model_registry
 
 __all__ = [
     "ModelConfig",
     "IQAModel",
+    "Recipe",
+    "Stage",
     "FitModel",
     "TrainContext",
     "ConfigError",
@@ -142,19 +145,17 @@ class IQAModel(nn.Module):
     def attach_prerequisites(self, checkpoints: dict[str, Path]) -> None:
         """Receive the checkpoint paths of :meth:`prerequisites` before training starts."""
 
-    def on_epoch_start(self, epoch: int) -> None:
-        """Called before each epoch's first step (DBCNN freezes its streams in stage 1)."""
+    @classmethod
+    def recipe(cls, config: ModelConfig) -> Recipe:
+        """The stages of training under ``config`` (:mod:`benchmark.recipe`); a classmethod,
+        so a recipe is read without building the network. Default: one stage of the config's
+        ``epochs`` on its ``optimizer`` over :meth:`param_groups` as they are."""
+        return Recipe((Stage("train", config.epochs, config.optimizer),))
 
     def group_lr_factor(self, part: str, epoch: int) -> float:
         """Multiplier of the lr of the parameter groups tagged ``part`` (a ``"part"`` key of
-        :meth:`param_groups`) at ``epoch``, on top of the schedule (HyperIQA, DBCNN)."""
+        :meth:`param_groups`) at ``epoch``, on top of the schedule (HyperIQA's per-epoch rule)."""
         return 1.0
-
-    def optimizer_stage(self, epoch: int) -> str:
-        """The optimiser (an ``Optimizer`` name) for ``epoch``. Where it changes between two
-        epochs the engine builds a fresh one, as originals that construct an optimiser per
-        training stage do (DBCNN: SGD for the head, then Adam for everything)."""
-        return self.config.optimizer
 
     def extra_crops(self) -> tuple[str, ...]:
         """Batch keys the training loader fills with further independent crops of each

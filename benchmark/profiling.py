@@ -117,7 +117,7 @@ def profile_model(name: str, overrides: dict, device_name: str = "auto", amp: st
     labels = np.linspace(0.0, 1.0, len(images))
     train_set = TrainCrops(images, labels, labels, config.img_size, config.train_crops, 0,
                            config.hflip, extra_crops=model.extra_crops())
-    _, trainer = Trainer.build(model, config, run, device, steps)
+    trainer = Trainer.build(model, config, run, device, steps)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 

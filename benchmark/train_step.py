@@ -15,9 +15,10 @@ from typing import Any, Callable
 import torch
 
 from benchmark.models import IQAModel, TrainContext
+from benchmark.recipe import Recipe, Stage
 
 __all__ = ["Trainer", "LossTally", "amp_dtype", "DTYPE_NAMES", "to_input", "build_optimizer",
-           "stage_optimizer", "lr_factor", "compiled_graphs"]
+           "stage_groups", "stage_optimizer", "lr_factor", "compiled_graphs"]
 
 
 def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
@@ -62,7 +63,7 @@ def lr_factor(step: int, steps_per_epoch: int, config: Any) -> float:
 def _group_schedules(model: IQAModel, optimizer, steps: int, config: Any,
                      offset: int = 0) -> list[Callable]:
     """One lr multiplier per parameter group: the recipe's schedule times the model's own
-    per-part factor (HyperIQA's hyper-network decay, DBCNN's stage switch). ``offset`` is the
+    per-part factor (HyperIQA's hyper-network decay). ``offset`` is the
     global step at which ``optimizer`` took over (a stage's fresh optimiser counts from 0)."""
 
     def schedule(part: str) -> Callable[[int], float]:
@@ -92,16 +93,35 @@ def build_optimizer(groups: list[dict], config: Any,
     raise ValueError(f"unknown optimizer {name!r}")
 
 
-def stage_optimizer(model: IQAModel, config: Any, steps: int, epoch: int):
-    """A fresh optimiser and schedule for the optimiser stage ``epoch`` belongs to, as the
-    originals that construct a new optimiser per stage do; returns (name, optimizer, scheduler)."""
-    name = model.optimizer_stage(epoch)
-    first = epoch
-    while first > 0 and model.optimizer_stage(first - 1) == name:
-        first -= 1
-    optimizer = build_optimizer(model.param_groups(), config, name)
+def stage_groups(model: IQAModel, stage: Stage,
+                 thawed: list[torch.nn.Parameter]) -> tuple[list[dict], list[torch.nn.Parameter]]:
+    """The optimiser groups of ``stage`` and the parameters it freezes. ``thawed`` (what the
+    previous stage froze) trains again first, so :meth:`IQAModel.param_groups` lists it."""
+    for parameter in thawed:
+        parameter.requires_grad_(True)
+    groups, frozen = [], []
+    for group in model.param_groups():
+        part = group.get("part", "")
+        if part in stage.frozen:
+            frozen += group["params"]
+        else:
+            groups.append({**group, "lr": stage.lr.get(part, group["lr"])})
+    for parameter in frozen:
+        parameter.requires_grad_(False)
+    return groups, frozen
+
+
+def stage_optimizer(model: IQAModel, config: Any, recipe: Recipe, steps: int, epoch: int,
+                    thawed: list[torch.nn.Parameter]):
+    """A fresh optimiser and schedule for the recipe stage ``epoch`` belongs to, as the
+    originals that construct a new optimiser per stage do; returns (stage index, optimizer,
+    scheduler, the parameters the stage froze)."""
+    index, first = recipe.stage_of(epoch)
+    stage = recipe.stages[index]
+    groups, frozen = stage_groups(model, stage, thawed)
+    optimizer = build_optimizer(groups, config, stage.optimizer)
     schedules = _group_schedules(model, optimizer, steps, config, offset=first * steps)
-    return name, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedules)
+    return index, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedules), frozen
 
 
 def compiled_graphs() -> int:
@@ -113,9 +133,10 @@ def compiled_graphs() -> int:
 
 @dataclass
 class Trainer:
-    """What a training step needs. ``optimizer`` and ``scheduler`` are replaced when the
-    model's optimiser stage changes; ``loss_fn`` is the model's objective, compiled when the
-    run asks for it (compiling the module would leave ``model.loss`` uncompiled)."""
+    """What a training step needs. ``optimizer``, ``scheduler``, ``stage`` and ``frozen``
+    are replaced at each new stage of ``recipe`` (:meth:`enter_stage`); ``loss_fn`` is the
+    model's objective, compiled when the run asks for it (compiling the module would leave
+    ``model.loss`` uncompiled)."""
 
     model: IQAModel
     loss_fn: Callable[[dict, TrainContext], dict]
@@ -127,18 +148,30 @@ class Trainer:
     views: tuple[str, ...]
     device: torch.device
     channels_last: bool
+    recipe: Recipe
+    config: Any
+    steps: int
+    stage: int
+    frozen: list[torch.nn.Parameter]
 
     @classmethod
-    def build(cls, model: IQAModel, config: Any, run: Any, device: torch.device, steps: int,
-              epoch: int = 0) -> tuple[str, "Trainer"]:
-        """The optimiser stage's name and the trainer for ``epoch`` of a run."""
-        name, optimizer, scheduler = stage_optimizer(model, config, steps, epoch)
+    def build(cls, model: IQAModel, config: Any, run: Any, device: torch.device,
+              steps: int) -> "Trainer":
+        """The trainer of a run, in its recipe's first stage."""
+        recipe = model.recipe(config)
+        stage, optimizer, scheduler, frozen = stage_optimizer(model, config, recipe, steps, 0, [])
         dtype = amp_dtype(run.amp, device)
         loss_fn = torch.compile(model.loss) if run.compile else model.loss
-        return name, cls(model, loss_fn, optimizer, scheduler,
-                         torch.amp.GradScaler(device.type, enabled=dtype == torch.float16),
-                         dtype, config.clip_grad, ("image", *model.extra_crops()), device,
-                         run.channels_last)
+        return cls(model, loss_fn, optimizer, scheduler,
+                   torch.amp.GradScaler(device.type, enabled=dtype == torch.float16),
+                   dtype, config.clip_grad, ("image", *model.extra_crops()), device,
+                   run.channels_last, recipe, config, steps, stage, frozen)
+
+    def enter_stage(self, epoch: int) -> None:
+        """Build the optimiser of the stage ``epoch`` belongs to, unless it is the current."""
+        if self.recipe.stage_of(epoch)[0] != self.stage:
+            self.stage, self.optimizer, self.scheduler, self.frozen = stage_optimizer(
+                self.model, self.config, self.recipe, self.steps, epoch, self.frozen)
 
     def to_device(self, batch: dict) -> dict:
         on_device = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}

@@ -25,6 +25,7 @@ from baselines.scnn import CLASSES, ORIGINAL_SCNN, SCNN, load_scnn_features, pre
 from baselines.tres import L2Pool, TReS, TReSConfig, relative_ranking_loss, sine_positions
 from benchmark.models import (ConfigError, TrainContext, config_from_dict, config_to_dict,
                               get_model_class)
+from benchmark.train_step import stage_groups
 from benchmark.weights import weights_cache
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -155,9 +156,13 @@ def test_dbcnn_stage_groups():
     assert {g["lr"] for g in everything.param_groups()} == {1e-5}
     both = _meta("dbcnn")
     assert {g["part"]: g["lr"] for g in both.param_groups()} == {"head": 1e-3, "streams": 1e-5}
-    assert [both.group_lr_factor("head", e) for e in (0, 49, 50, 99)] == \
-        pytest.approx([1.0, 1.0, 1e-2, 1e-2])
-    assert [both.group_lr_factor("streams", e) for e in (0, 49, 50)] == [0.0, 0.0, 1.0]
+    head_stage, all_stage = both.recipe(both.config).stages
+    groups, frozen = stage_groups(both, head_stage, [])
+    assert [(g["part"], g["lr"]) for g in groups] == [("head", 1e-3)]
+    assert len(frozen) == 26 + 36 and not any(p.requires_grad for p in frozen)
+    groups, thawed = stage_groups(both, all_stage, frozen)
+    assert {g["part"]: g["lr"] for g in groups} == {"head": 1e-5, "streams": 1e-5}
+    assert thawed == [] and all(p.requires_grad for p in both.parameters())
 
 
 def _overfit(model, images, labels, steps):
@@ -209,13 +214,14 @@ def test_dbcnn_two_stages_on_a_batch():
                               head_epochs=1, epochs=2))
     images = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     streams = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("fc.")}
-    model.on_epoch_start(0)
+    head_stage, all_stage = model.recipe(model.config).stages
+    _, frozen_streams = stage_groups(model, head_stage, [])
     first, last = _overfit(model, images, LABELS, 30)
     assert last["loss"] < 0.05 * first["loss"]
     # BatchNorm statistics move in stage 1 (train mode), as in the original; weights do not
     frozen = [k for k in streams if not k.endswith(("running_mean", "running_var", "tracked"))]
     assert all(torch.equal(streams[k], model.state_dict()[k]) for k in frozen)
-    model.on_epoch_start(1)
+    stage_groups(model, all_stage, frozen_streams)
     assert all(p.requires_grad for p in model.parameters())
     _overfit(model, images, LABELS, 1)
     assert not torch.equal(streams["content.0.weight"], model.state_dict()["content.0.weight"])

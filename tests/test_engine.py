@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from benchmark.cli import main
 from benchmark.engine import NonFiniteLossError, RunConfig, lr_factor
-from benchmark.models import ConfigError, get_model_class
+from benchmark.models import ConfigError, Recipe, Stage, get_model_class
 from benchmark.runner import resolve_config, run_one
 from benchmark.trained import load_trained
 
@@ -226,8 +226,8 @@ def test_an_optimizer_stage_switch_builds_a_fresh_optimizer_and_resumes_exactly(
 
     probe = get_model_class("probe")
     # DBCNN's shape of recipe: SGD for the first epoch, then a fresh Adam
-    monkeypatch.setattr(probe, "optimizer_stage",
-                        lambda self, epoch: "sgd" if epoch < 1 else "adam")
+    monkeypatch.setattr(probe, "recipe", classmethod(lambda cls, config: Recipe(
+        (Stage("first", 1, "sgd"), Stage("second", config.epochs - 1, "adam")))))
     built = []
     original_build = train_step.build_optimizer
 
@@ -268,12 +268,16 @@ def test_dbcnn_runs_sgd_on_the_head_then_adam_on_everything():
 
     both = DBCNN(DBCNNConfig(backbone="vgg11", pretrained="false", scnn_weights="none",
                              head_epochs=2, epochs=4))
-    assert [both.optimizer_stage(e) for e in range(4)] == ["sgd", "sgd", "adam", "adam"]
+    recipe = DBCNN.recipe(both.config)
+    assert recipe == Recipe((Stage("head", 2, "sgd", lr={"head": 1e-3}, frozen=("streams",)),
+                             Stage("all", 2, "adam", lr={"head": 1e-5, "streams": 1e-5})))
+    assert [recipe.stage_of(e) for e in range(5)] == [(0, 0), (0, 0), (1, 2), (1, 2), (1, 2)]
     head = DBCNN(DBCNNConfig(backbone="vgg11", pretrained="false", scnn_weights="none",
                              stage="head"))
     everything = DBCNN(DBCNNConfig(backbone="vgg11", pretrained="false", scnn_weights="none",
                                    stage="all"))
-    assert head.optimizer_stage(60) == "sgd" and everything.optimizer_stage(0) == "adam"
+    assert DBCNN.recipe(head.config) == Recipe((Stage("head", 100, "sgd", lr={"head": 1e-3}),))
+    assert DBCNN.recipe(everything.config) == Recipe((Stage("all", 100, "adam"),))
     with pytest.raises(ConfigError, match="'head_optimizer' expects one of adamw, adam, sgd"):
         DBCNNConfig(head_optimizer="rmsprop")
 
@@ -420,3 +424,19 @@ def test_the_thread_count_is_recorded_and_restored(tiny_root, tmp_path):
     assert default["run_config"]["threads"] == before  # 0: torch's own count, as used
     with pytest.raises(ConfigError, match="threads must be 0 or more"):
         RunConfig(threads=-1)
+
+
+def test_bench_models_prints_a_recipe_with_its_stages_and_dataset_settings():
+    printed = CliRunner().invoke(main, ["models", "--recipe", "dbcnn"])
+    assert printed.exit_code == 0, printed.output
+    lines = printed.output.splitlines()
+    assert lines[0] == "dbcnn: training recipe" and "  epochs             100" in lines
+    stages = lines[lines.index("stages:") + 1:lines.index("per dataset (over the above):")]
+    assert stages == ["  head: 50 epoch(s) of sgd, lr head 0.001, frozen: streams",
+                      "  all: 50 epoch(s) of adam, lr head 1e-05, lr streams 1e-05"]
+    assert "  live       img_size=432" in lines
+    demo = CliRunner().invoke(main, ["models", "--recipe", "probe", "--dataset", "demo"])
+    assert demo.exit_code == 0 and "  epochs             4" in demo.output.splitlines()
+    assert "  train: 4 epoch(s) of adamw" in demo.output.splitlines()
+    alone = CliRunner().invoke(main, ["models", "--dataset", "demo"])
+    assert alone.exit_code == 1 and "--dataset needs --recipe MODEL" in alone.output

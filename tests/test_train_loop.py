@@ -37,7 +37,7 @@ def _setup(run: RunConfig):
     cache = ImageArrays([rng.integers(0, 256, (40, 40, 3), dtype=np.uint8) for _ in range(IMAGES)])
     labels = np.linspace(0.0, 1.0, IMAGES)
     train_set = TrainCrops(cache, labels, labels, config.img_size, 1, run.seed)
-    _, trainer = Trainer.build(model, config, run, torch.device("cpu"), IMAGES // 2)
+    trainer = Trainer.build(model, config, run, torch.device("cpu"), IMAGES // 2)
     return trainer, training_batches(train_set, config.batch_size, run, torch.device("cpu")), config
 
 

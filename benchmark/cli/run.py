@@ -40,14 +40,39 @@ def _parse_pins(pins: tuple[str, ...]) -> dict[str, str]:
 
 
 @click.command()
+@click.option("--recipe", "recipe_of", default=None, metavar="MODEL",
+              help="Print MODEL's paper recipe: training settings, stages, per-dataset changes.")
+@click.option("--dataset", default=None,
+              help="With --recipe: the recipe as a run on this dataset resolves it.")
 @user_errors
-def models() -> None:
-    """List the registered models."""
+def models(recipe_of: str | None, dataset: str | None) -> None:
+    """List the registered models, or print one model's training recipe."""
     from benchmark.models import get_model_class, list_models
 
-    for name in list_models():
-        cls = get_model_class(name)
-        click.echo(f"{name:10s} {cls.training_kind:8s} {cls.paper}")
+    if recipe_of is None:
+        if dataset is not None:
+            raise BenchError("--dataset needs --recipe MODEL")
+        for name in list_models():
+            cls = get_model_class(name)
+            click.echo(f"{name:10s} {cls.training_kind:8s} {cls.paper}")
+        return
+    from dataclasses import fields
+
+    from benchmark.model_config import ModelConfig, config_to_dict
+    from benchmark.recipe import recipe_lines
+    from benchmark.runner import dataset_recipe, resolve_config
+
+    cls = get_model_class(recipe_of)
+    if dataset is None:
+        config = cls.resolve_config({})
+        per_dataset = dict(cls.Config.dataset_overrides)
+    else:
+        config = resolve_config(cls.name, dataset)[1]
+        per_dataset = {dataset: dataset_recipe(cls, dataset)} if dataset_recipe(cls, dataset) else {}
+    values = config_to_dict(config)
+    settings = {f.name: values[f.name] for f in fields(ModelConfig)}
+    for line in recipe_lines(cls.name, settings, cls.recipe(config), per_dataset):
+        click.echo(line)
 
 
 run_options = [
