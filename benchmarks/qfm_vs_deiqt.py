@@ -38,14 +38,18 @@ __all__ = ["train_pairs", "paired_comparison", "format_comparison", "format_abla
 def train_pairs(dataset: str, root: Path, splits: tuple[int, ...], recipe: dict,
                 qfm_only: dict, run, results: Path,
                 log: Callable[[str], None] = print) -> list[tuple[dict, dict]]:
-    """(DEIQT record, QFM-IQM record) per split; each student is pinned to its split's DEIQT."""
-    from benchmark.runner import run_one
+    """(DEIQT record, QFM-IQM record) per split; each student that distils is pinned to its
+    split's DEIQT (a preset without a teacher, A2 or A4, trains alone)."""
+    from benchmark.runner import resolve_config, run_one
 
+    cls, config = resolve_config("qfm", dataset, {**recipe, **qfm_only})
+    needs_teacher = "deiqt" in cls.prerequisites(config)
     pairs = []
     for split in splits:
         teacher = run_one("deiqt", dataset, split, root, recipe, run, results, log=log)
+        pins = {"deiqt": teacher["config_hash"]} if needs_teacher else {}
         student = run_one("qfm", dataset, split, root, {**recipe, **qfm_only}, run, results,
-                          log=log, pins={"deiqt": teacher["config_hash"]})
+                          log=log, pins=pins)
         pairs.append((teacher, student))
     return pairs
 
