@@ -19,7 +19,8 @@ import torch
 from benchmark.loader import (EpochSampler, EvalCrops, TrainCrops, epoch_order, make_loader,
                             shuffle_seed)
 
-__all__ = ["PackedImages", "LoaderBatches", "DeviceBatches", "training_batches", "eval_batches",
+__all__ = ["PackedImages", "LoaderBatches", "DeviceBatches", "training_batches", "EvalBatches",
+           "eval_batches",
            "default_workers", "DEVICE_SHARE"]
 
 #: share of the device's free memory the images may take; the rest is the model's
@@ -143,26 +144,45 @@ def training_batches(train_set: TrainCrops, batch_size: int, run, device: torch.
     return LoaderBatches(train_set, batch_size, run.workers, run.seed, device.type == "cuda")
 
 
-def eval_batches(crops: EvalCrops, batch_size: int, device: torch.device,
-                 workers: int = 0) -> Iterator[torch.Tensor]:
+class EvalBatches:
     """The uint8 image batches of ``crops`` in order, cut a batch at a time from one packed
-    copy of the images (on the device where they fit); whole images (side 0), whose sizes
-    may differ, go through the loader."""
-    if crops.crop <= 0:
-        for batch in make_loader(crops, batch_size, workers, pin_memory=device.type == "cuda"):
-            yield batch["image"]
-        return
-    arrays = [crops.cache[i] for i in range(len(crops.cache))]
-    fits = PackedImages.nbytes(arrays) <= _free_bytes(device) * DEVICE_SHARE
-    where = device if fits else torch.device("cpu")
-    images = PackedImages(arrays, where)
-    table = torch.tensor([crops.draw(sample) for sample in range(len(crops))],
-                         dtype=torch.int64).reshape(-1, 3).to(where)
-    no_flip = torch.zeros(len(table), dtype=torch.bool, device=where)
-    for first in range(0, len(table), batch_size):
-        rows = slice(first, first + batch_size)
-        yield images.crops(table[rows, 0], table[rows, 1], table[rows, 2], no_flip[rows],
-                           crops.crop)
+    copy of the images (on the device where they fit), packed once: iterating again, as the
+    engine does at every epoch's evaluation, reuses the copy and the crop table. Whole images
+    (side 0), whose sizes may differ, go through the loader every time."""
+
+    def __init__(self, crops: EvalCrops, batch_size: int, device: torch.device,
+                 workers: int = 0):
+        self.crops, self.batch_size, self.device, self.workers = crops, batch_size, device, workers
+        self._packed = None
+        if crops.crop > 0:
+            arrays = [crops.cache[i] for i in range(len(crops.cache))]
+            fits = PackedImages.nbytes(arrays) <= _free_bytes(device) * DEVICE_SHARE
+            where = device if fits else torch.device("cpu")
+            table = torch.tensor([crops.draw(sample) for sample in range(len(crops))],
+                                 dtype=torch.int64).reshape(-1, 3).to(where)
+            self._packed = (PackedImages(arrays, where), table,
+                            torch.zeros(len(table), dtype=torch.bool, device=where))
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        if self._packed is None:
+            for batch in make_loader(self.crops, self.batch_size, self.workers,
+                                     pin_memory=self.device.type == "cuda"):
+                yield batch["image"]
+            return
+        images, table, no_flip = self._packed
+        for first in range(0, len(table), self.batch_size):
+            rows = slice(first, first + self.batch_size)
+            yield images.crops(table[rows, 0], table[rows, 1], table[rows, 2], no_flip[rows],
+                               self.crops.crop)
+
+
+def eval_batches(cache, crop: int, n_crops: int, seed: int, device: torch.device,
+                 batch_size: int, workers: int = 0) -> EvalBatches:
+    """:class:`EvalBatches` of ``n_crops`` seeded ``crop`` crops of every image of
+    ``cache``; whole images (``crop`` 0) of several sizes go one image's crops per batch."""
+    if crop <= 0 and len({cache[i].shape for i in range(len(cache))}) > 1:
+        batch_size = n_crops
+    return EvalBatches(EvalCrops(cache, crop, n_crops, seed), batch_size, device, workers)
 
 
 def _free_bytes(device: torch.device) -> int:

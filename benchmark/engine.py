@@ -21,10 +21,10 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from benchmark.batches import eval_batches, training_batches
+from benchmark.batches import EvalBatches, eval_batches, training_batches
 from benchmark.checkpoints import RESUME_KEYS, CheckpointError, load_checkpoint, save_checkpoint
-from benchmark.loader import ImageCache, EvalCrops, TrainCrops
 from benchmark.errors import UserError
+from benchmark.loader import ImageCache, TrainCrops
 from benchmark.metrics import all_metrics
 from benchmark.models import ConfigError, IQAModel, TrainContext, eval_crop
 from benchmark.records import select_epochs
@@ -150,16 +150,16 @@ def resolve_device(name: str) -> torch.device:
 def predict(model: IQAModel, cache: ImageCache, crop: int, n_crops: int, seed: int,
             device: torch.device, batch_size: int = 64, workers: int = 0,
             amp_dtype: torch.dtype | None = None, channels_last: bool = False,
-            fn: str = "forward") -> np.ndarray:
+            fn: str = "forward", batches: EvalBatches | None = None) -> np.ndarray:
     """Per-image outputs averaged over ``n_crops`` seeded crops: scores (N,) or features (N, D).
-    ``crop`` 0 takes whole images, one per batch when their sizes differ."""
+    ``crop`` 0 takes whole images, one per batch when their sizes differ. ``batches``: the
+    same crops already packed (:func:`benchmark.batches.eval_batches`), reused across calls."""
     model.eval()
     outputs: list[torch.Tensor] = []
     head = model if fn == "forward" else getattr(model, fn)
-    if crop <= 0 and len({cache[i].shape for i in range(len(cache))}) > 1:
-        batch_size = n_crops
-    for images in eval_batches(EvalCrops(cache, crop, n_crops, seed), batch_size, device,
-                               workers):
+    if batches is None:
+        batches = eval_batches(cache, crop, n_crops, seed, device, batch_size, workers)
+    for images in batches:
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             out = head(to_input(images, device, channels_last))
         outputs.append(out.float())  # kept on the device: one transfer at the end, not per batch
@@ -182,12 +182,12 @@ def extract(model: IQAModel, paths: list[Path], crop: int, n_crops: int, device:
     return predict(model, cache, crop, n_crops, seed, device, batch_size, fn=fn)
 
 
-def _evaluate(model, data: SplitData, config, run: RunConfig, device, amp_dtype) -> dict:
-    scores = {}
-    for part, cache in (("val", data.val), ("test", data.test)):
-        scores[part] = predict(model, cache, eval_crop(config), config.test_crops, run.seed, device,
-                               config.batch_size, run.workers, amp_dtype, run.channels_last)
-    return scores
+def _evaluate(model, data: SplitData, config, run: RunConfig, device, amp_dtype,
+              packed: dict[str, EvalBatches]) -> dict:
+    return {part: predict(model, cache, eval_crop(config), config.test_crops, run.seed, device,
+                          config.batch_size, run.workers, amp_dtype, run.channels_last,
+                          batches=packed[part])
+            for part, cache in (("val", data.val), ("test", data.test))}
 
 
 def _init_from_features(model: IQAModel, data: SplitData, config, run: RunConfig, device,
@@ -234,6 +234,10 @@ def fit(model: IQAModel, data: SplitData, config: Any, run: RunConfig, work_dir:
         _init_from_features(model, data, config, run, device, trainer.amp_dtype, log)
         result.train_s += time.perf_counter() - tic
     label_range = float(np.ptp(data.train_labels)) if len(data.train_labels) else 1.0
+    # packed once: every epoch's evaluation cuts the same crops from the same copy
+    packed = {part: eval_batches(cache, eval_crop(config), config.test_crops, run.seed, device,
+                                 config.batch_size, run.workers)
+              for part, cache in (("val", data.val), ("test", data.test))}
     for epoch in range(start_epoch, config.epochs):
         trainer.enter_stage(epoch)
         last_good = checkpoint_path if checkpoint_path.is_file() else "none (first epoch)"
@@ -242,7 +246,7 @@ def fit(model: IQAModel, data: SplitData, config: Any, run: RunConfig, work_dir:
                                   f"the last good checkpoint is {last_good}")
         result.train_s += time.perf_counter() - tic
         tic = time.perf_counter()
-        scores = _evaluate(model, data, config, run, device, trainer.amp_dtype)
+        scores = _evaluate(model, data, config, run, device, trainer.amp_dtype, packed)
         result.eval_s += time.perf_counter() - tic
         entry = {"epoch": epoch + 1, "lr": trainer.optimizer.param_groups[0]["lr"],
                  "train": train_terms,

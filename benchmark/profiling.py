@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmark.batches import eval_batches, training_batches
 from benchmark.checkpoints import save_checkpoint
-from benchmark.batches import training_batches
-from benchmark.loader import TrainCrops
 from benchmark.engine import RunConfig, predict, resolve_device, train_epoch
+from benchmark.loader import TrainCrops
 from benchmark.models import TrainContext, config_to_dict, eval_crop
 from benchmark.protocol import resolve_amp
 from benchmark.runner import resolve_config
@@ -153,9 +153,12 @@ def profile_model(name: str, overrides: dict, device_name: str = "auto", amp: st
 
     eval_images = _SyntheticImages(max(1, batch_size * min(steps, 10) // config.test_crops),
                                    height, width)
+    # packed before the clock starts, as a run packs its evaluation images once
+    packed = eval_batches(eval_images, eval_crop(config), config.test_crops, 0, device,
+                          batch_size, workers)
     tic = time.perf_counter()
     predict(model, eval_images, eval_crop(config), config.test_crops, 0, device, batch_size,
-            workers, trainer.amp_dtype, run.channels_last)
+            workers, trainer.amp_dtype, run.channels_last, batches=packed)
     eval_rate = len(eval_images) / (time.perf_counter() - tic)
 
     report = {

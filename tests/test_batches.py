@@ -113,3 +113,29 @@ def test_batched_evaluation_gives_the_per_crop_loaders_scores():
     got = predict(model, cache, 32, 5, 2, torch.device("cpu"), batch_size=4)
     assert got.shape == (len(SHAPES),) and np.ptp(got) > 0
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
+
+
+def test_evaluation_images_are_packed_once_per_run(demo_root, tmp_path, monkeypatch):
+    """Every epoch's evaluation cuts its crops from the copy packed before the first."""
+    from benchmark import batches
+    from benchmark.engine import RunConfig
+    from benchmark.runner import run_one
+
+    packed = []
+    original = batches.PackedImages.__init__
+
+    def counting(self, arrays, device):
+        packed.append(len(arrays))
+        original(self, arrays, device)
+
+    monkeypatch.setattr(batches.PackedImages, "__init__", counting)
+    recipe = {"backbone": "test_resnet", "pretrained": "false", "img_size": 32, "epochs": 3,
+              "batch_size": 32, "train_crops": 1, "test_crops": 2, "warmup_epochs": 0,
+              "head_init": "random"}
+    record = run_one("probe", "demo", 0, demo_root, recipe, RunConfig(progress=False),
+                     tmp_path, log=lambda _: None)
+    assert len(record["history"]) == 3
+    # the device-resident training images, then the validation and test images once each,
+    # for three evaluations
+    data = record["data"]
+    assert packed == [data["n_train"], data["n_val"], data["n_test"]]
