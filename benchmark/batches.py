@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from benchmark.loader import (EpochSampler, EvalCrops, TrainCrops, epoch_order, make_loader,
-                            shuffle_seed)
+                              shuffle_seed)
 
 __all__ = ["PackedImages", "LoaderBatches", "DeviceBatches", "training_batches", "EvalBatches",
            "eval_batches",

@@ -9,7 +9,8 @@ optimiser over the other parameter groups at the stage's learning rates, and con
 run's schedule from the global step (a new stage does not warm up again). A part is the
 ``"part"`` key of a group of :meth:`~benchmark.models.IQAModel.param_groups`.
 
-This module imports nothing heavy: ``bench models --recipe`` prints recipes without torch.
+This module imports nothing but the standard library, so configs and tools can read a
+recipe without torch; ``bench models --recipe M`` prints one.
 """
 
 from __future__ import annotations
@@ -47,10 +48,6 @@ class Recipe:
     def __post_init__(self):
         if not self.stages or any(stage.epochs < 0 for stage in self.stages):
             raise ValueError(f"a recipe needs stages of at least 0 epochs, got {self.stages}")
-
-    @property
-    def epochs(self) -> int:
-        return sum(stage.epochs for stage in self.stages)
 
     def stage_of(self, epoch: int) -> tuple[int, int]:
         """(index of the stage the 0-based ``epoch`` belongs to, that stage's first epoch);

@@ -8,8 +8,8 @@ import pytest
 from click.testing import CliRunner
 from scipy import stats
 
-from benchmark.report.aggregate import (aggregate, bootstrap_median_ci, config_identity, parse_expected,
-                                 primary_cells, summarize)
+from benchmark.report.aggregate import (aggregate, bootstrap_median_ci, config_identity,
+                                        parse_expected, primary_cells, summarize)
 from benchmark.records import iter_records
 from synthetic_runs import write_run, write_suite
 

@@ -10,7 +10,7 @@ import pytest
 
 import benchmark.files
 from benchmark.files import (DiskFullError, LockedError, atomic_dir, atomic_write_text,
-                          exclusive_lock)
+                             exclusive_lock)
 
 
 @pytest.mark.parametrize("umask, file_mode, dir_mode", [(0o022, 0o644, 0o755),

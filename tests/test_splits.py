@@ -4,8 +4,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from benchmark.datasets.splits import (SplitFileError, SplitProtocol, build_split_file, load_split_file,
-                              make_split, save_split_file, split_images)
+from benchmark.datasets.splits import (SplitFileError, SplitProtocol, build_split_file,
+                                       load_split_file, make_split, save_split_file,
+                                       split_images)
 
 
 def _table(n_groups=25, per_group=120):

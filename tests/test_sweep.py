@@ -21,8 +21,8 @@ from benchmark.trained import load_trained
 from benchmark.grid.suite import Cell, load_params
 from benchmark.grid.slurm import SlurmOptions, SlurmTask, run_slurm
 from benchmark.grid.local import _spawn, detect_gpus
-from benchmark.grid.sweep import (Job, SweepState, export_run, open_state, plan_sweep, prune_exports,
-                             ready_jobs, status_lines)
+from benchmark.grid.sweep import (Job, SweepState, export_run, open_state, plan_sweep,
+                                  prune_exports, ready_jobs, status_lines)
 
 REPO = Path(__file__).resolve().parents[1]
 VIT = {"backbone": "vit_tiny_patch16_224", "pretrained": "false", "img_size": 64,

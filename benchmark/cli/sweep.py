@@ -71,7 +71,7 @@ def sweep(params_path, suite_name, models, datasets, splits, launcher, workers, 
     from benchmark.grid.suite import load_params, parse_indices
     from benchmark.grid.local import detect_gpus, run_local
     from benchmark.grid.sweep import (load_states, open_state, pid_alive, plan_sweep, status_lines,
-                                 sweep_id)
+                                      sweep_id)
 
     params = load_params(params_path)
     indices = None if splits is None else parse_indices(splits, "--splits")

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from benchmark.errors import UserError
 from benchmark.files import (LockedError, atomic_dir, atomic_write_json, canonical_json,
-                          exclusive_lock, sha256_bytes)
+                             exclusive_lock, sha256_bytes)
 from benchmark.grid.cells import check_order, run_settings
 from benchmark.grid.suite import Cell, Params, Paths, Suite
 
