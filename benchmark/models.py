@@ -53,6 +53,7 @@ __all__ = [
     "load_local_weights",
     "backbone_norm",
     "regression_loss",
+    "masked_mean",
     "decay_groups",
 ]
 
@@ -191,15 +192,25 @@ class FitModel(IQAModel):
         raise NotImplementedError
 
 
-def regression_loss(prediction: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
+def regression_loss(prediction: torch.Tensor, target: torch.Tensor, kind: str,
+                    reduction: str = "mean") -> torch.Tensor:
     prediction, target = prediction.float().view(-1), target.float().view(-1)
     if kind == "smoothl1":
-        return nn.functional.smooth_l1_loss(prediction, target, beta=1.0)
+        return nn.functional.smooth_l1_loss(prediction, target, beta=1.0, reduction=reduction)
     if kind == "l1":
-        return nn.functional.l1_loss(prediction, target)
+        return nn.functional.l1_loss(prediction, target, reduction=reduction)
     if kind == "mse":
-        return nn.functional.mse_loss(prediction, target)
+        return nn.functional.mse_loss(prediction, target, reduction=reduction)
     raise ConfigError(f"unknown loss {kind!r} ({', '.join(get_args(Loss))})")
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The mean of ``values`` over the rows ``mask`` keeps, 0 when it keeps none, with no
+    host sync (selecting the rows would read the mask). Written as the plain mean times
+    ``n / kept`` so that with every row kept it is the plain mean bit for bit, gradient
+    included."""
+    weights = mask.to(values.dtype).view(-1, *([1] * (values.dim() - 1)))
+    return (values * weights).mean() * (mask.numel() / mask.sum().clamp_min(1))
 
 
 def decay_groups(module: nn.Module, lr: float, weight_decay: float,

@@ -36,6 +36,8 @@ class QFMConfig(DEIQTConfig):
     memory_sources: Literal["student+teacher", "student", "teacher"] = "student+teacher"
     memory_batches: int = 4  # K previous batches kept besides the current one
     match_space: Literal["student_cls", "teacher_cls", "frozen_imagenet_cls"] = "student_cls"
+    # (frozen_imagenet_cls caches one key per image in a dict, so it reads the batch's ids
+    # on the host every step: the one QFM-IQM option that does)
     # shared: teacher entries are keyed in the match space like every other entry (the
     # student's CLS of the same sample under student_cls); own: by the teacher's CLS, which
     # mixes two networks' spaces under student_cls (kept to measure what that did)

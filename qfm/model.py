@@ -21,7 +21,7 @@ from torch import nn
 
 from baselines.deiqt import DEIQT, backbone_tokens, build_backbone
 from benchmark.models import (ConfigError, TrainContext, config_from_dict, config_to_dict,
-                              regression_loss)
+                              masked_mean, regression_loss)
 from qfm.config import QFMConfig
 from qfm.gate import ChannelGate
 from qfm.matching import Entries, Memory, match
@@ -254,33 +254,31 @@ class QFM(DEIQT):
         """(L_adv or L_sam, L_sens, statistics) over the perturbed anchors: those with a
         partner, each kept with probability perturb_prob."""
         cfg = self.config
-        zero = q.new_zeros((), dtype=torch.float32)
         if cfg.adv_mode == "gaussian":
             valid, stats = torch.ones_like(labels, dtype=torch.bool), {}
             noise = (gaussian_noise(cls.detach()), gaussian_noise(patches.detach()), None)
         else:
             valid, noise, stats = self._partners(images, cls, patches, labels, ids, teacher, ctx)
-        # an unperturbed anchor's noisy pass is its clean pass: counting it would add L_reg twice
+        # an unperturbed anchor's noisy pass is its clean pass: counting it would add L_reg twice.
+        # Every anchor takes the noisy pass and the unperturbed ones are masked out of the
+        # means: selecting the perturbed rows would read the mask on the host every step.
         perturbed = valid & (torch.rand(valid.shape, device=valid.device) < cfg.perturb_prob)
         stats["perturbed"] = perturbed.float().mean()
-        if not perturbed.any():
-            return zero, zero, stats
-        rows = perturbed.nonzero().squeeze(1)
         noise_cls, noise_patches, sam_partners = noise
-        anchor_cls, anchor_patches, anchor_labels = cls[rows], patches[rows], labels[rows]
-        gate_from = (anchor_cls, anchor_patches) if cfg.gate_input == "clean" else None
+        gate_from = (cls, patches) if cfg.gate_input == "clean" else None
         if cfg.adv_mode == "sam_line":
             partners, partner_valid = sam_partners
-            noisy_cls = self._sam_point(anchor_cls, anchor_patches, anchor_labels / scale,
-                                        partners[rows], partner_valid[rows], scale, gate_from)
-            noisy_patches = anchor_patches
+            noisy_cls = self._sam_point(cls, patches, labels / scale, partners, partner_valid,
+                                        scale, gate_from)
+            noisy_patches = patches
         else:
-            noisy_cls, noisy_patches = self._noisy(
-                anchor_cls, anchor_patches, noise_cls[rows],
-                None if noise_patches is None else noise_patches[rows])
+            noisy_cls, noisy_patches = self._noisy(cls, patches, noise_cls, noise_patches)
         q_noisy = self.decode(*self.gated(noisy_cls, noisy_patches, gate_from)[:2])
-        adversarial = regression_loss(q_noisy / scale, anchor_labels / scale, cfg.loss)
-        sensitivity = (q_noisy.float() - q[rows].detach().float()).abs().mean() / scale
+        adversarial = masked_mean(
+            regression_loss(q_noisy / scale, labels / scale, cfg.loss, reduction="none"),
+            perturbed)
+        sensitivity = masked_mean((q_noisy.float() - q.detach().float()).abs().view(-1),
+                                  perturbed) / scale
         return adversarial, sensitivity, stats
 
     def _partners(self, images, cls, patches, labels, ids, teacher, ctx):
@@ -306,11 +304,11 @@ class QFM(DEIQT):
         valid, partner = found.valid[:, 0], found.index[:, 0]
         stats = {"fallback": found.fallback.float().mean(), "matched": valid.float().mean(),
                  "memory_size": labels.new_tensor(float(len(memory)))}
-        if valid.any():
-            stats["match_dy"] = (labels - memory.labels[partner])[valid].abs().mean()
-            stats["match_cosdist"] = 1.0 - F.cosine_similarity(
-                keys[0][valid], memory.keys[partner][valid], dim=1).mean()
-            stats["partner_from_teacher"] = memory.teacher[partner][valid].float().mean()
+        # over the matched anchors (a mean over none counts as 0), never reading `valid`
+        stats["match_dy"] = masked_mean((labels - memory.labels[partner]).abs(), valid)
+        stats["match_cosdist"] = 1.0 - masked_mean(
+            F.cosine_similarity(keys[0], memory.keys[partner], dim=1), valid)
+        stats["partner_from_teacher"] = masked_mean(memory.teacher[partner].float(), valid)
         noise = (features[partner], None if bank is None else bank[partner],
                  (features[found.index], found.valid))
         return valid, noise, stats

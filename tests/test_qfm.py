@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from baselines.deiqt import DEIQT, DEIQTConfig
-from benchmark.models import ConfigError, TrainContext, config_to_dict
+from benchmark.models import ConfigError, TrainContext, config_to_dict, masked_mean
 from qfm.gate import ChannelGate
 from qfm.matching import Entries, Memory, match
 from qfm.model import QFM, MissingTeacherError
@@ -133,6 +133,18 @@ def test_memory_is_a_fifo_of_k_batches():
 
 
 # -- perturbation
+def test_masked_mean_is_the_mean_of_the_kept_rows_and_exact_when_all_are_kept():
+    values = torch.tensor([0.3, 1.7, 2.9, 4.1, 0.123456789], requires_grad=True)
+    keep = torch.tensor([True, False, True, False, True])
+    masked = masked_mean(values, keep)
+    masked.backward()
+    assert masked.item() == pytest.approx(values[keep].mean().item(), rel=1e-6)
+    assert values.grad.tolist() == pytest.approx([1 / 3, 0, 1 / 3, 0, 1 / 3])
+    every = torch.ones(5, dtype=torch.bool)
+    assert masked_mean(values, every).item() == values.mean().item()  # bit for bit
+    assert masked_mean(values, ~every).item() == 0.0
+
+
 def test_normmatched_perturbation_has_norm_alpha_times_the_anchor():
     torch.manual_seed(0)
     c, n = torch.randn(5, 48), 7.0 * torch.randn(5, 48)

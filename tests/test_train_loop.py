@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from baselines.deiqt import DEIQT
 from benchmark import engine
 from benchmark.batches import training_batches
 from benchmark.loader import ImageArrays, TrainCrops
@@ -18,6 +19,8 @@ from benchmark.engine import NonFiniteLossError, RunConfig, train_epoch
 from benchmark.models import get_model_class
 from benchmark.runner import resolve_config
 from benchmark.train_step import Trainer
+from qfm.model import QFM
+from qfm.teacher import deiqt_config
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -29,12 +32,16 @@ READS = ("item", "__float__", "__int__", "__bool__", "tolist")
 TORCH_DIR = str(Path(torch.__file__).parent)
 
 
-def _setup(run: RunConfig):
+def _setup(run: RunConfig, name: str = "probe", values: dict | None = None):
     torch.manual_seed(0)
-    cls, config = resolve_config("probe", "demo", TINY)
+    cls, config = resolve_config(name, "demo", TINY if values is None else values)
     model = cls(config)
+    if name == "qfm":  # its teacher: a random DEIQT of the same tiny recipe
+        model.attach_teacher(DEIQT(deiqt_config(config, pretrained="false")))
     rng = np.random.default_rng(0)
-    cache = ImageArrays([rng.integers(0, 256, (40, 40, 3), dtype=np.uint8) for _ in range(IMAGES)])
+    side = 2 * config.img_size
+    cache = ImageArrays([rng.integers(0, 256, (side, side, 3), dtype=np.uint8)
+                         for _ in range(IMAGES)])
     labels = np.linspace(0.0, 1.0, IMAGES)
     train_set = TrainCrops(cache, labels, labels, config.img_size, 1, run.seed)
     trainer = Trainer.build(model, config, run, torch.device("cpu"), IMAGES // 2)
@@ -66,6 +73,25 @@ def test_the_loop_reads_the_device_once_per_sync_every_steps(monkeypatch, sync_e
     monkeypatch.undo()
     assert len(calls) == reads == math.ceil(IMAGES // 2 / sync_every)
     assert math.isfinite(means["loss"]) and means["loss"] > 0
+
+
+@pytest.mark.parametrize("changes", [{}, {"adv_mode": "sam_line", "perturb_target": "cls"},
+                                     {"perturb_prob": 0.5}],
+                         ids=["matched", "sam_line", "half_perturbed"])
+def test_the_qfm_step_reads_nothing_from_the_device(monkeypatch, changes):
+    """Its teacher pass, memory, matching and masked adversarial pass stay on the device:
+    the loop's one read per sync_every steps is all."""
+    tiny = {key: value for key, value in QFM.tiny_config.items() if key != "teacher"}
+    values = {**tiny, "batch_size": 2, "epochs": 1, "warmup_epochs": 0.0, **changes}
+    run = RunConfig(progress=False, sync_every=50)
+    trainer, train_set, config = _setup(run, "qfm", values)
+    calls = _count_reads(monkeypatch)
+    means = train_epoch(trainer, train_set, 0, IMAGES // 2, config, run, 1.0)
+    monkeypatch.undo()
+    assert calls == ["tolist"]
+    assert means["stat_matched"] == 1.0 and means["adv"] > 0
+    assert means["stat_perturbed"] == (1.0 if "perturb_prob" not in changes
+                                       else pytest.approx(0.5, abs=0.25))
 
 
 def test_a_late_check_still_names_the_first_bad_step(monkeypatch):
