@@ -38,16 +38,15 @@ backbone at 2e-5: hyper 2e-4 in epochs 0-6, 2e-5 in 7-9, 2e-6 in 10-12, 2e-7 in 
 images are first resized to 512x384 (height x width, torchvision's order), BID to 512x512.
 
 Here ``lr`` is the hyper network's starting rate (2e-4) and ``backbone_lr_scale`` = 0.1 gives the
-backbone's; :meth:`HyperIQA.group_lr_factor` replays the code's per-epoch rule on the hyper group
-(groups carry a ``part`` key, ``backbone`` or ``hyper``). The engine must apply it; with a plain
-constant schedule the hyper network stays at 2e-4.
+backbone's; :meth:`HyperIQA.recipe` states the code's per-epoch rule as one stage per epoch,
+each a fresh Adam (the code builds a new one after every epoch, so the moments restart) with
+the hyper group's rate of that epoch (groups carry a ``part`` key, ``backbone`` or ``hyper``).
 
-Differences from the original, so results are labelled honestly: Adam with L2 decay on every
-parameter as in the code, but its moments are kept where the code builds a fresh optimiser
-every epoch; that rebuild also drops the hyper network from the
-optimiser after the first epoch, because its parameters were a spent ``filter`` iterator
-(SSL92/hyperIQA issue #32), so the released code trains the hyper network for one epoch only.
-We train it for all epochs with the schedule as the code writes it. Test crops are seeded.
+Differences from the original, so results are labelled honestly: the code's rebuild drops the
+hyper network from the optimiser after the first epoch, because its parameters were a spent
+``filter`` iterator (SSL92/hyperIQA issue #32), so the released code trains the hyper network
+for one epoch only. We train it for all epochs with the rule as the code writes it. Test crops
+are seeded.
 """
 
 from __future__ import annotations
@@ -59,8 +58,8 @@ import torch
 from torch import nn
 
 from baselines import pyiqa_keymaps
-from benchmark.models import (ConfigError, IQAModel, Loss, ModelConfig, Optimizer, Schedule,
-                              backbone_norm, create_backbone, decay_groups)
+from benchmark.models import (ConfigError, IQAModel, Loss, ModelConfig, Optimizer, Recipe,
+                              Schedule, Stage, backbone_norm, create_backbone, decay_groups)
 
 __all__ = ["HyperIQA", "HyperIQAConfig"]
 
@@ -89,7 +88,7 @@ class HyperIQAConfig(ModelConfig):
     optimizer: Optimizer = "adam"
     decay_all: bool = True
     warmup_epochs: float = 0.0
-    schedule: Schedule = "constant"  # the per-group rule is group_lr_factor
+    schedule: Schedule = "constant"  # the per-epoch rule is the recipe's stages
     clip_grad: float = 0.0
     train_crops: int = 25
     test_crops: int = 25
@@ -224,10 +223,18 @@ class HyperIQA(IQAModel):
                          for g in decay_groups(self.hyper, c.lr, c.weight_decay,
                                                decay_all=c.decay_all)]
 
-    def group_lr_factor(self, part: str, epoch: int) -> float:
-        """The code's per-epoch rule: hyper lr ÷10 every 6 epochs, 10x ratio gone after epoch 9."""
-        if part != "hyper" or epoch == 0:
-            return 1.0
-        decay = 10.0 ** -((epoch - 1) // _HYPER_DECAY_EVERY)
-        ratio = 1.0 if epoch <= _HYPER_RATIO_UNTIL else self.config.backbone_lr_scale
-        return decay * ratio
+    @classmethod
+    def recipe(cls, c: HyperIQAConfig) -> Recipe:
+        """One stage per epoch, each on a fresh ``optimizer``, as the code rebuilds Adam after
+        every epoch: the hyper network at ``lr`` in the first, then ÷10 every 6 epochs
+        (counted from the second) and without its 10x ratio over the backbone after the ninth;
+        the backbone keeps its group's rate throughout."""
+        def hyper_lr(epoch: int) -> float:
+            if epoch == 0:
+                return c.lr
+            ratio = 1.0 if epoch <= _HYPER_RATIO_UNTIL else c.backbone_lr_scale
+            return c.lr * 10.0 ** -((epoch - 1) // _HYPER_DECAY_EVERY) * ratio
+
+        stages = tuple(Stage(f"epoch {epoch + 1}", 1, c.optimizer, lr={"hyper": hyper_lr(epoch)})
+                       for epoch in range(c.epochs))
+        return Recipe(stages or (Stage("train", 0, c.optimizer),))

@@ -7,8 +7,8 @@ because every random draw is derived from (seed, epoch, sample), ends with the s
 metrics as an uninterrupted run on the CPU.
 
 Epochs are numbered from 1 wherever a person reads them: the history, the selection rules,
-checkpoints, logs and records. The model's recipe stages (:mod:`benchmark.recipe`), its
-``group_lr_factor`` hook and ``TrainContext.epoch`` take the 0-based loop index.
+checkpoints, logs and records. The model's recipe stages (:mod:`benchmark.recipe`) and
+``TrainContext.epoch`` take the 0-based loop index.
 """
 
 from __future__ import annotations

@@ -153,11 +153,6 @@ class IQAModel(nn.Module):
         ``epochs`` on its ``optimizer`` over :meth:`param_groups` as they are."""
         return Recipe((Stage("train", config.epochs, config.optimizer),))
 
-    def group_lr_factor(self, part: str, epoch: int) -> float:
-        """Multiplier of the lr of the parameter groups tagged ``part`` (a ``"part"`` key of
-        :meth:`param_groups`) at ``epoch``, on top of the schedule (HyperIQA's per-epoch rule)."""
-        return 1.0
-
     def extra_crops(self) -> tuple[str, ...]:
         """Batch keys the training loader fills with further independent crops of each
         sample's image (QFM-IQM's ``teacher_input=new_crop`` asks for ``teacher_image``)."""

@@ -60,17 +60,10 @@ def lr_factor(step: int, steps_per_epoch: int, config: Any) -> float:
                      f"constant)")
 
 
-def _group_schedules(model: IQAModel, optimizer, steps: int, config: Any,
-                     offset: int = 0) -> list[Callable]:
-    """One lr multiplier per parameter group: the recipe's schedule times the model's own
-    per-part factor (HyperIQA's hyper-network decay). ``offset`` is the
-    global step at which ``optimizer`` took over (a stage's fresh optimiser counts from 0)."""
-
-    def schedule(part: str) -> Callable[[int], float]:
-        return lambda step: (lr_factor(step + offset, steps, config)
-                             * model.group_lr_factor(part, (step + offset) // steps))
-
-    return [schedule(group.get("part", "")) for group in optimizer.param_groups]
+def _schedule(steps: int, config: Any, offset: int = 0) -> Callable[[int], float]:
+    """The recipe's lr multiplier for an optimiser that took over at global step ``offset``
+    (a stage's fresh optimiser counts its own steps from 0)."""
+    return lambda step: lr_factor(step + offset, steps, config)
 
 
 def to_input(images: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
@@ -120,8 +113,8 @@ def stage_optimizer(model: IQAModel, config: Any, recipe: Recipe, steps: int, ep
     stage = recipe.stages[index]
     groups, frozen = stage_groups(model, stage, thawed)
     optimizer = build_optimizer(groups, config, stage.optimizer)
-    schedules = _group_schedules(model, optimizer, steps, config, offset=first * steps)
-    return index, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedules), frozen
+    schedule = _schedule(steps, config, offset=first * steps)
+    return index, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule), frozen
 
 
 def compiled_graphs() -> int:

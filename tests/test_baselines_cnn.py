@@ -25,7 +25,8 @@ from baselines.scnn import CLASSES, ORIGINAL_SCNN, SCNN, load_scnn_features, pre
 from baselines.tres import L2Pool, TReS, TReSConfig, relative_ranking_loss, sine_positions
 from benchmark.models import (ConfigError, TrainContext, config_from_dict, config_to_dict,
                               get_model_class)
-from benchmark.train_step import stage_groups
+from benchmark.engine import RunConfig
+from benchmark.train_step import Trainer, stage_groups
 from benchmark.weights import weights_cache
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -115,9 +116,28 @@ def test_hyperiqa_lr_rule_replays_the_code():
     parts = {g["part"]: g["lr"] for g in model.param_groups()}
     assert parts == {"backbone": pytest.approx(2e-5), "hyper": pytest.approx(2e-4)}
     assert sum(len(g["params"]) for g in model.param_groups()) == len(list(model.parameters()))
-    hyper = [2e-4 * model.group_lr_factor("hyper", e) for e in range(16)]
+    stages = HyperIQA.recipe(model.config).stages
+    assert [(stage.epochs, stage.optimizer) for stage in stages] == [(1, "adam")] * 16
+    hyper = [stage.lr["hyper"] for stage in stages]
     assert hyper == pytest.approx([2e-4] * 7 + [2e-5] * 3 + [2e-6] * 3 + [2e-7] * 3)
-    assert {model.group_lr_factor("backbone", e) for e in range(16)} == {1.0}
+    assert all(set(stage.lr) == {"hyper"} for stage in stages)  # the backbone keeps 2e-5
+
+
+def test_hyperiqa_gets_a_fresh_adam_every_epoch_at_that_epochs_rates():
+    """Through the engine's own stage switch, as the code rebuilds its solver per epoch."""
+    torch.manual_seed(0)
+    model = HyperIQA(HyperIQAConfig(backbone="test_resnet", pretrained="false", epochs=12))
+    trainer = Trainer.build(model, model.config, RunConfig(progress=False),
+                            torch.device("cpu"), steps=3)
+    seen = []
+    for epoch in range(12):
+        trainer.enter_stage(epoch)
+        seen.append((trainer.optimizer,
+                     {g["part"]: g["lr"] for g in trainer.optimizer.param_groups}))
+    assert len({id(optimizer) for optimizer, _ in seen}) == 12  # all alive: ids are distinct
+    assert [lrs["hyper"] for _, lrs in seen] == pytest.approx([2e-4] * 7 + [2e-5] * 3
+                                                              + [2e-6] * 2)
+    assert [lrs["backbone"] for _, lrs in seen] == pytest.approx([2e-5] * 12)
 
 
 @pytest.fixture(scope="module")
