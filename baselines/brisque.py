@@ -34,7 +34,7 @@ from sklearn.svm import SVR
 
 from baselines.nss import NUM_FEATURES, feature_matrix
 from benchmark.metrics import srcc
-from benchmark.models import FitModel, LabelScale, Loss, ModelConfig
+from benchmark.models import FitModel, InputConfig, LabelScale
 
 __all__ = ["BRISQUE", "BRISQUEConfig"]
 
@@ -49,23 +49,18 @@ _PREDICT_CHUNK = 2048
 
 
 @dataclass(frozen=True)
-class BRISQUEConfig(ModelConfig):
-    """No backbone and no SGD: one pass over whole images, then the SVR grid."""
+class BRISQUEConfig(InputConfig):
+    """No backbone and no SGD (so none of its settings): one pass over whole images, then
+    the SVR grid."""
 
     backbone: str = "none"
     pretrained: str = "false"
     img_size: int = 0  # whole images: BRISQUE is defined on the full frame, never on crops
-    epochs: int = 0
     batch_size: int = 32  # images per forward() call in `bench score`
-    lr: float = 0.0
-    weight_decay: float = 0.0
-    warmup_epochs: float = 0.0
-    clip_grad: float = 0.0
     train_crops: int = 1
     test_crops: int = 1
     hflip: bool = False
     label_scale: LabelScale = "raw"
-    loss: Loss = "mse"
     # libsvm grid.py's log2 steps of 2, over a narrower range (63 fits instead of 110)
     svr_c: tuple[float, ...] = tuple(2.0**k for k in range(-3, 14, 2))
     svr_gamma: tuple[float, ...] = tuple(2.0**k for k in range(-11, 2, 2))

@@ -1,4 +1,4 @@
-"""Model configs: the frozen-dataclass recipe every model's ``Config`` extends, and its checks.
+"""Model configs: the frozen dataclasses every model's ``Config`` extends, and their checks.
 
 A config is built from plain data (``--set``, params.yaml, a checkpoint) by
 :func:`config_from_dict`, which rejects unknown keys. Building it conforms every value to its
@@ -21,8 +21,8 @@ from typing import Any, ClassVar, Literal, Union, get_args, get_origin, get_type
 
 from benchmark.errors import UserError
 
-__all__ = ["ConfigError", "ModelConfig", "Optimizer", "Schedule", "Loss", "LabelScale",
-           "field_choices", "check_trainable", "config_from_dict", "config_to_dict",
+__all__ = ["ConfigError", "InputConfig", "ModelConfig", "Optimizer", "Schedule", "Loss",
+           "LabelScale", "field_choices", "check_trainable", "config_from_dict", "config_to_dict",
            "eval_crop"]
 
 #: weight decay under each: decoupled | L2 | L2 (the engine builds them)
@@ -158,30 +158,35 @@ def _conform_fields(config: Any) -> None:
         object.__setattr__(config, name, conformed)
 
 
+#: (key, test, what it must be): values no recipe can have; a config checks the keys it has
+_RANGES: tuple[tuple[str, Any, str], ...] = (
+    ("batch_size", lambda v: v >= 1, "at least 1"),
+    ("train_crops", lambda v: v >= 1, "at least 1"),
+    ("test_crops", lambda v: v >= 1, "at least 1"),
+    ("img_size", lambda v: v >= 0, "0 (whole images) or a crop side"),
+    ("test_img_size", lambda v: v is None or v >= 0, "0 (whole images) or a crop side"),
+    ("resize_hw", lambda v: v is None or all(side >= 1 for side in v),
+     "[height, width], both positive"),
+    ("epochs", lambda v: v >= 0, "not negative"),
+    ("lr", lambda v: v >= 0 and math.isfinite(v), "a finite lr >= 0"),
+    ("backbone_lr_scale", lambda v: v >= 0, "not negative"),
+    ("weight_decay", lambda v: v >= 0, "not negative"),
+    ("momentum", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("warmup_epochs", lambda v: v >= 0, "not negative"),
+    ("warmup_lr", lambda v: v >= 0, "not negative"),
+    ("step_epochs", lambda v: v > 0, "positive"),
+    ("gamma", lambda v: v > 0, "positive"),
+    ("cycle_steps", lambda v: v >= 1, "at least 1"),
+    ("clip_grad", lambda v: v >= 0, "0 (off) or a positive norm"),
+)
+
+
 def _check_ranges(config: Any) -> None:
     """Values no recipe can have: each fails when the config is built, naming its key."""
-    rules = [("batch_size", config.batch_size >= 1, "at least 1"),
-             ("train_crops", config.train_crops >= 1, "at least 1"),
-             ("test_crops", config.test_crops >= 1, "at least 1"),
-             ("img_size", config.img_size >= 0, "0 (whole images) or a crop side"),
-             ("test_img_size", config.test_img_size is None or config.test_img_size >= 0,
-              "0 (whole images) or a crop side"),
-             ("epochs", config.epochs >= 0, "not negative"),
-             ("lr", config.lr >= 0 and math.isfinite(config.lr), "a finite lr >= 0"),
-             ("backbone_lr_scale", config.backbone_lr_scale >= 0, "not negative"),
-             ("weight_decay", config.weight_decay >= 0, "not negative"),
-             ("momentum", 0 <= config.momentum < 1, "in [0, 1)"),
-             ("warmup_epochs", config.warmup_epochs >= 0, "not negative"),
-             ("warmup_lr", config.warmup_lr >= 0, "not negative"),
-             ("step_epochs", config.step_epochs > 0, "positive"),
-             ("gamma", config.gamma > 0, "positive"),
-             ("cycle_steps", config.cycle_steps >= 1, "at least 1"),
-             ("clip_grad", config.clip_grad >= 0, "0 (off) or a positive norm"),
-             ("resize_hw", config.resize_hw is None or (
-                 all(v >= 1 for v in config.resize_hw)),
-              "[height, width], both positive")]
-    for key, ok, expected in rules:
-        if not ok:  # a NaN fails every comparison, so it lands here too
+    present = {f.name for f in fields(config)}
+    for key, test, expected in _RANGES:
+        if key in present and not test(getattr(config, key)):
+            # a NaN fails every comparison, so it lands here too
             raise ConfigError(f"config key {key!r} must be {expected}, got {getattr(config, key)!r}")
 
 
@@ -195,16 +200,41 @@ def check_trainable(config: Any) -> None:
 
 
 @dataclass(frozen=True)
-class ModelConfig:
-    """Recipe fields every model shares. Subclasses override the defaults with their paper's."""
+class InputConfig:
+    """What every model is configured by: its backbone and the images it sees (crops, sizes,
+    flips, label scale). A model fitted in closed form (BRISQUE: ``FitModel``) has only
+    these. Subclasses override the defaults with their paper's."""
 
     backbone: str = "vit_small_patch16_224"
     pretrained: str = "false"  # "true" | "false" | "offline-lite0" | path to a weights file
     img_size: int = 224  # crop side; 0 = whole images (all of one size, e.g. via resize_hw)
     test_img_size: int | None = None  # test crop side; None = img_size; 0 = whole images
     resize_hw: tuple[int, int] | None = None  # resize (height, width) before cropping; None = native
-    epochs: int = 9
     batch_size: int = 48
+    train_crops: int = 10  # random crops per image per epoch (dataset repetition)
+    test_crops: int = 10  # seeded crops averaged per test image
+    hflip: bool = True
+    label_scale: LabelScale = "raw"
+    mean: tuple[float, float, float] | None = None  # None: the backbone's pretrained_cfg
+    std: tuple[float, float, float] | None = None
+
+    #: per-dataset recipe overrides from the paper (e.g. DEIQT's batch size per dataset)
+    dataset_overrides: ClassVar[dict[str, dict[str, Any]]] = {}
+
+    def __post_init__(self) -> None:  # subclasses that add checks call this first
+        _conform_fields(self)
+        _check_ranges(self)
+
+
+@dataclass(frozen=True)
+class ModelConfig(InputConfig):
+    """A model trained by gradient descent: the input fields, then its optimisation recipe
+    (epochs, optimiser, learning rates, schedule, loss), which the model's
+    :meth:`~benchmark.models.IQAModel.recipe` turns into training stages. One flat namespace
+    with the input fields, so ``--set lr=…``, params.yaml and the config hash name each
+    setting by one key."""
+
+    epochs: int = 9
     lr: float = 2e-4
     backbone_lr_scale: float = 1.0  # the backbone's lr is lr × this
     weight_decay: float = 0.05
@@ -218,20 +248,7 @@ class ModelConfig:
     cycle_steps: int = 50  # cosine_periodic: steps from full lr to 0 (torch's T_max, per batch)
     warmup_lr: float = 2e-7
     clip_grad: float = 5.0  # global norm; 0 disables
-    train_crops: int = 10  # random crops per image per epoch (dataset repetition)
-    test_crops: int = 10  # seeded crops averaged per test image
-    hflip: bool = True
-    label_scale: LabelScale = "raw"
     loss: Loss = "smoothl1"
-    mean: tuple[float, float, float] | None = None  # None: the backbone's pretrained_cfg
-    std: tuple[float, float, float] | None = None
-
-    #: per-dataset recipe overrides from the paper (e.g. DEIQT's batch size per dataset)
-    dataset_overrides: ClassVar[dict[str, dict[str, Any]]] = {}
-
-    def __post_init__(self) -> None:  # subclasses that add checks call this first
-        _conform_fields(self)
-        _check_ranges(self)
 
 
 def config_from_dict(cls: type, values: dict[str, Any]) -> Any:
@@ -246,7 +263,7 @@ def config_from_dict(cls: type, values: dict[str, Any]) -> Any:
     return cls(**{k: v for k, v in values.items() if v is not None})
 
 
-def eval_crop(config: ModelConfig) -> int:
+def eval_crop(config: InputConfig) -> int:
     """The crop side used at evaluation (0: whole images)."""
     return config.img_size if config.test_img_size is None else config.test_img_size
 

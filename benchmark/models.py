@@ -22,13 +22,14 @@ import torch
 from torch import nn
 
 # the configs live in their own torch-free module; models import them from here
-from benchmark.model_config import (ConfigError, LabelScale, Loss, ModelConfig, Optimizer,
-                                    Schedule, check_trainable, config_from_dict, config_to_dict,
-                                    eval_crop, field_choices)
+from benchmark.model_config import (ConfigError, InputConfig, LabelScale, Loss, ModelConfig,
+                                    Optimizer, Schedule, check_trainable, config_from_dict,
+                                    config_to_dict, eval_crop, field_choices)
 from benchmark.recipe import Recipe, Stage
 from benchmark.registry import model_registry
 
 __all__ = [
+    "InputConfig",
     "ModelConfig",
     "IQAModel",
     "Recipe",
@@ -73,7 +74,7 @@ class IQAModel(nn.Module):
     """Base class: ``forward(images) -> (B,)`` scores on the config's label scale."""
 
     name: ClassVar[str]
-    Config: ClassVar[type[ModelConfig]] = ModelConfig
+    Config: ClassVar[type[InputConfig]] = ModelConfig
     #: "gradient": the engine's training loop; "fit": the model's own fit()/predict()
     training_kind: ClassVar[str] = "gradient"
     #: one-line provenance shown by `bench models`
@@ -177,6 +178,12 @@ class FitModel(IQAModel):
     """A model trained by its own ``fit`` on decoded images (BRISQUE + SVR), not by SGD."""
 
     training_kind = "fit"
+    Config: ClassVar[type[InputConfig]] = InputConfig
+
+    @classmethod
+    def recipe(cls, config: InputConfig) -> Recipe:
+        """No training stages: the engine calls :meth:`fit` once instead."""
+        return Recipe(())
 
     def fit(self, train_images: list, train_labels, val_images: list, val_labels) -> dict:
         """Train on uint8 HxWx3 arrays; returns a dict of facts to store in the run record."""

@@ -43,10 +43,12 @@ class Stage:
 
 @dataclass(frozen=True)
 class Recipe:
+    """The stages of a run; none for a model fitted by its own ``fit()`` (BRISQUE)."""
+
     stages: tuple[Stage, ...]
 
     def __post_init__(self):
-        if not self.stages or any(stage.epochs < 0 for stage in self.stages):
+        if any(stage.epochs < 0 for stage in self.stages):
             raise ValueError(f"a recipe needs stages of at least 0 epochs, got {self.stages}")
 
     def stage_of(self, epoch: int) -> tuple[int, int]:
@@ -66,7 +68,7 @@ def recipe_lines(name: str, settings: dict, recipe: Recipe,
     dataset changes, one line each, so two papers' recipes can be read side by side."""
     lines = [f"{name}: training recipe"]
     lines += [f"  {key:18s} {value}" for key, value in settings.items()]
-    lines.append("stages:")
+    lines.append("stages:" if recipe.stages else "stages: none (fitted by its own fit(), not by SGD)")
     lines += [f"  {stage.describe()}" for stage in recipe.stages]
     lines.append("per dataset (over the above):" if per_dataset else "per dataset: none")
     for dataset, changes in per_dataset.items():

@@ -16,7 +16,7 @@ from sklearn.svm import SVR
 from baselines import nss
 from baselines.brisque import BRISQUE, BRISQUEConfig, _svm_scale
 from benchmark.metrics import srcc
-from benchmark.models import config_from_dict, get_model_class
+from benchmark.models import ConfigError, config_from_dict, get_model_class
 
 TINY_GRID = {"svr_c": (1.0, 16.0), "svr_gamma": (0.05, 0.5), "workers": 1}
 # the 2-D window's centre weight bounds every MSCN coefficient: |I − μ| ≤ σ·√((1 − w0)/w0)
@@ -187,8 +187,11 @@ def test_registered_with_a_fit_config():
     assert cls is BRISQUE and cls.training_kind == "fit"
     config = config_from_dict(BRISQUEConfig, {"svr_c": [2, 8], "svr_epsilon": "0.2"})
     assert config.svr_c == (2, 8) and config.svr_epsilon == 0.2
-    assert (config.train_crops, config.test_crops, config.epochs, config.label_scale) == \
-        (1, 1, 0, "raw")
+    assert (config.train_crops, config.test_crops, config.label_scale) == (1, 1, "raw")
+    # no SGD, so no SGD settings: a recipe that sets one fails, naming the key
+    assert not hasattr(config, "lr") and BRISQUE.recipe(config).stages == ()
+    with pytest.raises(ConfigError, match="unknown config key 'epochs' for BRISQUEConfig"):
+        config_from_dict(BRISQUEConfig, {"epochs": 3})
 
 
 def test_fit_selects_on_val_and_predicts_as_sklearn(graded):

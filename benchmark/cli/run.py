@@ -70,7 +70,7 @@ def models(recipe_of: str | None, dataset: str | None) -> None:
         config = resolve_config(cls.name, dataset)[1]
         per_dataset = {dataset: dataset_recipe(cls, dataset)} if dataset_recipe(cls, dataset) else {}
     values = config_to_dict(config)
-    settings = {f.name: values[f.name] for f in fields(ModelConfig)}
+    settings = {f.name: values[f.name] for f in fields(ModelConfig) if f.name in values}
     for line in recipe_lines(cls.name, settings, cls.recipe(config), per_dataset):
         click.echo(line)
 
