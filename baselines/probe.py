@@ -15,7 +15,7 @@ plain fine-tune.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Callable, Literal
 
 import numpy as np
 import torch
@@ -72,14 +72,15 @@ class Probe(IQAModel):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(images)).squeeze(1)
 
-    def init_from_features(self, features: np.ndarray, labels: np.ndarray) -> str | None:
+    def init_from_features(self, features: Callable[[], np.ndarray],
+                           labels: np.ndarray) -> str | None:
         if self.config.head_init == "random":
             return None
         from sklearn.linear_model import RidgeCV
 
         # generalised cross-validation (efficient leave-one-out) picks the penalty on the
         # training images alone, so the validation slice stays untouched for model selection
-        ridge = RidgeCV(alphas=_RIDGE_ALPHAS).fit(features, labels)
+        ridge = RidgeCV(alphas=_RIDGE_ALPHAS).fit(features(), labels)
         with torch.no_grad():
             self.head.weight.copy_(torch.as_tensor(ridge.coef_, dtype=torch.float32).view(1, -1))
             self.head.bias.fill_(float(ridge.intercept_))

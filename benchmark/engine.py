@@ -192,11 +192,11 @@ def _evaluate(model, data: SplitData, config, run: RunConfig, device, amp_dtype,
 
 def _init_from_features(model: IQAModel, data: SplitData, config, run: RunConfig, device,
                         amp_dtype, log: Callable[[str], None]) -> None:
-    # only models that override the hook pay for the extra pass over the training images
-    if type(model).init_from_features is IQAModel.init_from_features:
-        return
-    features = predict(model, data.train, config.img_size, config.test_crops, run.seed, device,
-                       config.batch_size, run.workers, amp_dtype, run.channels_last, fn="features")
+    def features() -> np.ndarray:  # the extra pass over the training images, on request
+        return predict(model, data.train, config.img_size, config.test_crops, run.seed, device,
+                       config.batch_size, run.workers, amp_dtype, run.channels_last,
+                       fn="features")
+
     message = model.init_from_features(features, np.asarray(data.train_labels, dtype=np.float64))
     if message:
         log(message)

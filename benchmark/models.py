@@ -159,11 +159,13 @@ class IQAModel(nn.Module):
         sample's image (QFM-IQM's ``teacher_input=new_crop`` asks for ``teacher_image``)."""
         return ()
 
-    def init_from_features(self, features: Any, labels: Any) -> str | None:
-        """Called once before the first epoch with the frozen ``features()`` of the training
-        images (N, D; averaged over the test crops) and their labels on the training scale, so
-        a model may fit its head in closed form before fine-tuning (LP-FT). Returns a line for
-        the log, or None when it did nothing; resumed runs skip it (the head is checkpointed)."""
+    def init_from_features(self, features: Callable[[], Any], labels: Any) -> str | None:
+        """Called once before the first epoch with the training labels on the training scale
+        and ``features``, which computes the frozen ``features()`` of the training images
+        (N, D; averaged over the test crops) when called: a model may fit its head in closed
+        form before fine-tuning (LP-FT), and only a model that calls it pays for that pass.
+        Returns a line for the log, or None when it did nothing; resumed runs skip it (the
+        head is checkpointed)."""
         return None
 
     def train_state(self) -> dict[str, Any]:
