@@ -72,6 +72,7 @@ class BRISQUEConfig(InputConfig):
 
 class BRISQUE(FitModel):
     name = "brisque"
+    label = "BRISQUE"
     Config = BRISQUEConfig
     tiny_config = {"svr_c": (1.0, 16.0), "svr_gamma": (0.05, 0.5), "workers": 1}
     paper = "Mittal, Moorthy, Bovik, IEEE TIP 2012 (BRISQUE features + RBF ε-SVR)"

@@ -137,6 +137,7 @@ class DBCNN(IQAModel):
     pretrain = staticmethod(pretrain_scnn)
 
     name = "dbcnn"
+    label = "DBCNN"
     Config = DBCNNConfig
     tiny_config = {"backbone": "vgg11", "pretrained": "false", "scnn_weights": "none",
                    "stage": "all", "img_size": 64}

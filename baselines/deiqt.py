@@ -139,6 +139,7 @@ class DEIQT(IQAModel):
     """ViT (or CNN) backbone → CLS + patch tokens → attention-panel decoder → score (B,)."""
 
     name = "deiqt"
+    label = "DEIQT"
     Config = DEIQTConfig
     tiny_config = {"backbone": "vit_tiny_patch16_224", "pretrained": "false", "img_size": 64,
                    "backbone_kwargs": {"depth": 2, "embed_dim": 48, "num_heads": 3},

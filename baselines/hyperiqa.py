@@ -167,6 +167,7 @@ class HyperIQA(IQAModel):
     """ResNet-50 + LDA → target input; hyper network → its weights; target net → (B,)."""
 
     name = "hyperiqa"
+    label = "HyperIQA"
     Config = HyperIQAConfig
     tiny_config = {"backbone": "test_resnet", "pretrained": "false"}  # the crop stays 224
     paper = "HyperIQA, Su et al., CVPR 2020 (github.com/SSL92/hyperIQA)"

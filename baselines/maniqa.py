@@ -174,6 +174,7 @@ class MANIQAConfig(ModelConfig):
 
 class MANIQA(IQAModel):
     name = "maniqa"
+    label = "MANIQA"
     Config = MANIQAConfig
     #: test_vit: 6 blocks, width 64, patch 16 → an 8×8 grid at 128, so windows still shift
     tiny_config = {"backbone": "test_vit", "pretrained": "false", "img_size": 128,

@@ -211,6 +211,7 @@ class MUSIQConfig(ModelConfig):
 
 class MUSIQ(IQAModel):
     name = "musiq"
+    label = "MUSIQ"
     Config = MUSIQConfig
     tiny_config = {"pretrained": "false", "hidden_size": 64, "depth": 2, "num_heads": 2,
                    "mlp_dim": 128, "stem_width": 32, "longer_sides": (32, 64), "img_size": 64}

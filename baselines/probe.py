@@ -50,6 +50,7 @@ class ProbeConfig(ModelConfig):
 
 class Probe(IQAModel):
     name = "probe"
+    label = "Probe"
     Config = ProbeConfig
     tiny_config = {"backbone": "test_resnet", "pretrained": "false", "img_size": 64}
     paper = "linear probe on a timm backbone (harness baseline)"

@@ -187,6 +187,7 @@ class TReS(IQAModel):
     """ResNet stages → L2-pooled stack → transformer encoder; + stage 4 → score (B,)."""
 
     name = "tres"
+    label = "TReS"
     Config = TReSConfig
     tiny_config = {"backbone": "test_resnet", "pretrained": "false", "img_size": 64}
     paper = "TReS, Golestaneh et al., WACV 2022 (github.com/isalirezag/TReS)"

@@ -74,6 +74,9 @@ class IQAModel(nn.Module):
     """Base class: ``forward(images) -> (B,)`` scores on the config's label scale."""
 
     name: ClassVar[str]
+    #: the name tables and plots show; a string literal in the class body, since reports
+    #: read it from the source without importing the model (``Registry.declared``)
+    label: ClassVar[str] = ""
     Config: ClassVar[type[InputConfig]] = ModelConfig
     #: "gradient": the engine's training loop; "fit": the model's own fit()/predict()
     training_kind: ClassVar[str] = "gradient"

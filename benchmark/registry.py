@@ -7,10 +7,13 @@ imported until a name is asked for: ``bench --help`` stays free of torch.
 
 from __future__ import annotations
 
+import ast
 import difflib
 import functools
+import importlib.util
 from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint, entry_points
+from pathlib import Path
 from typing import Generic, TypeVar
 
 from benchmark.errors import UserError
@@ -95,6 +98,37 @@ class Registry(Generic[T]):
                 )
             self._loaded[key] = obj
         return self._loaded[key]
+
+
+    def declared(self, name: str, attribute: str) -> str | None:
+        """The string that ``name``'s registered class assigns to ``attribute`` in its own
+        body, read from the module's source without importing it (a model module imports
+        torch; reports must not); None for an unregistered name or an attribute the class
+        body does not assign a string literal."""
+        ep = self._entry_points().get(name.lower())
+        return None if ep is None else _class_literal(ep.value, attribute)
+
+
+@functools.cache
+def _class_literal(value: str, attribute: str) -> str | None:
+    module, _, qualname = value.partition(":")
+    spec = importlib.util.find_spec(module)  # imports the parent packages only
+    if spec is None or not (spec.origin or "").endswith(".py"):
+        return None
+    tree = ast.parse(Path(spec.origin).read_text(encoding="utf-8"))
+    body = next((node.body for node in tree.body
+                 if isinstance(node, ast.ClassDef) and node.name == qualname), [])
+    for node in body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1:
+            target = node.targets[0]
+        elif isinstance(node, ast.AnnAssign):
+            target = node.target
+        else:
+            continue
+        if isinstance(target, ast.Name) and target.id == attribute and \
+                isinstance(node.value, ast.Constant) and isinstance(node.value.value, str):
+            return node.value.value
+    return None
 
 
 def dataset_registry() -> Registry:

@@ -39,6 +39,7 @@ class QFM(DEIQT):
     """A DEIQT student with a channel gate; :meth:`loss` is the QFM-IQM objective."""
 
     name = "qfm"
+    label = "QFM-IQM"
     Config = QFMConfig
     #: the EMA teacher: the paper's frozen DEIQT teacher would need a deiqt run first
     tiny_config = {**DEIQT.tiny_config, "teacher": "ema"}

@@ -18,7 +18,8 @@ import torch
 
 from benchmark.models import (FitModel, TrainContext, config_from_dict, config_to_dict, eval_crop,
                               get_model_class, list_models)
-from benchmark.registry import dataset_registry
+from benchmark.registry import dataset_registry, model_registry
+from benchmark.report.tables import model_label, tex_escape
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -53,6 +54,15 @@ def reloaded(model, seed: int = 1):
 def test_config_round_trips_through_plain_data(name):
     config = tiny(name).config
     assert config_from_dict(type(config), config_to_dict(config)) == config
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_the_label_reports_show_is_the_one_the_class_declares(name):
+    """Reports read it from the source, never importing the model: it must be a literal in
+    the class's own body."""
+    cls = get_model_class(name)
+    assert cls.label and model_registry().declared(name, "label") == cls.label
+    assert model_label(name) == tex_escape(cls.label)
 
 
 @pytest.mark.parametrize("name", [n for n in list_models()

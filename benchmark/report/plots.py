@@ -22,7 +22,7 @@ from matplotlib.ticker import MaxNLocator
 
 from benchmark.files import atomic_write_bytes
 from benchmark.records import load_record
-from benchmark.report.tables import DATASET_ORDER, MODEL_LABELS, dataset_display, ordered_models
+from benchmark.report.tables import DATASET_ORDER, dataset_display, model_display, ordered_models
 
 __all__ = ["save_figure", "scatter_figures", "box_figure", "curve_figures", "distance_gap_figure",
            "gap_share_figure", "report_figures", "figure_caption"]
@@ -48,7 +48,7 @@ def save_figure(figure: Figure, stem: Path) -> list[Path]:
 
 
 def _label(model: str, dataset: str) -> str:
-    return f"{MODEL_LABELS.get(model, model)} on {dataset_display(dataset)}"
+    return f"{model_display(model)} on {dataset_display(dataset)}"
 
 
 def scatter_figures(runs: pd.DataFrame, out: Path, rule: str = "val") -> list[Path]:
@@ -93,7 +93,7 @@ def box_figure(runs: pd.DataFrame, out: Path, rule: str = "val",
         order = ordered_models(data["model"])
         sns.boxplot(data=data, x="model", y=metric, order=order, ax=ax, color="0.85", fliersize=0)
         sns.stripplot(data=data, x="model", y=metric, order=order, ax=ax, size=3, color="0.2")
-        ax.set_xticks(range(len(order)), [MODEL_LABELS.get(m, m) for m in order], rotation=45,
+        ax.set_xticks(range(len(order)), [model_display(m) for m in order], rotation=45,
                       ha="right")
         ax.set(title=dataset_display(dataset), xlabel="", ylabel=metric.upper())
     for ax in axes[len(datasets):]:

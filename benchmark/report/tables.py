@@ -19,13 +19,13 @@ import pandas as pd
 from benchmark.report.aggregate import primary_cells
 from benchmark.files import atomic_write_text
 from benchmark.metrics import HIGHER_IS_BETTER
-from benchmark.registry import dataset_registry
+from benchmark.registry import dataset_registry, model_registry
 from benchmark.report.cross import RELEASE_RULE, RELEASED_BY, released_model
 from benchmark.report.published import SOURCES, lookup
 
 __all__ = [
-    "SYNTHETIC", "AUTHENTIC", "DATASET_ORDER", "MODEL_LABELS", "dataset_display", "dataset_label",
-    "model_label",
+    "SYNTHETIC", "AUTHENTIC", "DATASET_ORDER", "MODEL_ORDER", "dataset_display", "dataset_label",
+    "model_display", "model_label",
     "ordered_models", "table_datasets", "tex_escape", "number", "rank_marks", "main_table",
     "published_table", "protocol_table", "cross_table", "ablation_table", "build_tables",
     "write_tables", "table_float", "table_row",
@@ -34,11 +34,9 @@ __all__ = [
 SYNTHETIC = ("live", "csiq", "tid2013", "kadid")
 AUTHENTIC = ("livec", "koniq", "spaq", "flive")
 DATASET_ORDER = (*SYNTHETIC, *AUTHENTIC, "demo")
-#: older methods first, the two studied models last, as in the papers' tables. Kept here, not
-#: on the model classes as datasets' labels are, so reports import no model (and no torch)
-MODEL_LABELS = {"brisque": "BRISQUE", "dbcnn": "DBCNN", "hyperiqa": "HyperIQA", "musiq": "MUSIQ",
-                "tres": "TReS", "maniqa": "MANIQA", "probe": "Probe", "deiqt": "DEIQT",
-                "qfm": "QFM-IQM"}
+#: older methods first, the two studied models last, as in the papers' tables; any other
+#: model follows them
+MODEL_ORDER = ("brisque", "dbcnn", "hyperiqa", "musiq", "tres", "maniqa", "probe", "deiqt", "qfm")
 METRIC_LABELS = {"srcc": "SRCC", "plcc": "PLCC", "krcc": "KRCC", "plcc_l4": "PLCC$_4$",
                  "plcc_l5": "PLCC$_5$", "rmse": "RMSE", "rmse_l5": "RMSE$_5$"}
 MISSING = "--"
@@ -64,15 +62,22 @@ def dataset_label(name: str) -> str:
     return tex_escape(dataset_display(name))
 
 
+@functools.cache
+def model_display(name: str) -> str:
+    """The label a registered model's class declares (read without importing the model);
+    any other name (a grid entry such as qfm-A1) shows as itself."""
+    return model_registry().declared(name, "label") or name
+
+
 def model_label(name: str) -> str:
     model = released_model(name)
-    return tex_escape(MODEL_LABELS.get(name, name) if model is None else
-                      f"{MODEL_LABELS.get(model, model)} ({RELEASED_BY} release)")
+    return tex_escape(model_display(name) if model is None else
+                      f"{model_display(model)} ({RELEASED_BY} release)")
 
 
 def ordered_models(models: Iterable[str]) -> list[str]:
     """The papers' order; a released checkpoint right after the model it is (ours first)."""
-    order = list(MODEL_LABELS)
+    order = list(MODEL_ORDER)
     base = {m: released_model(m) or m for m in models}
     return sorted(base, key=lambda m: (order.index(base[m]) if base[m] in order else len(order), m))
 
