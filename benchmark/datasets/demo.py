@@ -19,7 +19,8 @@ Why not the per-image SSIM: it ranks contents as much as distortions (a textured
 loses more SSIM under the same blur than a flat one), which no-reference models cannot see,
 so on held-out contents even an oracle that knows each image's (distortion, level) reaches
 only 0.80 SRCC against it and a fine-tuned ImageNet probe stalls near 0.6; against the
-calibrated label that oracle is exact and the probe passes 0.85. The levels were set so
+calibrated label that oracle is exact and the probe reaches about 0.7 (README, quick start:
+what still limits it is the 12 training photographs). The levels were set so
 that every type spans roughly the same SSIM interval, and every (reference, type) row falls
 strictly with level.
 
