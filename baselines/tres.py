@@ -37,10 +37,11 @@ Recipe (``run.sh`` for ResNet-50; ``args.py``): Adam at 2e-5 with weight decay 5
 test, random horizontal and vertical flips, L1 on raw labels; KonIQ resized to 512x384
 (height x width), FLIVE to 512x512 before cropping.
 
-Differences from the original, so results are labelled honestly: Adam with L2 decay on every
-parameter as in the code, but its moments are kept where the code builds a new optimiser at
-each drop; the code divides the lr only three times (so FLIVE's epochs 4 and 5 share
-one rate) while the engine's step schedule keeps dividing; the code's forward passes every image
+:meth:`TReS.recipe` states the drops as stages, each a fresh Adam (with L2 decay on every
+parameter) as the code builds at each drop, and stops after three drops as the code does (so
+FLIVE's epochs 4 and 5 share one rate).
+
+Differences from the original, so results are labelled honestly: the code's forward passes every image
 and its flip through the backbone twice each (four passes per step, the inner flipped pass
 without the 0.1 dropout), here once each, the detached targets carrying dropout; vertical flips
 are drawn in :meth:`TReS.loss` because the harness's loader only flips horizontally.
@@ -57,10 +58,13 @@ from torch import nn
 from torch.nn import functional as F
 
 from baselines import pyiqa_keymaps
-from benchmark.models import (ConfigError, IQAModel, Loss, ModelConfig, Optimizer, Schedule,
-                              TrainContext, backbone_norm, create_backbone, regression_loss)
+from benchmark.models import (ConfigError, IQAModel, Loss, ModelConfig, Optimizer, Recipe,
+                              Schedule, Stage, TrainContext, backbone_norm, create_backbone,
+                              regression_loss)
 
 __all__ = ["TReS", "TReSConfig", "relative_ranking_loss", "sine_positions"]
+
+_MAX_DROPS = 3  # the code drops the lr after epochs droplr, 2 x droplr and 3 x droplr only
 
 
 @dataclass(frozen=True)
@@ -77,9 +81,9 @@ class TReSConfig(ModelConfig):
     optimizer: Optimizer = "adam"
     decay_all: bool = True
     warmup_epochs: float = 0.0
-    schedule: Schedule = "step"
-    step_epochs: float = 1.0  # --droplr 1
-    gamma: float = 0.1
+    schedule: Schedule = "constant"  # the drops are the recipe's stages
+    droplr: int = 1  # --droplr: epochs between the code's lr drops (x gamma; three at most)
+    gamma: float = 0.1  # 1 / the code's lrratio 10
     clip_grad: float = 0.0
     train_crops: int = 50
     test_crops: int = 50
@@ -98,6 +102,11 @@ class TReSConfig(ModelConfig):
         "koniq": {"resize_hw": (512, 384)},
         "flive": {"resize_hw": (512, 512), "epochs": 5},
     }
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.droplr < 1:
+            raise ConfigError(f"config key 'droplr' must be at least 1, got {self.droplr!r}")
 
 
 class L2Pool(nn.Module):
@@ -247,6 +256,21 @@ class TReS(IQAModel):
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """The regressor's input (B, 2 x stage-4 width): projected encoder mean ‖ stage-4 mean."""
         return self.forward_head(self.forward_features(images), pre_logits=True)
+
+    def param_groups(self) -> list[dict]:
+        return [{**group, "part": "all"} for group in super().param_groups()]
+
+    @classmethod
+    def recipe(cls, c: TReSConfig) -> Recipe:
+        """One stage per lr, each on a fresh ``optimizer``, as the code builds a new Adam at
+        each drop: after every ``droplr`` epochs the lr is multiplied by ``gamma``, three
+        times at most (so FLIVE's epochs 4 and 5 share one rate)."""
+        drops = min(_MAX_DROPS, (c.epochs - 1) // c.droplr) if c.epochs else 0
+        return Recipe(tuple(
+            Stage("start" if k == 0 else f"after drop {k}",
+                  c.droplr if k < drops else c.epochs - k * c.droplr, c.optimizer,
+                  lr={"all": c.lr * c.gamma ** k})
+            for k in range(drops + 1)))
 
     def loss(self, batch: dict[str, torch.Tensor], ctx: TrainContext) -> dict[str, torch.Tensor]:
         c = self.config

@@ -140,6 +140,25 @@ def test_hyperiqa_gets_a_fresh_adam_every_epoch_at_that_epochs_rates():
     assert [lrs["backbone"] for _, lrs in seen] == pytest.approx([2e-5] * 12)
 
 
+@pytest.mark.parametrize("epochs, lengths", [(3, [1, 1, 1]), (5, [1, 1, 1, 2]), (1, [1])])
+def test_tres_drops_the_lr_on_a_fresh_adam_three_times_at_most(epochs, lengths):
+    """The code builds a new Adam at lr / 10 after epochs 1, 2 and 3 only (FLIVE: 5 epochs)."""
+    torch.manual_seed(0)
+    model = TReS(TReSConfig(backbone="test_resnet", pretrained="false", epochs=epochs))
+    stages = TReS.recipe(model.config).stages
+    assert [stage.epochs for stage in stages] == lengths
+    trainer = Trainer.build(model, model.config, RunConfig(progress=False),
+                            torch.device("cpu"), steps=2)
+    seen = []
+    for epoch in range(epochs):
+        trainer.enter_stage(epoch)
+        seen.append((trainer.optimizer, trainer.optimizer.param_groups[0]["lr"]))
+    assert len({id(optimizer) for optimizer, _ in seen}) == len(lengths)
+    expected = [2e-5, 2e-6, 2e-7, 2e-8, 2e-8][:epochs]
+    assert [lr for _, lr in seen] == pytest.approx(expected)
+    assert {g["lr"] for g in trainer.optimizer.param_groups} == {seen[-1][1]}
+
+
 @pytest.fixture(scope="module")
 def vgg16_dbcnn():
     torch.manual_seed(0)
