@@ -8,8 +8,13 @@ keeps its traceback. This module imports nothing, so every layer can use it.
 
 from __future__ import annotations
 
-__all__ = ["UserError"]
+__all__ = ["UserError", "DatasetError"]
 
 
 class UserError(Exception):
     """A failure the user can fix; ``str(error)``'s first line says what and where."""
+
+
+class DatasetError(UserError):
+    """Bad or missing dataset files or images; the message is one line naming the culprit.
+    Here, not in ``benchmark.datasets``, so that image reading below the datasets can raise it."""

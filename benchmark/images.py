@@ -15,7 +15,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from benchmark.datasets.base import DatasetError
+from benchmark.errors import DatasetError
 
 __all__ = ["ImageError", "read_image", "set_pixel_limit"]
 

@@ -11,6 +11,7 @@ from click.testing import CliRunner
 
 from benchmark.cli import main
 from benchmark.registry import model_registry
+from benchmark.grid.cells import check_params
 from benchmark.grid.suite import SuiteError, load_params, parse_indices, parse_params
 
 REPO = Path(__file__).resolve().parents[1]
@@ -62,7 +63,7 @@ def test_repository_params_define_demo_paper_and_ablation():
 
 
 def test_every_suite_resolves_with_teachers_before_students():
-    assert load_params(PARAMS).check() == {"demo": 12, "paper": 720, "paper-protocol": 560,
+    assert check_params(load_params(PARAMS)) == {"demo": 12, "paper": 720, "paper-protocol": 560,
                                         "ablation": 420}
 
 
@@ -181,7 +182,7 @@ def test_full_check_resolves_configs_and_the_teacher_order(tmp_path, old, new, m
                                      "    teacher: qfm-A0\n    models: {deiqt: {}, qfm-A0"))
     params = load_params(path)
     with pytest.raises(SuiteError) as error:
-        params.check()
+        check_params(params)
     assert message in str(error.value), str(error.value)
 
 

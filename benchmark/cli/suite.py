@@ -52,11 +52,12 @@ def list_(params_path: Path) -> None:
 def check(params_path: Path, prune: bool, stamp: Path | None) -> None:
     """Validate params.yaml completely: names, every cell's config, teacher order."""
     from benchmark.files import atomic_write_text
+    from benchmark.grid.cells import check_params
     from benchmark.grid.suite import load_params
     from benchmark.grid.sweep import prune_exports
 
     params = load_params(params_path)
-    counts = params.check()
+    counts = check_params(params)
     click.echo(f"{params_path}: {len(counts)} suites valid ("
                + ", ".join(f"{name} {count} runs" for name, count in counts.items())
                + f"); active: {params.active}")

@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Literal, Sequence
 import numpy as np
 import pandas as pd
 
-from benchmark.errors import UserError
+from benchmark.errors import DatasetError
 
 __all__ = [
     "STANDARD_COLUMNS",
@@ -41,10 +41,6 @@ STANDARD_COLUMNS = [
     "level",  # distortion level where one exists, else NaN
     "official_split",  # train/val/test where the dataset defines one, else ""
 ]
-
-
-class DatasetError(UserError):
-    """Bad or missing dataset files; the message is one line naming the culprit."""
 
 
 @dataclass(frozen=True)

@@ -8,9 +8,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from benchmark.grid.suite import Suite, SuiteError
+from benchmark.grid.suite import Params, Suite, SuiteError
 
-__all__ = ["check_order", "run_settings"]
+__all__ = ["check_params", "check_order", "run_settings"]
+
+
+def check_params(params: Params) -> dict[str, int]:
+    """Resolve every cell of every suite and its run settings (imports the models): every
+    value a run would refuse fails here; returns cells per suite."""
+    counts = {}
+    for name in params.suites:
+        suite = params.suite(name)
+        check_order(suite, f"{params.path}: suites.{name}")
+        run_settings(suite, f"{params.path}: suites.{name}.run")
+        counts[name] = len(suite.cells())
+    return counts
 
 
 def check_order(suite: Suite, where: str, declared: bool = True) -> dict[str, tuple[str, ...]]:

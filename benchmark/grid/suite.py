@@ -7,8 +7,8 @@ and the *active* suite, a YAML alias of one of them so that ``dvc.yaml`` can rea
 
 Every mistake is a :class:`SuiteError` whose one line names the offending key, raised
 before any run starts. :func:`load_params` checks structure and names through the
-registries without importing a model; :meth:`Params.check` also resolves every cell's
-config (importing the models) and the teacher/student order.
+registries without importing a model; :func:`benchmark.grid.cells.check_params` also
+resolves every cell's config (importing the models) and the teacher/student order.
 """
 
 from __future__ import annotations
@@ -197,19 +197,6 @@ class Params:
 
     def _hyper(self, entry: str) -> dict[str, Any]:
         return {k: v for k, v in (self.entries.get(entry) or {}).items() if k != "model"}
-
-    def check(self) -> dict[str, int]:
-        """Resolve every cell of every suite and its run settings (imports the models): every
-        value a run would refuse fails here; returns cells per suite."""
-        from benchmark.grid.cells import check_order, run_settings
-
-        counts = {}
-        for name in self.suites:
-            suite = self.suite(name)
-            check_order(suite, f"{self.path}: suites.{name}")
-            run_settings(suite, f"{self.path}: suites.{name}.run")
-            counts[name] = len(suite.cells())
-        return counts
 
 
 def read_yaml(text: str) -> Any:
