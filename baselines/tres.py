@@ -41,10 +41,11 @@ test, random horizontal and vertical flips, L1 on raw labels; KonIQ resized to 5
 parameter) as the code builds at each drop, and stops after three drops as the code does (so
 FLIVE's epochs 4 and 5 share one rate).
 
-Differences from the original, so results are labelled honestly: the code's forward passes every image
-and its flip through the backbone twice each (four passes per step, the inner flipped pass
-without the 0.1 dropout), here once each, the detached targets carrying dropout; vertical flips
-are drawn in :meth:`TReS.loss` because the harness's loader only flips horizontally.
+Differences from the original, so results are labelled honestly: the code's forward passes
+every image and its flip through the backbone twice each (four passes per step, the inner
+flipped pass without the 0.1 dropout), here once each, the detached targets carrying dropout;
+vertical flips are drawn in :meth:`TReS.loss` because the harness's loader only flips
+horizontally.
 """
 
 from __future__ import annotations

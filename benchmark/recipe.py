@@ -53,13 +53,14 @@ class Recipe:
 
     def stage_of(self, epoch: int) -> tuple[int, int]:
         """(index of the stage the 0-based ``epoch`` belongs to, that stage's first epoch);
-        epochs past the end belong to the last stage."""
+        epochs past the end belong to the last stage. A recipe without stages (a fitted
+        model's) has no epochs to place."""
         first = 0
         for index, stage in enumerate(self.stages):
             if epoch < first + stage.epochs or index == len(self.stages) - 1:
                 return index, first
             first += stage.epochs
-        raise AssertionError("unreachable: the last stage takes every later epoch")
+        raise ValueError("a recipe without stages trains no epochs (the model fits itself)")
 
 
 def recipe_lines(name: str, settings: dict, recipe: Recipe,
@@ -68,7 +69,8 @@ def recipe_lines(name: str, settings: dict, recipe: Recipe,
     dataset changes, one line each, so two papers' recipes can be read side by side."""
     lines = [f"{name}: training recipe"]
     lines += [f"  {key:18s} {value}" for key, value in settings.items()]
-    lines.append("stages:" if recipe.stages else "stages: none (fitted by its own fit(), not by SGD)")
+    lines.append("stages:" if recipe.stages
+                 else "stages: none (fitted by its own fit(), not by SGD)")
     lines += [f"  {stage.describe()}" for stage in recipe.stages]
     lines.append("per dataset (over the above):" if per_dataset else "per dataset: none")
     for dataset, changes in per_dataset.items():

@@ -99,7 +99,6 @@ class Registry(Generic[T]):
             self._loaded[key] = obj
         return self._loaded[key]
 
-
     def declared(self, name: str, attribute: str) -> str | None:
         """The string that ``name``'s registered class assigns to ``attribute`` in its own
         body, read from the module's source without importing it (a model module imports
